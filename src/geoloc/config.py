@@ -1,0 +1,187 @@
+"""Typed configuration: dataclasses loaded from YAML and overridden with `--set key=value`.
+
+    config = load_config("configs/demo.yaml", overrides=["train.lr=1e-4", "tuning.rank=8"])
+
+Unknown keys and wrong types are refused with the file and key named; the resolved config is
+saved in every run directory, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geoloc.encoder.tuning import TuningConfig
+from geoloc.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "tiny-smolvlm"  # preset, HF id or local model folder
+    pooling: str = "eos"  # eos | mean | query
+    query_tokens: int = 4
+    query_heads: int = 4
+    text_template: str = "{text}"
+    image_template: str = "{image}"
+    max_text_tokens: int = 300
+    padding_side: str = "right"
+    dtype: str = "float32"  # weights' dtype: float32 | bfloat16
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.03
+    learnable_temperature: bool = False
+    direction: str = "text_to_image"  # text_to_image | symmetric
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # a manifest file or a folder with manifest.jsonl
+    train_split: str = "train"
+    val_split: str = "val"  # used when the data has it; else carved from the training rows
+    val_fraction: float = 0.1
+    max_val_images: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int = 0  # 0 = run all epochs
+    max_minutes: float = 0.0  # 0 = no time budget; else stop (and save) when it runs out
+    batch_size: int = 10
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.01
+    min_lr_ratio: float = 1e-3
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto | float32 | bf16
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at the end of every epoch
+    save_every: int = 100  # steps between resumable checkpoints
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field's type; ints are accepted where floats are due."""
+    if isinstance(annotation, str):
+        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a valid value")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key)
+        else:
+            values[name] = _coerce(value, hint, key)
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: cannot parse the value ({error})") from error
+    # YAML reads "1e-4" as a string; a number is what was meant.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> Config:
+    data = dict(data or {})
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return _build(Config, data, "") if not isinstance(data, Config) else data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error})") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML ({error})") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from error
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from geoloc import atomic
+
+    atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

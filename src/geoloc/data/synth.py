@@ -1,0 +1,306 @@
+"""A synthetic city: procedurally drawn satellite tiles with ground-level descriptions.
+
+Each tile is a small scene on a 3 x 3 grid of cells: a main building (colour, shape, size), up to
+three other features (a second building, water, trees, a parking lot, a field) and possibly
+roads. Its descriptions are generated from the scene itself, as a person on the ground would put
+it: objects, colours, shapes and where they are relative to the tile and to each other, with
+synonyms, varied order and partial mentions, so no template can be memorised and no single
+attribute names a tile. The output is the generic manifest format (manifest.jsonl + tiles/).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from geoloc import atomic
+
+TILE_PIXELS = 128
+CELL = TILE_PIXELS // 3
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 40, 40),
+    "blue": (40, 70, 210),
+    "yellow": (230, 210, 40),
+    "white": (245, 245, 245),
+    "orange": (240, 130, 20),
+    "purple": (140, 50, 170),
+    "black": (25, 25, 25),
+}
+COLOUR_WORDS: dict[str, list[str]] = {
+    "red": ["red", "red", "dark red"],
+    "blue": ["blue", "blue", "bright blue"],
+    "yellow": ["yellow", "yellow", "pale yellow"],
+    "white": ["white", "white", "light"],
+    "orange": ["orange", "orange"],
+    "purple": ["purple", "purple"],
+    "black": ["black", "black", "dark"],
+}
+SHAPES = ("square", "rectangular", "l-shaped", "round")
+SHAPE_WORDS: dict[str, list[str]] = {
+    "square": ["square", "square", "boxy"],
+    "rectangular": ["rectangular", "long", "rectangular"],
+    "l-shaped": ["l-shaped", "l-shaped"],
+    "round": ["round", "circular", "round"],
+}
+BUILDING_WORDS = ["building", "building", "block", "house", "structure"]
+FEATURES = ("building", "water", "trees", "parking", "field")
+FEATURE_WORDS: dict[str, list[str]] = {
+    "water": ["a pond", "a small lake", "some water", "a pool of water"],
+    "trees": ["a group of trees", "some trees", "a small grove", "a cluster of trees"],
+    "parking": ["a parking lot", "a car park", "a parking area"],
+    "field": ["a field", "an open field", "some farmland"],
+}
+# Cells as (column, row), 0..2 each, with their words.
+CELL_WORDS: dict[tuple[int, int], list[str]] = {
+    (0, 0): ["in the top left", "in the upper left corner", "in the north-west corner"],
+    (1, 0): ["at the top", "along the top", "in the north"],
+    (2, 0): ["in the top right", "in the upper right corner", "in the north-east corner"],
+    (0, 1): ["on the left", "on the left side", "in the west"],
+    (1, 1): ["in the centre", "in the middle", "in the center"],
+    (2, 1): ["on the right", "on the right side", "in the east"],
+    (0, 2): ["in the bottom left", "in the lower left corner", "in the south-west corner"],
+    (1, 2): ["at the bottom", "along the bottom", "in the south"],
+    (2, 2): ["in the bottom right", "in the lower right corner", "in the south-east corner"],
+}
+ROADS = ("none", "ns-left", "ns-centre", "ns-right", "ew-top", "ew-middle", "ew-bottom", "cross")
+ROAD_WORDS: dict[str, list[str]] = {
+    "ns-left": ["a road runs north-south along the left", "a street runs down the left side"],
+    "ns-centre": ["a road runs north-south through the middle", "a street cuts down the centre"],
+    "ns-right": ["a road runs north-south along the right", "a street runs down the right side"],
+    "ew-top": ["a road runs east-west along the top", "a street runs across the top"],
+    "ew-middle": ["a road runs east-west through the middle", "a street cuts across the centre"],
+    "ew-bottom": ["a road runs east-west along the bottom", "a street runs across the bottom"],
+    "cross": ["two roads cross in the middle", "there is a crossroads in the centre"],
+}
+OPENINGS = ["", "i see ", "there is ", "i am near ", "i can see "]
+
+
+@dataclass
+class Feature:
+    kind: str  # "main", "building", or one of FEATURES
+    cell: tuple[int, int]
+    colour: str = ""
+    shape: str = ""
+    large: bool = False
+
+
+@dataclass
+class Scene:
+    road: str
+    main: Feature
+    others: list[Feature] = field(default_factory=list)
+
+
+def _free_cells(road: str) -> list[tuple[int, int]]:
+    """Cells not covered by the roads, so that objects stay visible."""
+    blocked: set[tuple[int, int]] = set()
+    if road in ("ns-centre", "cross"):
+        blocked |= {(1, r) for r in range(3)}
+    if road in ("ew-middle", "cross"):
+        blocked |= {(c, 1) for c in range(3)}
+    return [(c, r) for r in range(3) for c in range(3) if (c, r) not in blocked]
+
+
+def random_scene(rng: random.Random) -> Scene:
+    road = rng.choice(ROADS)
+    cells = _free_cells(road)
+    rng.shuffle(cells)
+    main = Feature("main", cells.pop(), rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.random() < 0.5)
+    others: list[Feature] = []
+    for kind in rng.sample(FEATURES, k=rng.randint(1, 3)):
+        if not cells:
+            break
+        cell = cells.pop()
+        if kind == "building":
+            colour = rng.choice([c for c in COLOURS if c != main.colour])
+            others.append(Feature("building", cell, colour, rng.choice(SHAPES)))
+        else:
+            others.append(Feature(kind, cell))
+    return Scene(road, main, others)
+
+
+# -- drawing ------------------------------------------------------------------------------------
+def _cell_box(cell: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    c, r = cell
+    return (c * CELL + margin, r * CELL + margin, (c + 1) * CELL - margin, (r + 1) * CELL - margin)
+
+
+def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) -> None:
+    x0, y0, x1, y1 = _cell_box(f.cell, 3 if f.large else 9)
+    colour = COLOURS[f.colour]
+    outline = tuple(max(0, v - 60) for v in colour)
+    if f.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=colour, outline=outline, width=2)
+    elif f.shape == "rectangular":
+        if rng.random() < 0.5:
+            mid = (y0 + y1) // 2
+            draw.rectangle((x0, mid - (y1 - y0) // 4, x1, mid + (y1 - y0) // 4), fill=colour, outline=outline, width=2)
+        else:
+            mid = (x0 + x1) // 2
+            draw.rectangle((mid - (x1 - x0) // 4, y0, mid + (x1 - x0) // 4, y1), fill=colour, outline=outline, width=2)
+    elif f.shape == "l-shaped":
+        w = (x1 - x0) // 2
+        draw.rectangle((x0, y0, x0 + w, y1), fill=colour, outline=outline, width=2)
+        draw.rectangle((x0, y1 - w, x1, y1), fill=colour, outline=outline, width=2)
+    else:
+        draw.ellipse((x0, y0, x1, y1), fill=colour, outline=outline, width=2)
+
+
+def _draw_feature(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) -> None:
+    x0, y0, x1, y1 = _cell_box(f.cell, 4)
+    if f.kind == "water":
+        draw.ellipse((x0, y0 + 4, x1, y1 - 4), fill=(30, 110, 190))
+    elif f.kind == "trees":
+        for _ in range(7):
+            cx, cy, radius = rng.randint(x0 + 6, x1 - 6), rng.randint(y0 + 6, y1 - 6), rng.randint(4, 7)
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(20, 90, 30))
+    elif f.kind == "parking":
+        draw.rectangle((x0, y0, x1, y1), fill=(95, 95, 100))
+        for x in range(x0 + 4, x1, 6):
+            draw.line((x, y0 + 2, x, (y0 + y1) // 2 - 2), fill=(235, 235, 235))
+            draw.line((x, (y0 + y1) // 2 + 2, x, y1 - 2), fill=(235, 235, 235))
+    elif f.kind == "field":
+        for i, y in enumerate(range(y0, y1, 5)):
+            draw.rectangle((x0, y, x1, y + 4), fill=(190, 160, 80) if i % 2 else (160, 140, 60))
+
+
+def _draw_roads(draw: ImageDraw.ImageDraw, road: str) -> None:
+    grey, half = (120, 120, 120), 7
+    centres = {"left": CELL // 2 - 6, "centre": TILE_PIXELS // 2, "right": TILE_PIXELS - CELL // 2 + 6}
+    rows = {"top": CELL // 2 - 6, "middle": TILE_PIXELS // 2, "bottom": TILE_PIXELS - CELL // 2 + 6}
+    vertical = {"ns-left": "left", "ns-centre": "centre", "ns-right": "right", "cross": "centre"}
+    horizontal = {"ew-top": "top", "ew-middle": "middle", "ew-bottom": "bottom", "cross": "middle"}
+    if road in vertical:
+        x = centres[vertical[road]]
+        draw.rectangle((x - half, 0, x + half, TILE_PIXELS), fill=grey)
+    if road in horizontal:
+        y = rows[horizontal[road]]
+        draw.rectangle((0, y - half, TILE_PIXELS, y + half), fill=grey)
+
+
+def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
+    base = (80 + rng.randint(-10, 10), 150 + rng.randint(-15, 15), 70 + rng.randint(-10, 10))
+    image = Image.new("RGB", (TILE_PIXELS, TILE_PIXELS), base)
+    draw = ImageDraw.Draw(image)
+    # Ground texture, so that no two tiles are pixel-identical.
+    for _ in range(60):
+        x, y = rng.randrange(TILE_PIXELS), rng.randrange(TILE_PIXELS)
+        shade = tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in base)
+        draw.rectangle((x, y, x + 2, y + 2), fill=shade)
+    _draw_roads(draw, scene.road)
+    for f in scene.others:
+        if f.kind == "building":
+            _draw_building(draw, f, rng)
+        else:
+            _draw_feature(draw, f, rng)
+    _draw_building(draw, scene.main, rng)
+    return image
+
+
+# -- describing ---------------------------------------------------------------------------------
+def _relation(a: tuple[int, int], b: tuple[int, int]) -> str:
+    """Where cell a lies as seen from cell b, in words."""
+    dc, dr = a[0] - b[0], a[1] - b[1]
+    vertical = "above" if dr < 0 else "below" if dr > 0 else ""
+    horizontal = "to the left of" if dc < 0 else "to the right of" if dc > 0 else ""
+    if vertical and horizontal:
+        return f"{vertical} and {horizontal.replace('to the ', '')}"
+    return vertical or horizontal
+
+
+def _building_phrase(f: Feature, rng: random.Random) -> str:
+    words = []
+    if f.kind == "main" and rng.random() < 0.5:
+        words.append("large" if f.large else "small")
+    words.append(rng.choice(COLOUR_WORDS[f.colour]))
+    if rng.random() < 0.75:
+        words.append(rng.choice(SHAPE_WORDS[f.shape]))
+    words.append(rng.choice(BUILDING_WORDS))
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return " ".join([article, *words])
+
+
+def describe(scene: Scene, rng: random.Random) -> str:
+    main = scene.main
+    clauses = [f"{_building_phrase(main, rng)} {rng.choice(CELL_WORDS[main.cell])}"]
+    # Partial mentions: each other feature is left out now and then.
+    for f in scene.others:
+        if rng.random() < 0.2:
+            continue
+        thing = _building_phrase(f, rng) if f.kind == "building" else rng.choice(FEATURE_WORDS[f.kind])
+        if rng.random() < 0.5:
+            clauses.append(f"{thing} {rng.choice(CELL_WORDS[f.cell])}")
+        else:
+            it = rng.choice(["it", "the main building", "that building"])
+            clauses.append(f"{thing} {_relation(f.cell, main.cell)} {it}")
+    if scene.road != "none" and rng.random() < 0.85:
+        clauses.append(rng.choice(ROAD_WORDS[scene.road]))
+    first, rest = clauses[0], clauses[1:]
+    rng.shuffle(rest)
+    text = rng.choice(OPENINGS) + first
+    for clause in rest:
+        # "with" joins noun phrases only, not a clause that has its own verb.
+        joiners = [", ", " and ", "; "] + ([", with "] if " runs " not in clause and "cross" not in clause else [])
+        text += rng.choice(joiners) + clause
+    return text
+
+
+# -- the city -----------------------------------------------------------------------------------
+ORIGIN = (40.7000, -74.0200)  # lat, lon of the city's north-west corner
+TILE_DEGREES = 0.0015  # about 150 m of latitude per tile
+
+
+def generate_city(
+    out: str | Path, tiles: int = 1200, seed: int = 0, texts_per_tile: int = 4, val_share: float = 0.1,
+    test_share: float = 0.1,
+) -> Path:
+    """Write `tiles` scenes and their descriptions under `out`; return the manifest's path."""
+    if tiles < 3:
+        raise ValueError("a synthetic city needs at least 3 tiles (train, val and test)")
+    out = Path(out)
+    rng = random.Random(seed)
+    columns = math.ceil(math.sqrt(tiles))
+    order = list(range(tiles))
+    rng.shuffle(order)
+    n_test = max(1, round(tiles * test_share))
+    n_val = max(1, round(tiles * val_share))
+    split_of = {i: "test" for i in order[:n_test]} | {i: "val" for i in order[n_test : n_test + n_val]}
+    rows = []
+    (out / "tiles").mkdir(parents=True, exist_ok=True)
+    for i in range(tiles):
+        tile_rng = random.Random(rng.getrandbits(64))
+        scene = random_scene(tile_rng)
+        image = draw_scene(scene, tile_rng)
+        key = f"tiles/{i:06d}.png"
+        with atomic.atomic_path(out / key) as tmp:
+            image.save(tmp, format="PNG")
+        texts: list[str] = []
+        for _ in range(texts_per_tile * 3):
+            text = describe(scene, tile_rng)
+            if text not in texts:
+                texts.append(text)
+            if len(texts) == texts_per_tile:
+                break
+        row, col = divmod(i, columns)
+        lat = ORIGIN[0] - (row + 0.5) * TILE_DEGREES
+        lon = ORIGIN[1] + (col + 0.5) * TILE_DEGREES / math.cos(math.radians(ORIGIN[0]))
+        rows.append(
+            {
+                "image": key,
+                "texts": texts,
+                "lat": round(lat, 7),
+                "lon": round(lon, 7),
+                "group": f"{i:06d}",
+                "split": split_of.get(i, "train"),
+            }
+        )
+    from geoloc.data.manifest import write_manifest
+
+    manifest = out / "manifest.jsonl"
+    write_manifest(manifest, rows)
+    return manifest

@@ -1,0 +1,1 @@
+"""The encoder: one multimodal LLM that embeds both text queries and satellite tiles."""

@@ -1,0 +1,143 @@
+"""Backbone families: everything geoloc needs to know about an MLLM architecture, as data.
+
+A family says how a tile is written into the token sequence (its image placeholder), how pixels
+are prepared (square resize, no splitting), and where the LLM and the vision tower live in the
+module tree, so that adapters can be targeted by module path. Adding a backbone means adding an
+entry here, not an `if` elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from geoloc.errors import GeolocError
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    name: str
+    model_types: tuple[str, ...]  # transformers `config.model_type` values this family serves
+    model_class: str  # transformers class name, loaded with from_pretrained / from_config
+    # Module paths inside the loaded `*ForConditionalGeneration` model.
+    llm_path: str
+    vision_path: str
+    # Regex (relative to the vision tower) of the vision attention projections.
+    vision_attention: str
+    # Tokens written around the repeated image token; the model's processor would write the same.
+    image_prefix: str
+    image_token: str
+    image_suffix: str
+    # Keyword arguments for the image processor call that switch off splitting / tiling.
+    image_processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Whether pixel_values carry a per-sample image axis: (batch, images, C, H, W).
+    pixels_have_image_axis: bool = False
+    # Idefics3 drops an image whose normalised pixels are all exactly zero, as padding.
+    drops_all_zero_images: bool = False
+
+    def image_size(self, config: Any) -> int:
+        size = config.vision_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    def image_seq_len(self, config: Any) -> int:
+        """Number of visual tokens one square, unsplit image becomes."""
+        return _IMAGE_SEQ_LEN[self.name](config)
+
+    def placeholder(self, config: Any) -> str:
+        return self.image_prefix + self.image_token * self.image_seq_len(config) + self.image_suffix
+
+    def pixel_values(self, image_processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Pixels for a batch of already square-resized RGB images, one image per sample."""
+        batch_images: list[Any] = [[im] for im in images] if self.pixels_have_image_axis else list(images)
+        out = image_processor(batch_images, return_tensors="pt", **self.image_processor_kwargs)
+        pixels = out["pixel_values"]
+        if self.drops_all_zero_images:
+            flat = pixels.flatten(start_dim=1 if pixels.dim() == 4 else 2)
+            all_zero = (flat == 0).all(dim=-1)
+            if all_zero.any():
+                # A uniform mid-grey tile normalises to all zeros; nudge one value so the
+                # model does not mistake it for padding and drop it.
+                pixels = pixels.clone()
+                pixels.view(*all_zero.shape, -1)[..., 0][all_zero] = 1e-6
+        result = {"pixel_values": pixels}
+        if "pixel_attention_mask" in out:
+            result["pixel_attention_mask"] = out["pixel_attention_mask"]
+        return result
+
+
+def _idefics3_seq_len(config: Any) -> int:
+    v = config.vision_config
+    return (v.image_size // v.patch_size) ** 2 // (config.scale_factor**2)
+
+
+def _internvl_seq_len(config: Any) -> int:
+    v = config.vision_config
+    size = v.image_size[0] if isinstance(v.image_size, (list, tuple)) else v.image_size
+    patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size
+    return int((size // patch) ** 2 * config.downsample_ratio**2)
+
+
+_IMAGE_SEQ_LEN = {
+    "smolvlm": _idefics3_seq_len,
+    "smolvlm2": _idefics3_seq_len,
+    "internvl": _internvl_seq_len,
+}
+
+_SIGLIP_ATTENTION = r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+
+FAMILIES: dict[str, BackboneFamily] = {
+    f.name: f
+    for f in [
+        BackboneFamily(
+            name="smolvlm",
+            model_types=("idefics3",),
+            model_class="Idefics3ForConditionalGeneration",
+            llm_path="model.text_model",
+            vision_path="model.vision_model",
+            vision_attention=_SIGLIP_ATTENTION,
+            image_prefix="<fake_token_around_image><global-img>",
+            image_token="<image>",
+            image_suffix="<fake_token_around_image>",
+            image_processor_kwargs={"do_image_splitting": False},
+            pixels_have_image_axis=True,
+            drops_all_zero_images=True,
+        ),
+        BackboneFamily(
+            name="smolvlm2",
+            model_types=("smolvlm",),
+            model_class="SmolVLMForConditionalGeneration",
+            llm_path="model.text_model",
+            vision_path="model.vision_model",
+            vision_attention=_SIGLIP_ATTENTION,
+            image_prefix="<fake_token_around_image><global-img>",
+            image_token="<image>",
+            image_suffix="<fake_token_around_image>",
+            image_processor_kwargs={"do_image_splitting": False},
+            pixels_have_image_axis=True,
+            drops_all_zero_images=True,
+        ),
+        BackboneFamily(
+            name="internvl",
+            model_types=("internvl",),
+            model_class="InternVLForConditionalGeneration",
+            llm_path="model.language_model",
+            vision_path="model.vision_tower",
+            vision_attention=r"encoder\.layer\.\d+\.attention\.(q_proj|k_proj|v_proj|projection_layer)",
+            image_prefix="<img>",
+            image_token="<IMG_CONTEXT>",
+            image_suffix="</img>",
+            image_processor_kwargs={"crop_to_patches": False},
+        ),
+    ]
+}
+
+
+def family_for_model_type(model_type: str) -> BackboneFamily:
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise GeolocError(f"unsupported backbone model_type {model_type!r}; supported: {', '.join(known)}")

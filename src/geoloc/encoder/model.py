@@ -1,0 +1,331 @@
+"""GeoEncoder: one MLLM that turns text queries and satellite tiles into unit vectors.
+
+    encoder = GeoEncoder.load("tiny-smolvlm")            # or an HF id, a model folder, a run dir
+    text_vectors = encoder.encode_text(["a red building by a pond"])
+    tile_vectors = encoder.encode_images(["tiles/0001.png"])
+    scores = text_vectors @ tile_vectors.T
+
+A text goes in as raw tokens (truncated at `max_text_tokens`), a tile as the family's image
+placeholder plus pixels (square, no splitting). Both sides pass through the same backbone and the
+same pooling; the result is L2-normalised float32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from geoloc import atomic
+from geoloc.encoder.families import FAMILIES, BackboneFamily, family_for_model_type
+from geoloc.encoder.pooling import build_pooling
+from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
+from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
+from geoloc.errors import GeolocError
+
+SPEC_FILE = "geoloc_encoder.json"
+SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EncoderSpec:
+    """How embeddings are made: saved with every model so that loading reproduces them."""
+
+    backbone: str = "tiny-smolvlm"  # preset name, HF id, local folder (relative = inside the save)
+    pooling: str = "eos"
+    query_tokens: int = 4
+    query_heads: int = 4
+    text_template: str = "{text}"
+    image_template: str = "{image}"
+    max_text_tokens: int = 300
+    padding_side: str = "right"
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    family: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["tuning"] = TuningConfig(**data.get("tuning", {}))
+        return cls(**values)
+
+
+def _split_template(template: str, slot: str, what: str) -> tuple[str, str]:
+    if template.count(slot) != 1:
+        raise GeolocError(f"{what} template {template!r} must contain {slot} exactly once")
+    prefix, suffix = template.split(slot)
+    return prefix, suffix
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeolocError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+class GeoEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.spec = spec
+        self.family: BackboneFamily = FAMILIES[spec.family]
+        if spec.padding_side not in ("left", "right"):
+            raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
+        hidden = self.config.text_config.hidden_size
+        self.pooler = build_pooling(spec.pooling, hidden, spec.query_tokens, spec.query_heads)
+        self._text_prefix, self._text_suffix = (
+            self._token_ids(part) for part in _split_template(spec.text_template, "{text}", "text")
+        )
+        image_prefix, image_suffix = _split_template(spec.image_template, "{image}", "image")
+        self._image_ids = self._token_ids(image_prefix + self.family.placeholder(self.config) + image_suffix)
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers `*ForConditionalGeneration` model, inside any adapter wrapper."""
+        from peft import PeftModel
+
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+
+    @property
+    def config(self) -> Any:
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.family.image_size(self.config)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+        longest = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            span = slice(0, len(seq)) if self.spec.padding_side == "right" else slice(longest - len(seq), longest)
+            ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids of raw texts, truncated at max_text_tokens; template parts never cut."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise GeolocError(f"text {i} is empty: every query needs some words")
+        body = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        limit = self.spec.max_text_tokens
+        return self._pad([self._text_prefix + ids[:limit] + self._text_suffix for ids in body])
+
+    def pixel_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Pixel tensors for RGB tiles, each resized to a square (no splitting, no tiling)."""
+        size = self.image_size
+        square = [im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC) for im in images]
+        return self.family.pixel_values(self.image_processor, square)
+
+    def image_token_inputs(self, count: int) -> dict[str, torch.Tensor]:
+        """Token ids of `count` tiles: every tile is the same placeholder sequence."""
+        return self._pad([self._image_ids] * count)
+
+    def image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Placeholder tokens plus pixels for RGB tiles."""
+        return self.image_token_inputs(len(images)) | self.pixel_inputs(images)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised embeddings of a prepared batch (text or image inputs)."""
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        core = self.base_model.model  # the backbone without its language-model head
+        hidden = core(**inputs, use_cache=False).last_hidden_state
+        pooled = self.pooler(hidden, inputs["attention_mask"])
+        return nn.functional.normalize(pooled.float(), dim=-1)
+
+    @torch.inference_mode()
+    def _encode(self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        batches = range(0, len(items), batch_size)
+        if show_progress is None:
+            show_progress = len(batches) > 20
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, unit="batch", desc="encoding")
+        out: list[np.ndarray] = []
+        try:
+            for start in batches:
+                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
+        finally:
+            self.train(was_training)
+        dim = self.config.text_config.hidden_size
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+    def encode_text(self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
+
+    def encode_images(
+        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
+    ) -> np.ndarray:
+        from geoloc.data.images import pil_from_any
+
+        def prepare(chunk: list[Any]) -> dict[str, torch.Tensor]:
+            return self.image_inputs([pil_from_any(item) for item in chunk])
+
+        return self._encode(list(images), prepare, batch_size, show_progress)
+
+    # -- saving and loading ------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write a folder `GeoEncoder.load` reads back, atomically (all or nothing)."""
+        from peft import PeftModel
+
+        path = Path(path)
+        with atomic.atomic_dir(path) as tmp:
+            spec = self.spec.to_dict()
+            # A fully tuned backbone cannot be re-made from its source, so its weights are
+            # saved; otherwise only adapters are, and the base comes from its source (presets
+            # are deterministic, so they are a source too).
+            if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
+                self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
+                spec["backbone"] = SAVED_BACKBONE
+            if isinstance(self.backbone, PeftModel):
+                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
+            pooler_state = self.pooler.state_dict()
+            if pooler_state:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in pooler_state.items()}, str(tmp / "pooling.safetensors"))
+            self.tokenizer.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            atomic.write_json(tmp / SPEC_FILE, spec)
+
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        device: str | None = "cpu",
+        dtype: str = "float32",
+        spec_overrides: dict[str, Any] | None = None,
+        trainable: bool = False,
+    ) -> GeoEncoder:
+        """Load from a preset name, an HF id or model folder, a saved encoder, or a run directory.
+
+        `spec_overrides` (pooling, templates, tuning, ...) apply when building a new encoder from
+        a backbone; a saved encoder keeps the spec it was saved with.
+        """
+        if dtype not in DTYPES:
+            raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        torch_dtype = DTYPES[dtype]
+        saved = _saved_encoder_dir(source)
+        if saved is not None:
+            encoder = _load_saved(saved, torch_dtype, trainable)
+        else:
+            spec = EncoderSpec(backbone=str(source))
+            for key, value in (spec_overrides or {}).items():
+                setattr(spec, key, value)
+            backbone = _load_model(str(source), torch_dtype)
+            tokenizer, image_processor = _load_processing(str(source))
+            spec.family = family_for_model_type(backbone.config.model_type).name
+            backbone = apply_tuning(backbone, FAMILIES[spec.family], spec.tuning)
+            encoder = cls(backbone, tokenizer, image_processor, spec)
+        encoder.pooler.to(torch_dtype if torch_dtype != torch.float16 else torch.float32)
+        return encoder.to(resolve_device(device))
+
+
+def _saved_encoder_dir(source: str | Path) -> Path | None:
+    path = Path(source)
+    for candidate in (path, path / "best", path / "final"):
+        if (candidate / SPEC_FILE).is_file():
+            return candidate
+    return None
+
+
+def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
+    """The transformers model from a preset name, an HF id or a model folder."""
+    if source in PRESETS:
+        return preset_model(source).to(torch_dtype)
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise GeolocError(
+            f"cannot load model {source!r}: not a preset ({', '.join(PRESETS)}), a saved geoloc model, "
+            f"a model folder or a reachable Hugging Face id ({error})"
+        ) from error
+    family = family_for_model_type(config.model_type)
+    model_class = getattr(transformers, family.model_class)
+    return model_class.from_pretrained(source, dtype=torch_dtype)
+
+
+def _load_processing(source: str | Path) -> tuple[Any, Any]:
+    """(tokenizer, image processor) from a preset name, an HF id or a folder."""
+    if str(source) in PRESETS:
+        return preset_processing(str(source))
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
+
+
+def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:
+    try:
+        spec_data = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GeolocError(f"{path / SPEC_FILE}: unreadable encoder description ({error})") from error
+    version = spec_data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GeolocError(
+            f"{path}: saved with encoder format version {version}, this geoloc reads version {FORMAT_VERSION}"
+        )
+    spec = EncoderSpec.from_dict(spec_data)
+    backbone_source = str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
+    model = _load_model(backbone_source, torch_dtype)
+    tokenizer, image_processor = _load_processing(path)
+    if spec.tuning.strategy in ("lora", "dora"):
+        from peft import PeftModel
+
+        model.requires_grad_(False)
+        model = PeftModel.from_pretrained(model, path / "adapter", is_trainable=trainable)
+    else:
+        model.requires_grad_(trainable and spec.tuning.strategy == "full")
+    encoder = GeoEncoder(model, tokenizer, image_processor, spec)
+    pooling_file = path / "pooling.safetensors"
+    if pooling_file.is_file():
+        from safetensors.torch import load_file
+
+        encoder.pooler.load_state_dict(load_file(str(pooling_file)))
+    encoder.pooler.requires_grad_(trainable)
+    return encoder

@@ -1,0 +1,174 @@
+"""Tiny presets: small random backbones built from configs, with a tokenizer trained locally.
+
+They need no download and go through exactly the code that real weights go through: the same
+transformers classes, the same family registry, the same tokenizer and image-processor calls.
+A preset is deterministic: the same name always builds the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Words a tiny tokenizer should know as whole tokens; anything else still encodes byte by byte.
+_CORPUS = """
+a an the and with of to its on in at along beside near next by from between across around
+north south east west northern southern eastern western north-south east-west centre center middle
+top bottom left right upper lower corner side edge half
+red blue green yellow white grey gray black brown orange purple pink dark light pale
+building buildings house block tower office warehouse hall shed church school
+square rectangular round circular l-shaped u-shaped long wide narrow tall small large big tiny
+roof flat gabled dome domed
+road street lane highway avenue path runs crosses curves
+water pond lake river pool canal trees tree woods grove park garden lawn grass
+parking lot car park field fields farmland crops plaza court
+there is are one two three four several some many few stands sits lies
+i see can by my on to left right behind front
+""".split()
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    build_config: Callable[[Any], Any]  # tokenizer -> transformers config
+    image_size: int
+
+
+def build_tokenizer(extra_special: list[str], vocab_size: int = 800) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<|endoftext|>", "<unk>", *extra_special]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Repeat the corpus in varied phrases so merges form whole words.
+    tokenizer.train_from_iterator([" ".join(_CORPUS)] * 4 + _CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=extra_special,
+    )
+
+
+_SMOLVLM_TOKENS = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+_INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+
+
+def _smolvlm_config(tokenizer: Any, image_size: int = 64) -> Any:
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config=dict(
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=8,
+        ),
+        text_config=dict(
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+            rope_theta=10000.0,
+        ),
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _internvl_config(tokenizer: Any, image_size: int = 56) -> Any:
+    from transformers import InternVLConfig
+
+    return InternVLConfig(
+        vision_config=dict(
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=[image_size, image_size],
+            patch_size=[7, 7],
+            attention_bias=True,
+        ),
+        text_config=dict(
+            model_type="qwen3",
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=(image_size // 7) ** 2 // 4,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny-smolvlm": Preset("tiny-smolvlm", "smolvlm", _smolvlm_config, 64),
+    "tiny-internvl": Preset("tiny-internvl", "internvl", _internvl_config, 56),
+}
+
+
+def preset_processing(name: str) -> tuple[Any, Any]:
+    """(tokenizer, image_processor) of a tiny preset."""
+    preset = PRESETS[name]
+    extra = _SMOLVLM_TOKENS if preset.family == "smolvlm" else _INTERNVL_TOKENS
+    return build_tokenizer(extra), _image_processor(preset)
+
+
+def preset_model(name: str) -> Any:
+    """The model of a tiny preset, with seeded random weights: the same name, the same weights."""
+    import transformers
+
+    from geoloc.encoder.families import FAMILIES
+
+    preset = PRESETS[name]
+    tokenizer, _ = preset_processing(name)
+    config = preset.build_config(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(transformers, FAMILIES[preset.family].model_class)(config)
+
+
+def _image_processor(preset: Preset) -> Any:
+    size = preset.image_size
+    if preset.family == "smolvlm":
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+        return Idefics3ImageProcessorPil(
+            do_image_splitting=False,
+            size={"longest_edge": size},
+            max_image_size={"longest_edge": size},
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    return GotOcr2ImageProcessorPil(crop_to_patches=False, size={"height": size, "width": size})

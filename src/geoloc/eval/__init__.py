@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics for text-to-image and image-to-text geo-localization."""

@@ -1,0 +1,178 @@
+"""Exact retrieval recall (R@K) for grouped text<->image retrieval, computed in chunks.
+
+A query is answered correctly by any gallery item of its own group. Its rank is the number of
+WRONG gallery items that score strictly higher than its best-scoring correct item, so rank 0
+is a hit at R@1 and a wrong item that merely ties the best correct item does not push it down.
+Similarity is the dot product (cosine for L2-normalised embeddings), computed in float32.
+
+The full similarity matrix can be far too large to hold (166k x 55k floats is ~36 GB), so
+queries are scored a block of rows at a time and only one rank per query is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+
+# One block of scores costs ~5 bytes per element (float32 scores plus a bool comparison), so
+# this caps a block at ~80 MB whatever the gallery size.
+_MAX_CHUNK_ELEMENTS = 16 * 1024 * 1024
+# The (query, correct item) index pairs of a block cost ~40 bytes each; this only binds when
+# groups are very large (e.g. one group holding most of the gallery).
+_MAX_CHUNK_PAIRS = 4 * 1024 * 1024
+
+Groups = Sequence[Hashable] | np.ndarray
+
+
+def _group_ids(query_groups: Groups, gallery_groups: Groups) -> tuple[np.ndarray, np.ndarray, int]:
+    # A dict rather than np.unique: np.unique on a mixed list would coerce 1 and "1" to the same
+    # string, and it cannot handle arbitrary hashables such as tuples.
+    table: dict[Hashable, int] = {}
+    q = np.fromiter((table.setdefault(g, len(table)) for g in query_groups), dtype=np.int64)
+    g = np.fromiter((table.setdefault(x, len(table)) for x in gallery_groups), dtype=np.int64)
+    return q, g, len(table)
+
+
+def _as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        # NaN compares false with everything, which would silently turn misses into hits.
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def best_correct_ranks(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    query_groups: Groups,
+    gallery_groups: Groups,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Rank of each query's best-scoring correct gallery item, as an int64 array.
+
+    The rank is the number of wrong gallery items scoring strictly higher than the best correct
+    one (ties go in the query's favour). Queries are processed in blocks of at most `chunk_size`
+    rows, further capped so one block holds at most ~16M scores; the result does not depend on
+    the block size.
+
+    Raises ValueError if any query's group has no item in the gallery, since its rank would be
+    undefined; the caller must filter such queries out first.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    q_emb = _as_embeddings(query_emb, "query_emb")
+    g_emb = _as_embeddings(gallery_emb, "gallery_emb")
+    if q_emb.shape[1] != g_emb.shape[1]:
+        raise ValueError(
+            f"query and gallery embeddings differ in dimension: {q_emb.shape[1]} vs {g_emb.shape[1]}"
+        )
+    if len(query_groups) != len(q_emb):
+        raise ValueError(f"{len(query_groups)} query groups for {len(q_emb)} query embeddings")
+    if len(gallery_groups) != len(g_emb):
+        raise ValueError(f"{len(gallery_groups)} gallery groups for {len(g_emb)} gallery embeddings")
+
+    n_q, n_g = len(q_emb), len(g_emb)
+    q_ids, g_ids, n_groups = _group_ids(query_groups, gallery_groups)
+
+    counts = np.bincount(g_ids, minlength=n_groups)
+    n_correct = counts[q_ids]
+    missing = np.flatnonzero(n_correct == 0)
+    if missing.size:
+        first = int(missing[0])
+        raise ValueError(
+            f"{missing.size} of {n_q} queries have no correct item in the gallery "
+            f"(first: query {first}, group {query_groups[first]!r})"
+        )
+    if n_q == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    # Gallery indices sorted by group, so a group's members are one contiguous slice.
+    by_group = np.argsort(g_ids, kind="stable")
+    group_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pairs_cum = np.cumsum(n_correct)
+
+    rows_per_chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(n_g, 1)))
+    g_t = torch.from_numpy(g_emb)
+    q_t = torch.from_numpy(q_emb)
+    ranks = np.empty(n_q, dtype=np.int64)
+
+    start = 0
+    while start < n_q:
+        end = min(n_q, start + rows_per_chunk)
+        done_pairs = pairs_cum[start - 1] if start else 0
+        end = min(end, int(np.searchsorted(pairs_cum, done_pairs + _MAX_CHUNK_PAIRS, side="right")))
+        end = max(end, start + 1)
+
+        scores = q_t[start:end] @ g_t.T
+        sizes = n_correct[start:end]
+        seg_start = np.cumsum(sizes) - sizes
+        # Row r's correct items are by_group[group_start[q] : group_start[q] + sizes[r]].
+        within = np.arange(int(sizes.sum())) - np.repeat(seg_start, sizes)
+        cols = by_group[np.repeat(group_start[q_ids[start:end]], sizes) + within]
+        rows = np.repeat(np.arange(end - start), sizes)
+        # Best correct score is read back from the same score block it is compared against, so
+        # ties are exact ties rather than two differently rounded dot products.
+        correct_scores = scores.numpy()[rows, cols]
+        best = torch.from_numpy(np.maximum.reduceat(correct_scores, seg_start))
+        # Every item strictly above the best correct one is necessarily wrong, so no mask of
+        # correct items is needed here.
+        ranks[start:end] = (scores > best[:, None]).sum(dim=1).numpy()
+        start = end
+    return ranks
+
+
+def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Percentage of queries whose rank is below K, as {"R@K": percent} for each K in `ks`."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+    out: dict[str, float] = {}
+    for k in ks:
+        if int(k) != k or k < 1:
+            raise ValueError(f"K must be a positive integer, got {k!r}")
+        out[f"R@{int(k)}"] = float(100.0 * np.count_nonzero(ranks < k) / ranks.size)
+    return out
+
+
+def retrieval_metrics(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    text_groups: Groups,
+    image_groups: Groups,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict:
+    """Recall in both directions, as percentages.
+
+    Returns ``{"text_to_image": {"R@1": .., ...}, "image_to_text": {...}, "mean": ..,
+    "n_texts": N_t, "n_images": N_i}`` where "mean" averages all recalls of both directions.
+
+    Every text's group must have at least one image (else ValueError). An image whose group has
+    no text is a valid distractor for text-to-image, but it has no correct answer as a query,
+    so it is skipped for image-to-text; "n_images" still counts all images.
+    """
+    t2i = recall_at_k(
+        best_correct_ranks(text_emb, image_emb, text_groups, image_groups, chunk_size=chunk_size), ks
+    )
+
+    text_group_set = set(text_groups)
+    keep = np.fromiter((g in text_group_set for g in image_groups), dtype=bool, count=len(image_groups))
+    image_emb_kept = np.asarray(image_emb)[keep]
+    image_groups_kept = [g for g, k in zip(image_groups, keep, strict=True) if k]
+    i2t = recall_at_k(
+        best_correct_ranks(image_emb_kept, text_emb, image_groups_kept, text_groups, chunk_size=chunk_size),
+        ks,
+    )
+
+    recalls = list(t2i.values()) + list(i2t.values())
+    return {
+        "text_to_image": t2i,
+        "image_to_text": i2t,
+        "mean": float(np.mean(recalls)),
+        "n_texts": len(text_emb),
+        "n_images": len(image_emb),
+    }

@@ -1,0 +1,1 @@
+"""Training: contrastive loss, group-aware batches, and the run loop."""

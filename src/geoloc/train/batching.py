@@ -1,0 +1,55 @@
+"""Batches without false negatives, in an order that depends only on the seed.
+
+Several texts describe one tile, and one place may be seen by several tiles (a group). If two
+items of one group shared a batch, each would be the other's negative. Batches here never hold
+two items of the same group. The order of epoch e is a pure function of (seed, e), so a resumed
+run sees exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def epoch_batches(groups: Sequence[str], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices of the items, shuffled and cut into batches of distinct groups.
+
+    Every item appears exactly once. Items that cannot join a batch because their group is
+    already in it wait for the next batch; the last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(groups), generator=generator).tolist()
+    batches: list[list[int]] = []
+    deferred: list[int] = []  # items whose group was already in the batch being filled
+    batch: list[int] = []
+    seen: set[str] = set()
+
+    def take(index: int) -> None:
+        batch.append(index)
+        seen.add(groups[index])
+
+    def start_batch() -> None:
+        nonlocal batch, seen, deferred
+        batches.append(batch)
+        batch, seen = [], set()
+        waiting, deferred = deferred, []
+        for index in waiting:
+            if len(batch) < batch_size and groups[index] not in seen:
+                take(index)
+            else:
+                deferred.append(index)
+
+    for index in order:
+        if len(batch) == batch_size:
+            start_batch()
+        if groups[index] in seen:
+            deferred.append(index)
+        else:
+            take(index)
+    while batch:
+        start_batch()
+    return batches
