@@ -1,0 +1,131 @@
+"""The `geoloc` command: a thin layer over the library.
+
+Errors caused by input (bad files, bad options) print one clear line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from geoloc.errors import GeolocError
+
+
+def _quiet_libraries() -> None:
+    # transformers prints load reports and advice on every model load; users want geoloc's output.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from geoloc.data.synth import generate_city
+
+    manifest = generate_city(args.out, tiles=args.tiles, seed=args.seed, texts_per_tile=args.texts_per_tile)
+    print(f"wrote {args.tiles} tiles and their descriptions: {manifest}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from geoloc.config import load_config
+    from geoloc.train.trainer import train
+
+    config = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = train(config, out, resume=args.resume)
+    print(json.dumps({"run_dir": str(out), **result}, indent=2))
+    return 0
+
+
+def _default_eval_dir(model: str, split: str | None) -> Path:
+    name = f"eval_{split or 'all'}"
+    path = Path(model)
+    return path / name if (path / "best").is_dir() or (path / "geoloc_encoder.json").is_file() else Path(name)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from geoloc import atomic
+    from geoloc.data.manifest import read_manifest
+    from geoloc.encoder.model import GeoEncoder
+    from geoloc.eval.evaluate import evaluate, format_table
+
+    dataset = read_manifest(args.data, split=args.split)
+    encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
+    metrics, embeddings = evaluate(encoder, dataset, batch_size=args.batch_size)
+    metrics = {**metrics, "model": args.model, "data": str(dataset.source), "split": args.split}
+    out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
+    atomic.write_json(out / "metrics.json", metrics)
+    if args.save_embeddings:
+        embeddings.save(out / "embeddings.npz")
+    print(format_table(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
+    print(f"wrote {out / 'metrics.json'}" + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from geoloc.demo import run_demo
+
+    return run_demo(Path(args.out), tiles=args.tiles, minutes=args.minutes, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoloc", description="Find the satellite tile a person describes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an encoder from a YAML config")
+    p.add_argument("config", help="the training config (YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a data set")
+    p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
+    p.add_argument("--data", required=True, help="manifest file or folder holding manifest.jsonl")
+    p.add_argument("--split", default="test", help="rows of this split only (default: test; 'all' for every row)")
+    p.add_argument("--out", help="folder for metrics.json (default: <run>/eval_<split>)")
+    p.add_argument("--save-embeddings", action="store_true", help="also write embeddings.npz")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("synth", help="write a synthetic city in the manifest format")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--tiles", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--texts-per-tile", type=int, default=4)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo on a synthetic city")
+    p.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
+    p.add_argument("--tiles", type=int, default=1200)
+    p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    if getattr(args, "split", None) == "all":
+        args.split = None
+    try:
+        return args.func(args)
+    except GeolocError as error:
+        print(f"geoloc: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
