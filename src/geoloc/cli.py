@@ -64,7 +64,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.save_embeddings:
         embeddings.save(out / "embeddings.npz")
     print(format_table(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
-    print(f"wrote {out / 'metrics.json'}" + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
+    print(
+        f"wrote {out / 'metrics.json'}" + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else "")
+    )
     return 0
 
 
@@ -88,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model on a data set")
     p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
     p.add_argument("--data", required=True, help="manifest file or folder holding manifest.jsonl")
-    p.add_argument("--split", default="test", help="rows of this split only (default: test; 'all' for every row)")
+    p.add_argument(
+        "--split", default="test", help="rows of this split only (default: test; 'all' for every row)"
+    )
     p.add_argument("--out", help="folder for metrics.json (default: <run>/eval_<split>)")
     p.add_argument("--save-embeddings", action="store_true", help="also write embeddings.npz")
     p.add_argument("--batch-size", type=int, default=32)

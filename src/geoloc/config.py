@@ -148,7 +148,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> Config:
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
+) -> Config:
     data = dict(data or {})
     for text in overrides or []:
         path, value = parse_override(text)

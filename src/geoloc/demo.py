@@ -92,4 +92,5 @@ def _print_examples(encoder: GeoEncoder, test: Any, embeddings: Any) -> None:
         for rank, j in enumerate(np.argsort(-scores)[:3], 1):
             record = records[embeddings.image_keys[j]]
             mark = "  <- the described tile" if record.key == truth else ""
-            print(f"  {rank}. {record.key}  lat {record.lat:.5f}, lon {record.lon:.5f}  score {scores[j]:.3f}{mark}")
+            where = f"lat {record.lat:.5f}, lon {record.lon:.5f}"
+            print(f"  {rank}. {record.key}  {where}  score {scores[j]:.3f}{mark}")

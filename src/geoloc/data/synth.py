@@ -139,10 +139,14 @@ def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) ->
     elif f.shape == "rectangular":
         if rng.random() < 0.5:
             mid = (y0 + y1) // 2
-            draw.rectangle((x0, mid - (y1 - y0) // 4, x1, mid + (y1 - y0) // 4), fill=colour, outline=outline, width=2)
+            draw.rectangle(
+                (x0, mid - (y1 - y0) // 4, x1, mid + (y1 - y0) // 4), fill=colour, outline=outline, width=2
+            )
         else:
             mid = (x0 + x1) // 2
-            draw.rectangle((mid - (x1 - x0) // 4, y0, mid + (x1 - x0) // 4, y1), fill=colour, outline=outline, width=2)
+            draw.rectangle(
+                (mid - (x1 - x0) // 4, y0, mid + (x1 - x0) // 4, y1), fill=colour, outline=outline, width=2
+            )
     elif f.shape == "l-shaped":
         w = (x1 - x0) // 2
         draw.rectangle((x0, y0, x0 + w, y1), fill=colour, outline=outline, width=2)
@@ -245,7 +249,9 @@ def describe(scene: Scene, rng: random.Random) -> str:
     text = rng.choice(OPENINGS) + first
     for clause in rest:
         # "with" joins noun phrases only, not a clause that has its own verb.
-        joiners = [", ", " and ", "; "] + ([", with "] if " runs " not in clause and "cross" not in clause else [])
+        joiners = [", ", " and ", "; "] + (
+            [", with "] if " runs " not in clause and "cross" not in clause else []
+        )
         text += rng.choice(joiners) + clause
     return text
 
@@ -256,7 +262,11 @@ TILE_DEGREES = 0.0015  # about 150 m of latitude per tile
 
 
 def generate_city(
-    out: str | Path, tiles: int = 1200, seed: int = 0, texts_per_tile: int = 4, val_share: float = 0.1,
+    out: str | Path,
+    tiles: int = 1200,
+    seed: int = 0,
+    texts_per_tile: int = 4,
+    val_share: float = 0.1,
     test_share: float = 0.1,
 ) -> Path:
     """Write `tiles` scenes and their descriptions under `out`; return the manifest's path."""

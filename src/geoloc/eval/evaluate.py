@@ -43,7 +43,9 @@ class Embeddings:
                 )
 
 
-def embed_dataset(encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None) -> Embeddings:
+def embed_dataset(
+    encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
+) -> Embeddings:
     texts, image_index = dataset.texts_with_image_index()
     image_emb = encoder.encode_images([r.image for r in dataset.records], batch_size, show_progress)
     text_emb = encoder.encode_text(texts, batch_size, show_progress)
@@ -60,7 +62,9 @@ def score(embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:
     return {"protocol": FULL_GALLERY, **metrics}
 
 
-def evaluate(encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None) -> tuple[dict[str, Any], Embeddings]:
+def evaluate(
+    encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
+) -> tuple[dict[str, Any], Embeddings]:
     embeddings = embed_dataset(encoder, dataset, batch_size, show_progress)
     return score(embeddings, dataset), embeddings
 
@@ -71,7 +75,13 @@ def format_table(metrics: dict[str, Any], title: str | None = None) -> str:
     ks = list(t2i)
     header = "| " + " | ".join([f"T2I {k}" for k in ks] + [f"I2T {k}" for k in ks] + ["mean"]) + " |"
     rule = "|" + "---|" * (2 * len(ks) + 1)
-    row = "| " + " | ".join([f"{t2i[k]:.2f}" for k in ks] + [f"{i2t[k]:.2f}" for k in ks] + [f"{metrics['mean']:.2f}"]) + " |"
+    row = (
+        "| "
+        + " | ".join(
+            [f"{t2i[k]:.2f}" for k in ks] + [f"{i2t[k]:.2f}" for k in ks] + [f"{metrics['mean']:.2f}"]
+        )
+        + " |"
+    )
     lines = [title] if title else []
     lines += [
         f"protocol: {metrics['protocol']}  ({metrics['n_texts']} texts, {metrics['n_images']} images)",

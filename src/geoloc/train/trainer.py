@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ def carve_splits(config: Config) -> Splits:
         val = [r for r in train if r.group in val_groups]
         train = [r for r in train if r.group not in val_groups]
     if not train:
-        raise GeolocError(f"{everything.source}: no training records (split {data.train_split!r} or unlabelled)")
+        raise GeolocError(
+            f"{everything.source}: no training records (split {data.train_split!r} or unlabelled)"
+        )
     val = val[: data.max_val_images]
     return Splits(Dataset(train, everything.source), Dataset(val, everything.source))
 
@@ -77,7 +80,9 @@ class PixelCache:
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         missing = [i for i in indices if i not in self.store]
         if missing:
-            images = [load_image(self.dataset.records[i].image, record=self.dataset.records[i].key) for i in missing]
+            images = [
+                load_image(self.dataset.records[i].image, record=self.dataset.records[i].key) for i in missing
+            ]
             pixels = self.encoder.pixel_inputs(images)
             fresh = {i: {k: v[n : n + 1] for k, v in pixels.items()} for n, i in enumerate(missing)}
             if not self.enabled:
@@ -94,12 +99,17 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: Config) -> 
     # No weight decay on biases, norms and other 1-d parameters (the released recipe).
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.train.lr)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, config: Config) -> Any:
-    warmup = max(1, math.ceil(total_steps * config.train.warmup_ratio)) if config.train.warmup_ratio > 0 else 0
+    warmup = (
+        max(1, math.ceil(total_steps * config.train.warmup_ratio)) if config.train.warmup_ratio > 0 else 0
+    )
     floor = config.train.min_lr_ratio
 
     def factor(step: int) -> float:
@@ -136,28 +146,48 @@ class Trainer:
         if resume_from is not None:
             self.encoder = GeoEncoder.load(resume_from / "encoder", device=str(self.device), trainable=True)
         else:
-            overrides = {k: getattr(config.model, k) for k in (
-                "pooling", "query_tokens", "query_heads", "text_template", "image_template", "max_text_tokens",
-                "padding_side")}
+            overrides = {
+                k: getattr(config.model, k)
+                for k in (
+                    "pooling",
+                    "query_tokens",
+                    "query_heads",
+                    "text_template",
+                    "image_template",
+                    "max_text_tokens",
+                    "padding_side",
+                )
+            }
             overrides["tuning"] = config.tuning
             self.encoder = GeoEncoder.load(
-                config.model.backbone, device=str(self.device), dtype=config.model.dtype, spec_overrides=overrides
+                config.model.backbone,
+                device=str(self.device),
+                dtype=config.model.dtype,
+                spec_overrides=overrides,
             )
         if config.train.gradient_checkpointing:
-            self.encoder.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.loss_fn = InfoNCE(config.loss.temperature, config.loss.learnable_temperature, config.loss.direction)
+            self.encoder.base_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.loss_fn = InfoNCE(
+            config.loss.temperature, config.loss.learnable_temperature, config.loss.direction
+        )
         self.loss_fn.to(self.device)
         params = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
         params += [(n, p) for n, p in self.loss_fn.named_parameters() if p.requires_grad]
         if not params:
-            raise GeolocError("nothing to train: tuning.strategy 'frozen' with eos/mean pooling has no trainable weights")
+            raise GeolocError(
+                "nothing to train: tuning.strategy 'frozen' with eos/mean pooling has no trainable weights"
+            )
         self.params = [p for _, p in params]
         self.splits = carve_splits(config)
         texts, image_index = self.splits.train.texts_with_image_index()
         self.texts, self.image_index = texts, image_index
         groups = self.splits.train.groups
         self.text_groups = [groups[i] for i in image_index]
-        self.steps_per_epoch = len(epoch_batches(self.text_groups, config.train.batch_size, config.train.seed, 0))
+        self.steps_per_epoch = len(
+            epoch_batches(self.text_groups, config.train.batch_size, config.train.seed, 0)
+        )
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
         self.optimizer = _optimizer(params, config)
@@ -231,19 +261,27 @@ class Trainer:
         if resume and not (checkpoint / TRAINER_STATE).is_file():
             resume = False  # nothing saved yet: start from the beginning
         if not resume and (self.run_dir / "metrics.jsonl").exists():
-            raise GeolocError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out")
+            raise GeolocError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._build(checkpoint if resume else None)
         if resume:
             self._restore(checkpoint)
         save_config(self.config, self.run_dir / "config.yaml")
         train = self.config.train
-        deadline = time.monotonic() + train.max_minutes * 60 - self.elapsed if train.max_minutes > 0 else math.inf
+        deadline = (
+            time.monotonic() + train.max_minutes * 60 - self.elapsed if train.max_minutes > 0 else math.inf
+        )
         progress = None
         if train.progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=self.total_steps, initial=self.step, unit="step", desc="training")
+            # Far fewer refreshes when stderr is a log file, not a terminal.
+            interval = 0.5 if sys.stderr.isatty() else 30.0
+            progress = tqdm(
+                total=self.total_steps, initial=self.step, unit="step", desc="training", mininterval=interval
+            )
         started, window_pairs, window_start = time.monotonic(), 0, time.monotonic()
         elapsed_at_start = self.elapsed
         stopped_early = False
@@ -258,9 +296,17 @@ class Trainer:
                 self.elapsed = elapsed_at_start + time.monotonic() - started
                 if self.step % train.log_every == 0 or self.step == 1:
                     rate = window_pairs / max(1e-9, time.monotonic() - window_start)
-                    self._log({"type": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
-                               "lr": self.scheduler.get_last_lr()[0], "temperature": self.loss_fn.temperature,
-                               "pairs_per_s": rate})
+                    self._log(
+                        {
+                            "type": "train",
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "loss": loss,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "temperature": self.loss_fn.temperature,
+                            "pairs_per_s": rate,
+                        }
+                    )
                     window_pairs, window_start = 0, time.monotonic()
                     if progress is not None:
                         progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
@@ -273,8 +319,8 @@ class Trainer:
                 if time.monotonic() > deadline:
                     stopped_early = True
                     break
-            if stopped_early:
-                break
+            if self.batch_in_epoch < len(batches):
+                break  # stopped inside the epoch (step or time budget): resume continues it
             self.epoch += 1
             self.batch_in_epoch = 0
             if not train.eval_every:
@@ -284,7 +330,12 @@ class Trainer:
         final = self.validate()
         self.save_checkpoint()
         self.encoder.save(self.run_dir / "final")
-        return {"steps": self.step, "best_val_r1": self.best_r1, "final_val": final, "stopped_early": stopped_early}
+        return {
+            "steps": self.step,
+            "best_val_r1": self.best_r1,
+            "final_val": final,
+            "stopped_early": stopped_early,
+        }
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:

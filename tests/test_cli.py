@@ -1,0 +1,113 @@
+"""The command line: outputs users and other tools rely on, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoloc.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "geoloc.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_eval_writes_metrics_and_embeddings(small_city: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval",
+            "tiny-internvl",
+            "--data",
+            str(small_city),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--save-embeddings",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "full-gallery"
+    assert set(metrics["text_to_image"]) == {"R@1", "R@5", "R@10"} == set(metrics["image_to_text"])
+    assert metrics["n_images"] == 20 and metrics["n_texts"] >= 40
+    six = list(metrics["text_to_image"].values()) + list(metrics["image_to_text"].values())
+    assert metrics["mean"] == pytest.approx(sum(six) / 6)
+    data = np.load(out / "embeddings.npz")
+    assert data["image_emb"].dtype == np.float32 and data["image_emb"].shape[0] == 20
+    assert np.allclose(np.linalg.norm(data["text_emb"], axis=1), 1, atol=1e-5)
+    assert len(data["texts"]) == len(data["text_image_keys"]) == data["text_emb"].shape[0]
+    assert set(data["text_image_keys"]) <= set(data["image_keys"])
+    assert data["image_keys"][0].startswith("tiles/")
+    assert "T2I R@1" in capsys.readouterr().out
+
+
+def test_train_command_and_resume(tiny_city: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model: {{backbone: tiny-smolvlm}}\ntuning: {{strategy: full}}\ndata: {{train: {tiny_city}}}\n"
+        "train: {epochs: 1, batch_size: 16, lr: 1.0e-3, progress: false}\n"
+    )
+    run = tmp_path / "run"
+    result = _run("train", str(config), "--out", str(run), "--set", "train.max_steps=1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 1
+    again = _run("train", str(config), "--out", str(run), "--set", "train.max_steps=2", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["steps"] == 2
+
+
+def _assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_bad_inputs_give_clear_errors(small_city: Path, tmp_path: Path) -> None:
+    # A manifest whose image is missing.
+    data = tmp_path / "data"
+    shutil.copytree(small_city.parent, data)
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    (data / test_rows[0]["image"]).unlink()
+    _assert_clean_error(
+        _run("eval", "tiny-smolvlm", "--data", str(data)), "manifest.jsonl", test_rows[0]["image"]
+    )
+
+    # A malformed manifest line.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"image": "a.png", "texts": ["x"]}\n{"image": \n')
+    _assert_clean_error(_run("eval", "tiny-smolvlm", "--data", str(broken)), "broken.jsonl", "line")
+
+    # An empty text.
+    (tmp_path / "a.png").write_bytes((data / test_rows[1]["image"]).read_bytes())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"image": "a.png", "texts": ["  "]}\n')
+    _assert_clean_error(
+        _run("eval", "tiny-smolvlm", "--data", str(empty), "--split", "all"), "empty.jsonl", "line 1"
+    )
+
+    # An unreadable image: eval names the image file, exits 2, writes no metrics.
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(small_city.parent, corrupt)
+    (corrupt / test_rows[1]["image"]).write_bytes(b"not a png")
+    out = tmp_path / "never"
+    result = _run("eval", "tiny-smolvlm", "--data", str(corrupt), "--out", str(out))
+    _assert_clean_error(result, test_rows[1]["image"])
+    assert not out.exists()
+
+    # A malformed config, and an unknown model.
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("train: {batch_size: many}\n")
+    _assert_clean_error(_run("train", str(bad_config)), "bad.yaml", "train.batch_size")
+    _assert_clean_error(_run("eval", str(tmp_path / "no-model"), "--data", str(small_city)), "no-model")

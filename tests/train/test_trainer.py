@@ -1,0 +1,135 @@
+"""The training run on the synthetic city: learning, outputs, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geoloc.config import config_from_dict, load_config
+from geoloc.data.manifest import read_manifest
+from geoloc.encoder.model import GeoEncoder
+from geoloc.errors import GeolocError
+from geoloc.eval.evaluate import evaluate
+from geoloc.train import trainer as trainer_module
+from geoloc.train.trainer import CHECKPOINT, carve_splits, train
+
+
+def _config(data: Path, **train: object) -> object:
+    settings = {
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_ratio": 0.05,
+        "save_every": 1000,
+        "log_every": 5,
+        "progress": False,
+        **train,
+    }
+    return config_from_dict(
+        {
+            "model": {"backbone": "tiny-smolvlm"},
+            "tuning": {"strategy": "full"},
+            "loss": {"temperature": 0.05, "direction": "symmetric"},
+            "data": {"train": str(data)},
+            "train": settings,
+        }
+    )
+
+
+def test_short_run_raises_held_out_recall(small_city: Path, tmp_path: Path) -> None:
+    test = read_manifest(small_city, split="test")
+    before, _ = evaluate(GeoEncoder.load("tiny-smolvlm"), test, show_progress=False)
+    result = train(_config(small_city, epochs=8), tmp_path / "run")
+    after, _ = evaluate(GeoEncoder.load(tmp_path / "run"), test, show_progress=False)
+    assert result["steps"] > 0
+    # 20 test tiles: chance R@1 is 5 %. A few epochs take it well past that.
+    assert after["text_to_image"]["R@1"] >= before["text_to_image"]["R@1"] + 10
+    assert after["text_to_image"]["R@1"] >= 15
+
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "best").is_dir() and (run / "final").is_dir()
+    saved = load_config(run / "config.yaml")
+    assert saved.train.lr == pytest.approx(1e-3) and saved.data.train == str(small_city)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["type"] for r in records} == {"train", "val"}
+    assert all(r["loss"] > 0 for r in records if r["type"] == "train")
+    best = json.loads((run / "best.json").read_text())
+    assert best["text_to_image"]["R@1"] == max(
+        r["text_to_image"]["R@1"] for r in records if r["type"] == "val"
+    )
+
+
+def test_validation_is_carved_from_training_rows_never_test(small_city: Path) -> None:
+    splits = carve_splits(_config(small_city))
+    assert {r.split for r in splits.train.records} == {"train"}
+    assert {r.split for r in splits.val.records} == {"val"}
+    # Without a val split, a seeded share of the training groups is held out.
+    config = _config(small_city)
+    config.data.val_split = "no-such-split"
+    carved = carve_splits(config)
+    train_groups = {r.group for r in carved.train.records}
+    val_groups = {r.group for r in carved.val.records}
+    assert val_groups and not (train_groups & val_groups)
+    assert all(r.split == "train" for r in carved.val.records)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "backbone" / "model.safetensors"))
+
+
+def test_resume_after_a_crash_gives_identical_weights(tiny_city: Path, tmp_path: Path, monkeypatch) -> None:
+    config = _config(tiny_city, epochs=2, batch_size=8, save_every=3, log_every=1)
+    train(config, tmp_path / "straight")
+
+    real_step = trainer_module.Trainer.train_step
+    calls = {"n": 0}
+
+    def crashing_step(self, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the checkpoint of step 3, in the middle of the run
+            raise _Crash()
+        return real_step(self, batch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", crashing_step)
+    with pytest.raises(_Crash):
+        train(config, tmp_path / "crashed")
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    state = torch.load(tmp_path / "crashed" / CHECKPOINT / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 3
+    train(config, tmp_path / "crashed", resume=True)
+
+    straight, resumed = _weights(tmp_path / "straight" / "final"), _weights(tmp_path / "crashed" / "final")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert json.loads((tmp_path / "straight" / "best.json").read_text()) == json.loads(
+        (tmp_path / "crashed" / "best.json").read_text()
+    )
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_city: Path, tmp_path: Path) -> None:
+    config = _config(tiny_city, epochs=1, batch_size=16, max_steps=1)
+    train(config, tmp_path / "run")
+    with pytest.raises(GeolocError, match="--resume"):
+        train(config, tmp_path / "run")
+
+
+def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path) -> None:
+    config = _config(tiny_city, epochs=1, batch_size=16, max_steps=2)
+    config.tuning.strategy = "lora"
+    config.tuning.init = "gaussian"
+    train(config, tmp_path / "run")
+    best = tmp_path / "run" / "best"
+    assert (best / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (best / "backbone").exists()
+    encoder = GeoEncoder.load(tmp_path / "run")
+    vectors = encoder.encode_text(["a red building in the centre"])
+    assert vectors.shape == (1, 128) and abs(float((vectors**2).sum()) - 1) < 1e-5
