@@ -63,3 +63,14 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("train: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(path)
+
+
+def test_shipped_configs_load() -> None:
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        config = load_config(path)
+        assert config.model.backbone and config.data.train
+    recipe = load_config(Path(__file__).parent.parent / "configs" / "paper-internvl3_5-1b.yaml")
+    assert (recipe.tuning.strategy, recipe.tuning.rank, recipe.tuning.alpha) == ("dora", 16, 128.0)
+    assert recipe.loss.temperature == 0.03 and recipe.loss.direction == "text_to_image"

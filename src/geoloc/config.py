@@ -148,12 +148,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _field_type(path: list[str]) -> Any:
+    """The declared type of a dotted config key, or None when there is no such key."""
+    node: Any = Config
+    for part in path:
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        node = hints[part]
+    return node
+
+
 def config_from_dict(
     data: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
 ) -> Config:
     data = dict(data or {})
     for text in overrides or []:
         path, value = parse_override(text)
+        if _field_type(path) is str:
+            value = text.split("=", 1)[1]  # a string field takes the text as written, braces and all
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
