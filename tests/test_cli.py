@@ -111,3 +111,77 @@ def test_bad_inputs_give_clear_errors(small_city: Path, tmp_path: Path) -> None:
     bad_config.write_text("train: {batch_size: many}\n")
     _assert_clean_error(_run("train", str(bad_config)), "bad.yaml", "train.batch_size")
     _assert_clean_error(_run("eval", str(tmp_path / "no-model"), "--data", str(small_city)), "no-model")
+
+
+def test_params_counts_the_paper_recipe(capsys) -> None:
+    recipe = Path(__file__).parent.parent / "configs" / "paper-internvl3_5-1b.yaml"
+    assert main(["params", str(recipe), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["total"] - result["trainable"] == 1_060_897_792
+    assert result["trainable"] == 9_027_584
+    assert main(["params", "smolvlm-256m", "--set", "tuning.strategy=frozen", "--json"]) == 0
+    frozen = json.loads(capsys.readouterr().out)
+    assert frozen["total"] == 256_484_928 and frozen["trainable"] == 0
+
+
+def _cvgtext_root(root: Path, rng: np.random.Generator) -> None:
+    """A CVG-Text city in the official layout: 30 locations, panoramas and single-view photos."""
+    from PIL import Image
+
+    tiles = root / "NewYork-mixed-satellite"
+    tiles.mkdir(parents=True)
+    descriptions = {}
+    for i in range(30):
+        lat, lon = 40.70 + rng.uniform(0, 0.01), -74.0 + rng.uniform(0, 0.01)
+        name = (
+            f"{lat:.8f},{lon:.8f}_2022-08_pano{i:03d}_d90_z3.jpg" if i % 2 else f"{lat:.8f},{lon:.8f}_{i}.jpg"
+        )
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tiles / name)
+        descriptions[name] = f"a street with a {['red', 'blue', 'white'][i % 3]} building number {i}"
+    annotations = root / "CVG-text" / "NewYork-mixed"
+    annotations.mkdir(parents=True)
+    (annotations / "test.json").write_text(json.dumps(descriptions))
+
+
+def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
+    _cvgtext_root(tmp_path / "cvg", np.random.default_rng(0))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "tiny-smolvlm",
+            "--benchmark",
+            "cvgtext",
+            "--root",
+            str(tmp_path / "cvg"),
+            "--city",
+            "NewYork",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "cvgtext"
+    assert set(metrics["subsets"]) == {"all", "panorama", "single_view"}
+    assert metrics["subsets"]["all"]["n"] == 30
+    assert metrics["subsets"]["panorama"]["n"] == metrics["subsets"]["single_view"]["n"] == 15
+    assert set(metrics["subsets"]["all"]) == {
+        "R@1",
+        "R@5",
+        "R@10",
+        "L@50",
+        "L@100",
+        "L@150",
+        "mean_error_km",
+        "n",
+    }
+    # 30 tiles, so each query's 100-nearest gallery is the whole city: R@10 is at least 10/30.
+    assert metrics["subsets"]["all"]["R@10"] >= metrics["subsets"]["all"]["R@1"]
+
+
+def test_benchmark_arguments_are_checked(tmp_path: Path) -> None:
+    result = _run("eval", "tiny-smolvlm", "--benchmark", "cvgtext", "--root", str(tmp_path))
+    _assert_clean_error(result, "--city")
+    result = _run("eval", "tiny-smolvlm", "--benchmark", "geotext1652")
+    _assert_clean_error(result, "--root")

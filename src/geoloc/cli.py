@@ -51,22 +51,49 @@ def _default_eval_dir(model: str, split: str | None) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
-    from geoloc.data.manifest import read_manifest
     from geoloc.encoder.model import GeoEncoder
-    from geoloc.eval.evaluate import evaluate, format_table
+    from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
+    from geoloc.eval.evaluate import embed_dataset
 
-    dataset = read_manifest(args.data, split=args.split)
+    request = BenchmarkRequest(
+        benchmark=args.benchmark,
+        data=args.data,
+        root=args.root,
+        split=args.split,
+        city=args.city,
+        version=args.version,
+        target=args.target,
+        view=args.view,
+        official_quirks=args.official_quirks,
+        full_city=args.full_city,
+    )
+    dataset = load_benchmark(request)
     encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
-    metrics, embeddings = evaluate(encoder, dataset, batch_size=args.batch_size)
+    embeddings = embed_dataset(encoder, dataset, batch_size=args.batch_size)
+    metrics = score_benchmark(request, embeddings, dataset)
     metrics = {**metrics, "model": args.model, "data": str(dataset.source), "split": args.split}
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
     atomic.write_json(out / "metrics.json", metrics)
     if args.save_embeddings:
         embeddings.save(out / "embeddings.npz")
-    print(format_table(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
-    print(
-        f"wrote {out / 'metrics.json'}" + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else "")
-    )
+    print(format_metrics(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
+    written = f"wrote {out / 'metrics.json'}"
+    print(written + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from geoloc.config import load_config
+    from geoloc.encoder.counting import count_for_config, format_counts
+
+    # A training config names its own backbone; otherwise MODEL is the backbone and --set
+    # chooses the tuning and pooling.
+    is_training_config = Path(args.model).suffix in (".yaml", ".yml")
+    config = load_config(args.model if is_training_config else None, args.set)
+    if not is_training_config:
+        config.model.backbone = args.model
+    result = count_for_config(config)
+    print(json.dumps(result, indent=2) if args.json else format_counts(result))
     return 0
 
 
@@ -89,7 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a data set")
     p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
-    p.add_argument("--data", required=True, help="manifest file or folder holding manifest.jsonl")
+    p.add_argument("--data", help="manifest file or folder holding manifest.jsonl")
+    p.add_argument("--benchmark", default="manifest", choices=["manifest", "geotext1652", "cvgtext"])
+    p.add_argument("--root", help="benchmark root folder (geotext1652, cvgtext)")
+    p.add_argument("--city", help="cvgtext city, e.g. NewYork")
+    p.add_argument(
+        "--version", default="mixed", choices=["mixed", "panorama", "photos"], help="cvgtext queries"
+    )
+    p.add_argument("--target", default="satellite", choices=["satellite", "osm"], help="cvgtext tiles")
+    p.add_argument(
+        "--view", default="all", choices=["all", "satellite", "drone", "ground"], help="geotext1652"
+    )
+    p.add_argument(
+        "--official-quirks", action="store_true", help="geotext1652: the official off-by-one labels"
+    )
+    p.add_argument("--full-city", action="store_true", help="cvgtext: the whole city as gallery")
     p.add_argument(
         "--split", default="test", help="rows of this split only (default: test; 'all' for every row)"
     )
@@ -99,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("params", help="exact total / trainable parameter counts, on the meta device")
+    p.add_argument(
+        "model",
+        help="smolvlm-256m | smolvlm-500m | internvl3_5-1b, an HF id, a config.json, "
+        "a tiny preset, or a training config (YAML)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. tuning.strategy=dora"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("synth", help="write a synthetic city in the manifest format")
     p.add_argument("out", help="output folder")

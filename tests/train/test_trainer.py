@@ -133,3 +133,30 @@ def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path
     encoder = GeoEncoder.load(tmp_path / "run")
     vectors = encoder.encode_text(["a red building in the centre"])
     assert vectors.shape == (1, 128) and abs(float((vectors**2).sum()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"precision": "bf16", "gradient_checkpointing": True, "strategy": "dora", "pooling": "query"},
+        {"precision": "float32", "gradient_checkpointing": False, "strategy": "lora", "pooling": "mean"},
+    ],
+)
+def test_one_step_updates_adapters_under_each_setting(tiny_city: Path, tmp_path: Path, overrides: dict) -> None:
+    config = _config(tiny_city, epochs=1, batch_size=8, max_steps=1)
+    config.train.precision = overrides["precision"]
+    config.train.gradient_checkpointing = overrides["gradient_checkpointing"]
+    config.tuning.strategy = overrides["strategy"]
+    config.tuning.init = "gaussian"
+    config.model.pooling = overrides["pooling"]
+    config.loss.learnable_temperature = True
+    trainer = trainer_module.Trainer(config, tmp_path / "run")
+    trainer._build(None)
+    before = {n: p.detach().clone() for n, p in trainer.encoder.named_parameters() if p.requires_grad}
+    assert before and all("lora" in n or "pooler" in n for n in before)
+    trainer.train_step(list(range(8)))
+    after = dict(trainer.encoder.named_parameters())
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    # lora_B starts at zero and so does its gradient to lora_A; after one step B has moved.
+    assert any("lora_B" in n for n in changed)
+    assert trainer.loss_fn.log_scale.grad is not None

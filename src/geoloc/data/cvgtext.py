@@ -1,0 +1,266 @@
+"""CVG-Text: street-level scene descriptions to retrieve satellite or OSM tiles, in three cities.
+
+Versions (see docs/benchmarks.md): `<City>` holds panoramas, `<City>-photos` single-view photos and
+`<City>-mixed` both. Two arrangements of the same files are accepted:
+
+- the official configuration's::
+
+      <root>/<version>-satellite/<file>      <root>/<version>-OSM/<file>
+      <root>/CVG-text/<version>/{train,test}.json
+
+- the other download's::
+
+      <root>/reference/<version>-satellite/<file>      <root>/reference/<version>-OSM/<file>
+      <root>/annotation/<version>/{train,test}.json
+
+Each JSON file is ONE object `{file_name: description}`. The same file name names the location's
+satellite and OSM tiles, and holds its coordinates: `<lat>,<lon>_...` (panorama,
+`<lat>,<lon>_<YYYY-MM>_<pano id>_d<yaw>_z<zoom>.<ext>`) or `<lat>,<lon>[_<part>].<ext>` (photo).
+
+Rules of this loader:
+
+- For a version, the official arrangement is looked for first, then the other one; a version is
+  found when its JSON file exists. The tiles are read from the same arrangement's folder.
+- version="mixed" reads `<City>-mixed` when it exists; otherwise it combines the panorama and the
+  photo versions (panorama records first), which must then both exist.
+- A record: key = file name, image = its tile in the target folder, texts = (description,),
+  group = file name, lat / lon from the file name, split = `split`.
+- Errors name the JSON file and the record by its key (`record <file name>`). A name whose
+  coordinates do not parse or are out of range, a description that is not a non-empty string, a
+  file name listed twice (in one file, or in both halves of a combined mixed set), a file name that
+  leads outside its tile folder, or a missing tile (with `check_images`) is a bad record.
+- `is_panorama(file_name)` tells panorama from single-view names by the BASENAME having more than
+  two `_`-separated parts (the official code tests the full path: an underscore in a folder name
+  breaks it there, not here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from geoloc.data.manifest import MAX_TEXT_CHARS, Dataset, Record
+from geoloc.errors import DataError
+
+VERSIONS = ("mixed", "panorama", "photos")
+TARGETS = ("satellite", "osm")
+SPLITS = ("test", "train")
+_TARGET_SUFFIX = {"satellite": "satellite", "osm": "OSM"}
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+# The coordinates end at the first '_', at the extension's dot, or at the end of the name.
+_COORDINATES = re.compile(rf"^({_NUMBER}),({_NUMBER})(?=_|\.[^._]*$|$)", re.ASCII)
+
+
+def is_panorama(file_name: str) -> bool:
+    """True for a panorama's file name: its basename has more than two `_`-separated parts."""
+    return len(_basename(file_name).split("_")) > 2
+
+
+def parse_coordinates(file_name: str) -> tuple[float, float]:
+    """(lat, lon) in degrees from a CVG-Text file name `<lat>,<lon>_...`; ValueError if it has none.
+
+    Only the basename is read. lat must lie in [-90, 90] and lon in [-180, 180].
+    """
+    base = _basename(file_name)
+    match = _COORDINATES.match(base)
+    if match is None:
+        raise ValueError(f"file name {file_name!r} does not start with '<lat>,<lon>'")
+    lat, lon = float(match.group(1)), float(match.group(2))
+    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        raise ValueError(f"latitude {match.group(1)} in file name {file_name!r} is outside [-90, 90]")
+    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
+        raise ValueError(f"longitude {match.group(2)} in file name {file_name!r} is outside [-180, 180]")
+    return lat, lon
+
+
+def _basename(file_name: str) -> str:
+    return file_name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def version_folder(city: str, version: str) -> str:
+    """The folder name of a city's version: `<City>`, `<City>-photos` or `<City>-mixed`."""
+    return {"panorama": city, "photos": f"{city}-photos", "mixed": f"{city}-mixed"}[version]
+
+
+def load_cvgtext(
+    root: str | Path,
+    city: str,
+    version: Literal["mixed", "panorama", "photos"] = "mixed",
+    target: Literal["satellite", "osm"] = "satellite",
+    split: Literal["test", "train"] = "test",
+    on_bad_record: Literal["error", "skip"] = "error",
+    check_images: bool = True,
+) -> Dataset:
+    """Read one CVG-Text city version as a `Dataset`: one `Record` per location.
+
+    `target` picks the tiles (satellite or OSM) that the records' images point at. With
+    on_bad_record="skip", bad records are left out and listed in `Dataset.skipped` as
+    (file name, reason); problems with a file as a whole, or an empty result, still raise
+    `DataError`. `Dataset.source` is the (first) JSON file read.
+    """
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    root = Path(root).absolute()
+    for name, value, choices in (("version", version, VERSIONS), ("target", target, TARGETS)):
+        if value not in choices:
+            raise DataError(f"unknown CVG-Text {name} {value!r}: expected one of {', '.join(choices)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown CVG-Text split {split!r}: expected one of {', '.join(SPLITS)}")
+    if not isinstance(city, str) or not city or "/" in city or "\\" in city or city in (".", ".."):
+        raise DataError(f"invalid CVG-Text city name {city!r}")
+
+    parts = _find_parts(root, city, version, target, split)
+    records: list[Record] = []
+    skipped: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
+    for annotation, tiles in parts:
+        for key, description in _read_object(annotation):
+            try:
+                if key in seen:
+                    where = "earlier in this file" if seen[key] == annotation else f"also in {seen[key]}"
+                    raise DataError(f"file name listed twice ({where})", path=annotation, record=key)
+                seen[key] = annotation
+                records.append(_record(key, description, annotation, tiles, split, check_images))
+            except DataError as exc:
+                if on_bad_record == "error":
+                    raise
+                skipped.append((key, str(exc)))
+
+    source = parts[0][0]
+    if not records:
+        extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
+        raise DataError(f"no records in CVG-Text {city} {version} {split}{extra}", path=source)
+    return Dataset(records=records, source=source, skipped=skipped)
+
+
+def _record(
+    key: str, description: Any, annotation: Path, tiles: Path, split: str, check_images: bool
+) -> Record:
+    def bad(message: str) -> DataError:
+        return DataError(message, path=annotation, record=key)
+
+    if not key.strip():
+        raise bad("the file name is empty")
+    try:
+        lat, lon = parse_coordinates(key)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if description is None:
+        raise bad("the description is null")
+    if not isinstance(description, str):
+        raise bad(f"the description must be a string, got {_kind(description)}")
+    if not description.strip():
+        raise bad("the description is empty" if not description else "the description is only whitespace")
+    if len(description) > MAX_TEXT_CHARS:
+        raise bad(f"the description is {len(description):,} characters long, more than {MAX_TEXT_CHARS:,}")
+    if "\x00" in key or os.path.isabs(key) or key.startswith(("/", "\\")):
+        raise bad("the file name must be a plain name relative to the tile folder")
+    image = tiles / key
+    try:
+        inside = image.resolve().is_relative_to(tiles.resolve())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
+        raise bad(f"cannot resolve the tile path: {exc}") from None
+    if not inside:
+        raise bad(f"the file name leads outside the tile folder {tiles}")
+    if check_images and not image.is_file():
+        raise bad(f"tile not found: {image}" if not image.exists() else f"tile path is not a file: {image}")
+    return Record(key=key, image=image, texts=(description,), group=key, lat=lat, lon=lon, split=split)
+
+
+def _arrangements(root: Path, folder: str, target: str, split: str) -> list[tuple[Path, Path]]:
+    """(annotation file, tile folder) of a version folder, in each accepted arrangement."""
+    tiles = f"{folder}-{_TARGET_SUFFIX[target]}"
+    return [
+        (root / "CVG-text" / folder / f"{split}.json", root / tiles),
+        (root / "annotation" / folder / f"{split}.json", root / "reference" / tiles),
+    ]
+
+
+def _find_version(root: Path, folder: str, target: str, split: str) -> tuple[Path, Path] | None:
+    for annotation, tiles in _arrangements(root, folder, target, split):
+        if annotation.is_file():
+            return annotation, tiles
+    return None
+
+
+def _find_parts(root: Path, city: str, version: str, target: str, split: str) -> list[tuple[Path, Path]]:
+    """The (annotation file, tile folder) pairs that make up the asked version."""
+    found = _find_version(root, version_folder(city, version), target, split)
+    if found is not None:
+        parts = [found]
+    elif version == "mixed":
+        halves = [_find_version(root, version_folder(city, v), target, split) for v in ("panorama", "photos")]
+        if any(half is None for half in halves):
+            looked = [
+                str(a)
+                for v in ("mixed", "panorama", "photos")
+                for a, _ in _arrangements(root, version_folder(city, v), target, split)
+            ]
+            raise DataError(
+                f"CVG-Text {city} mixed {split} not found: no {city}-mixed version, and not both "
+                f"{city} and {city}-photos (looked for {', '.join(looked)}){_known_cities(root)}",
+                path=root,
+            )
+        parts = [half for half in halves if half is not None]
+    else:
+        looked = [str(a) for a, _ in _arrangements(root, version_folder(city, version), target, split)]
+        raise DataError(
+            f"CVG-Text {city} {version} {split} not found (looked for {', '.join(looked)})"
+            f"{_known_cities(root)}",
+            path=root,
+        )
+    for annotation, tiles in parts:
+        if not tiles.is_dir():
+            raise DataError(f"tile folder not found: {tiles}", path=annotation)
+    return parts
+
+
+def _known_cities(root: Path) -> str:
+    names: set[str] = set()
+    for folder in (root / "CVG-text", root / "annotation"):
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if p.is_dir())
+    return f"; versions present: {', '.join(sorted(names))}" if names else ""
+
+
+class _Pairs(list):
+    """A JSON object's (key, value) pairs in file order, so duplicated keys are not lost."""
+
+
+def _read_object(path: Path) -> list[tuple[str, Any]]:
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f, object_pairs_hook=_Pairs)
+    except OSError as exc:
+        raise DataError(f"cannot read file: {exc.strerror or exc}", path=path) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 text: {exc.reason}", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path
+        ) from None
+    if not isinstance(data, _Pairs):
+        raise DataError(f"expected one JSON object {{file_name: description}}, got {_kind(data)}", path=path)
+    return list(data)
+
+
+def _kind(value: Any) -> str:
+    """Name a value's type in JSON terms, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, _Pairs):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

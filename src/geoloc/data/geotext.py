@@ -1,0 +1,309 @@
+"""GeoText-1652: University-1652 buildings seen by drone, satellite and ground cameras, with texts.
+
+Files (see docs/benchmarks.md)::
+
+    <root>/train.json                  split "train"
+    <root>/test_951_version.json       split "test" (the full test set)
+    <root>/test_24G_version.json       split "test_24G" (a ~1/5 subset of the test set)
+    <root>/images/...                  a record's "image" is relative to this folder
+
+Each JSON file is a list of records::
+
+    {"image_id": "0839/image-43.jpeg", "image": "train/0839/image-43.jpeg",
+     "caption": "In the center ...", "sentences": [...], "bboxes": [...]}
+
+Rules of this loader:
+
+- `image_id` is `<4 digits>/<file>`; the building (the record's group) is its first 4 characters.
+- `caption` is one string (train) or a list of strings (test); either form is accepted in any file.
+  Every text must be a non-empty string of at most `MAX_TEXT_CHARS` characters.
+- `sentences` and `bboxes` are not used for retrieval; they are checked loosely: absent, null, or a
+  list whose entries are null or a string (sentences) / null or a list of numbers (bboxes).
+- Several records with the same `image_id` are merged into one `Record` (key = image_id), their
+  texts concatenated in file order; they must name the same `image` path. Records keep the order in
+  which their image first appears; buildings need not be contiguous.
+- Records are named `record N` in errors, N being the index in the JSON list (from 0).
+- An `image` path must be relative and stay under `<root>/images` once `..` and symlinks are
+  resolved; the file must exist (it is not decoded here).
+- There are no coordinates: `lat` / `lon` are None. `split` is "train", or "test" for both tests.
+
+Views (`geotext_view`): the JSON has no view field, so the view is read from the image path, in
+this order (all comparisons lower-case):
+
+1. the innermost folder of the path whose name contains `satellite` -> satellite, `drone` ->
+   drone, `street`, `ground` or `google` -> ground (University-1652's own folder names);
+2. else the file's stem containing one of those words (e.g. `satellite_view.jpg`);
+3. else University-1652's file naming inside a building folder: the stem equal to the building
+   id (`0839/0839.jpg`, any extension) -> satellite; a stem `image-<digits>` (`image-43.jpeg`) ->
+   drone;
+4. anything else -> ground.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from geoloc.data.manifest import MAX_TEXT_CHARS, Dataset, Record
+from geoloc.errors import DataError
+
+SPLIT_FILES = {
+    "train": "train.json",
+    "test": "test_951_version.json",
+    "test_24G": "test_24G_version.json",
+}
+VIEWS = ("all", "satellite", "drone", "ground")
+
+_IMAGE_ID = re.compile(r"(\d{4})/(\S.*)", re.ASCII)
+_DRONE_STEM = re.compile(r"^image-\d+$", re.ASCII)
+# Checked in this order, so a name holding two words (unlikely) gets the first.
+_VIEW_WORDS = (
+    ("satellite", "satellite"),
+    ("drone", "drone"),
+    ("street", "ground"),
+    ("ground", "ground"),
+    ("google", "ground"),
+)
+
+
+class _BadRecord(Exception):
+    """A record-level problem; turned into a DataError or a skipped entry."""
+
+
+def geotext_view(image: str, building: str) -> Literal["satellite", "drone", "ground"]:
+    """The camera of a GeoText-1652 image, from its path (relative to `<root>/images`).
+
+    `building` is the record's 4-digit building id. See the module docstring for the rules.
+    """
+    path = PurePosixPath(image.replace("\\", "/"))
+    for folder in reversed(path.parts[:-1]):
+        view = _view_word(folder)
+        if view is not None:
+            return view
+    stem = PurePosixPath(path.name).stem.lower()
+    view = _view_word(stem)
+    if view is not None:
+        return view
+    if stem == building.lower():
+        return "satellite"
+    if _DRONE_STEM.match(stem):
+        return "drone"
+    return "ground"
+
+
+def _view_word(name: str) -> Literal["satellite", "drone", "ground"] | None:
+    lowered = name.lower()
+    for word, view in _VIEW_WORDS:
+        if word in lowered:
+            return view  # type: ignore[return-value]
+    return None
+
+
+def load_geotext(
+    root: str | Path,
+    split: Literal["test", "test_24G", "train"] = "test",
+    view: Literal["all", "satellite", "drone", "ground"] = "all",
+    on_bad_record: Literal["error", "skip"] = "error",
+    check_images: bool = True,
+) -> Dataset:
+    """Read one GeoText-1652 split as a `Dataset`: one `Record` per image, grouped by building.
+
+    `view` keeps only the images of one camera (see `geotext_view`); every record of the file is
+    validated whatever the view, but only the kept images are checked to exist (and only with
+    `check_images`). With on_bad_record="skip", bad records are left out and listed in
+    `Dataset.skipped` as ("record N", reason); problems with the file as a whole, or an empty
+    result, still raise `DataError`.
+    """
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    root = Path(root).absolute()
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown GeoText-1652 split {split!r}: expected one of {', '.join(SPLIT_FILES)}")
+    if view not in VIEWS:
+        raise DataError(f"unknown GeoText-1652 view {view!r}: expected one of {', '.join(VIEWS)}")
+    source = root / SPLIT_FILES[split]
+    images_root = root / "images"
+    real_images_root = images_root.resolve()
+    rows = _read_list(source)
+
+    # image_id -> [image path, building, texts, index of its first record]
+    merged: dict[str, list[Any]] = {}
+    skipped: list[tuple[str, str]] = []
+    for index, row in enumerate(rows):
+        name = f"record {index}"
+        try:
+            image_id, building, image, texts = _parse_record(row, images_root, real_images_root)
+            entry = merged.get(image_id)
+            if entry is None:
+                merged[image_id] = [image, building, list(texts), index]
+            elif entry[0] != image:
+                raise _BadRecord(
+                    f"image_id {image_id!r} is given image {row['image']!r} here but "
+                    f"{_relative(entry[0], images_root)!r} in record {entry[3]}"
+                )
+            else:
+                entry[2].extend(texts)
+        except _BadRecord as exc:
+            if on_bad_record == "error":
+                raise DataError(str(exc), path=source, record=index) from None
+            skipped.append((name, str(exc)))
+
+    out_split = "train" if split == "train" else "test"
+    records: list[Record] = []
+    for image_id, (image, building, texts, index) in merged.items():
+        if view != "all" and geotext_view(_relative(image, images_root), building) != view:
+            continue
+        if check_images and not image.is_file():
+            reason = "image file not found" if not image.exists() else "image path is not a file"
+            if on_bad_record == "error":
+                raise DataError(f"{reason}: {image}", path=source, record=index)
+            skipped.append((f"record {index}", f"{reason}: {image}"))
+            continue
+        records.append(Record(key=image_id, image=image, texts=tuple(texts), group=building, split=out_split))
+
+    if not records:
+        what = "no records" if view == "all" else f"no {view} images"
+        extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
+        raise DataError(f"{what} in GeoText-1652 split {split!r}{extra}", path=source)
+    return Dataset(records=records, source=source, skipped=skipped)
+
+
+def _relative(image: Path, images_root: Path) -> str:
+    return image.relative_to(images_root).as_posix()
+
+
+def _read_list(source: Path) -> list[Any]:
+    try:
+        with open(source, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError("GeoText-1652 annotation file not found", path=source) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file: {exc.strerror or exc}", path=source) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 text: {exc.reason}", path=source) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=source
+        ) from None
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON list of records, got {_kind(data)}", path=source)
+    return data
+
+
+def _parse_record(
+    row: Any, images_root: Path, real_images_root: Path
+) -> tuple[str, str, Path, tuple[str, ...]]:
+    if not isinstance(row, dict):
+        raise _BadRecord(f"expected a JSON object, got {_kind(row)}")
+    image_id = row.get("image_id")
+    if image_id is None:
+        raise _BadRecord("missing the 'image_id' field" if "image_id" not in row else "'image_id' is null")
+    if not isinstance(image_id, str):
+        raise _BadRecord(f"'image_id' must be a string, got {_kind(image_id)}")
+    match = _IMAGE_ID.fullmatch(image_id)
+    if match is None:
+        raise _BadRecord(f"'image_id' {image_id!r} is not '<4-digit building>/<file name>'")
+    building = match.group(1)
+    image = _image_path(row, images_root, real_images_root)
+    texts = _captions(row)
+    _check_sentences(row.get("sentences"))
+    _check_bboxes(row.get("bboxes"))
+    return image_id, building, image, texts
+
+
+def _image_path(row: dict[str, Any], images_root: Path, real_images_root: Path) -> Path:
+    image = row.get("image")
+    if image is None:
+        raise _BadRecord("missing the 'image' field" if "image" not in row else "'image' is null")
+    if not isinstance(image, str):
+        raise _BadRecord(f"'image' must be a string (a path), got {_kind(image)}")
+    if not image.strip():
+        raise _BadRecord("'image' is empty")
+    if "\x00" in image:
+        raise _BadRecord("'image' contains a NUL character")
+    if Path(image).is_absolute() or PurePosixPath(image.replace("\\", "/")).is_absolute():
+        raise _BadRecord(f"image path {image!r} is absolute; it must be relative to {images_root}")
+    path = images_root / image
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
+        raise _BadRecord(f"cannot resolve image path {image!r}: {exc}") from None
+    if not real.is_relative_to(real_images_root):
+        raise _BadRecord(f"image path {image!r} leads outside the images folder {images_root} (to {real})")
+    return path
+
+
+def _captions(row: dict[str, Any]) -> tuple[str, ...]:
+    if "caption" not in row:
+        raise _BadRecord("missing the 'caption' field")
+    caption = row["caption"]
+    if caption is None:
+        raise _BadRecord("'caption' is null")
+    if isinstance(caption, str):
+        _check_text(caption, "'caption'")
+        return (caption,)
+    if not isinstance(caption, list):
+        raise _BadRecord(f"'caption' must be a string or a list of strings, got {_kind(caption)}")
+    if not caption:
+        raise _BadRecord("'caption' is an empty list")
+    for i, text in enumerate(caption):
+        if text is None:
+            raise _BadRecord(f"caption[{i}] is null")
+        if not isinstance(text, str):
+            raise _BadRecord(f"caption[{i}] must be a string, got {_kind(text)}")
+        _check_text(text, f"caption[{i}]")
+    return tuple(caption)
+
+
+def _check_text(text: str, name: str) -> None:
+    if not text.strip():
+        raise _BadRecord(f"{name} is empty" if not text else f"{name} is only whitespace")
+    if len(text) > MAX_TEXT_CHARS:
+        raise _BadRecord(
+            f"{name} is {len(text):,} characters long, more than the limit of {MAX_TEXT_CHARS:,}"
+        )
+
+
+def _check_sentences(sentences: Any) -> None:
+    if sentences is None:
+        return
+    if not isinstance(sentences, list):
+        raise _BadRecord(f"'sentences' must be a list, got {_kind(sentences)}")
+    for i, sentence in enumerate(sentences):
+        if sentence is not None and not isinstance(sentence, str):
+            raise _BadRecord(f"sentences[{i}] must be a string or null, got {_kind(sentence)}")
+
+
+def _check_bboxes(bboxes: Any) -> None:
+    if bboxes is None:
+        return
+    if not isinstance(bboxes, list):
+        raise _BadRecord(f"'bboxes' must be a list, got {_kind(bboxes)}")
+    for i, box in enumerate(bboxes):
+        if box is None:
+            continue
+        if not isinstance(box, list):
+            raise _BadRecord(f"bboxes[{i}] must be a list of numbers or null, got {_kind(box)}")
+        for value in box:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _BadRecord(f"bboxes[{i}] must hold numbers only, found {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    """Name a value's type in JSON terms, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

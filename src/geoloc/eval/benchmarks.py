@@ -1,0 +1,91 @@
+"""One entry point per evaluation protocol: which data to read and how to score it.
+
+- `manifest`: any data set in the generic manifest format, scored over the full gallery;
+- `geotext1652`: the GeoText-1652 joint pool with building-level hits (optionally with the
+  official code's off-by-one labels, for comparison with numbers it printed);
+- `cvgtext`: per-query galleries of the 100 geographically nearest tiles, R@K and L@50/100/150,
+  split panorama / single-view (or the full city gallery, labelled as such).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from geoloc.data.manifest import Dataset
+from geoloc.errors import GeolocError
+from geoloc.eval.evaluate import Embeddings, format_table, score
+from geoloc.eval.protocols import cvgtext_metrics, format_cvgtext_table, geotext_metrics
+
+BENCHMARKS = ("manifest", "geotext1652", "cvgtext")
+
+
+@dataclass
+class BenchmarkRequest:
+    benchmark: str = "manifest"
+    data: str | None = None  # manifest file or folder
+    root: str | None = None  # benchmark root folder
+    split: str | None = "test"
+    city: str | None = None
+    version: str = "mixed"
+    target: str = "satellite"
+    view: str = "all"
+    official_quirks: bool = False
+    full_city: bool = False
+
+
+def load_benchmark(request: BenchmarkRequest) -> Dataset:
+    if request.benchmark not in BENCHMARKS:
+        raise GeolocError(f"unknown benchmark {request.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if request.benchmark == "manifest":
+        if not request.data:
+            raise GeolocError("--data is required (a manifest file or a folder holding manifest.jsonl)")
+        from geoloc.data.manifest import read_manifest
+
+        return read_manifest(request.data, split=request.split)
+    if not request.root:
+        raise GeolocError(f"--root is required with --benchmark {request.benchmark}")
+    if request.benchmark == "geotext1652":
+        from geoloc.data.geotext import load_geotext
+
+        return load_geotext(request.root, split=request.split or "test", view=request.view)  # type: ignore[arg-type]
+    if not request.city:
+        raise GeolocError("--city is required with --benchmark cvgtext (e.g. NewYork, Brisbane, Tokyo)")
+    from geoloc.data.cvgtext import load_cvgtext
+
+    return load_cvgtext(
+        request.root,
+        request.city,
+        version=request.version,
+        target=request.target,
+        split=request.split or "test",
+    )  # type: ignore[arg-type]
+
+
+def score_benchmark(request: BenchmarkRequest, embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:
+    if request.benchmark == "geotext1652":
+        groups = dataset.groups
+        _, image_index = dataset.texts_with_image_index()
+        return geotext_metrics(
+            embeddings.text_emb,
+            embeddings.image_emb,
+            [groups[i] for i in image_index],
+            groups,
+            official_quirks=request.official_quirks,
+            text_image_index=image_index,
+        )
+    if request.benchmark == "cvgtext":
+        return cvgtext_metrics(
+            embeddings.text_emb,
+            embeddings.image_emb,
+            embeddings.text_image_keys,
+            embeddings.image_keys,
+            full_city=request.full_city,
+        )
+    return score(embeddings, dataset)
+
+
+def format_metrics(metrics: dict[str, Any], title: str | None = None) -> str:
+    if "subsets" in metrics:
+        return format_cvgtext_table(metrics, title=title)
+    return format_table(metrics, title=title)

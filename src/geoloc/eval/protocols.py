@@ -1,0 +1,259 @@
+"""The benchmarks' own scoring protocols: GeoText-1652 and CVG-Text (see docs/benchmarks.md).
+
+GeoText-1652 (`geotext_metrics`): one joint pool of every test image and every test caption; a hit
+is any item of the query's building; R@1/5/10 both ways and their mean, as in `metrics.py`
+(exact, chunked, ties in the query's favour).
+
+CVG-Text (`cvgtext_metrics`), text -> image only: each text's gallery is the `nearest` (100) test
+images closest to its true location (the true image always included), ranked by similarity;
+R@K, and localisation accuracy L@50/100/150 from the distance between the true location and the
+top-1 image's location; reported overall and for panorama / single-view queries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from geoloc.data.cvgtext import is_panorama, parse_coordinates
+from geoloc.eval.metrics import retrieval_metrics
+
+EARTH_RADIUS_KM = 6371.0
+CVGTEXT_KS = (1, 5, 10)
+CVGTEXT_RADII_M = (50, 100, 150)
+CVGTEXT_FIELDS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "n")
+CVGTEXT_SUBSETS = ("all", "panorama", "single_view")
+
+# A block of queries holds at most this many (query, gallery image) elements: scores (float32),
+# distances (float64) and the sort order (int64) cost ~20 bytes each, so ~80 MB a block.
+_MAX_CHUNK_ELEMENTS = 4 * 1024 * 1024
+
+
+# --- GeoText-1652 ----------------------------------------------------------------------------------
+
+
+def official_building_labels(image_groups: Sequence[Hashable]) -> list[int]:
+    """The building labels the official GeoText-1652 code gives images taken in record order.
+
+    Its loop reads each image's building and assigns the CURRENT counter before it notices that
+    the building changed; only then does it bump the counter. So the counter counts runs of equal
+    consecutive buildings, and the first image of every run after the first gets the previous
+    run's label. A building whose images are not contiguous gets a new label for each run.
+    Example: buildings A A B B A -> labels 0 0 0 1 1.
+    """
+    labels: list[int] = []
+    label = 0
+    current: Hashable | None = None
+    for i, group in enumerate(image_groups):
+        if i == 0:
+            current = group
+        labels.append(label)
+        if group != current:
+            current = group
+            label += 1
+    return labels
+
+
+def geotext_metrics(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    text_groups: Sequence[Hashable],
+    image_groups: Sequence[Hashable],
+    official_quirks: bool = False,
+    text_image_index: Sequence[int] | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, Any]:
+    """GeoText-1652 retrieval in both directions over the joint pool, groups being buildings.
+
+    Returns ``{"protocol": "geotext1652", "text_to_image": {"R@1":..,"R@5":..,"R@10":..},
+    "image_to_text": {...}, "mean": .., "n_texts": .., "n_images": ..}`` (percentages).
+
+    With `official_quirks`, the labels are those of the official code instead (protocol
+    "geotext1652-official-quirks"): images in the given order get `official_building_labels`, and
+    each text takes the label of ITS image, so `text_image_index` (the image index of every text,
+    as `Dataset.texts_with_image_index` gives it) is required; each text's group must equal its
+    image's group. Everything else (exact ranks, ties in the query's favour) is unchanged: only the
+    off-by-one labels are reproduced, for comparison with numbers printed by that code. Note that
+    the official code keeps one gallery image per record, while `load_geotext` merges records that
+    share an image.
+    """
+    if len(text_groups) != len(text_emb):
+        raise ValueError(f"{len(text_groups)} text groups for {len(text_emb)} text embeddings")
+    if len(image_groups) != len(image_emb):
+        raise ValueError(f"{len(image_groups)} image groups for {len(image_emb)} image embeddings")
+    if not official_quirks:
+        metrics = retrieval_metrics(text_emb, image_emb, text_groups, image_groups, chunk_size=chunk_size)
+        return {"protocol": "geotext1652", **metrics}
+
+    if text_image_index is None:
+        raise ValueError("official_quirks needs text_image_index: each text's labels follow its image's")
+    index = np.asarray(text_image_index, dtype=np.int64)
+    if index.shape != (len(text_groups),):
+        raise ValueError(f"text_image_index has {index.size} entries for {len(text_groups)} texts")
+    if index.size and (index.min() < 0 or index.max() >= len(image_groups)):
+        raise ValueError("text_image_index holds an index outside the images")
+    for t, i in enumerate(index):
+        if text_groups[t] != image_groups[i]:
+            raise ValueError(
+                f"text {t} has group {text_groups[t]!r} but its image {int(i)} has group {image_groups[i]!r}"
+            )
+    image_labels = official_building_labels(image_groups)
+    text_labels = [image_labels[i] for i in index]
+    metrics = retrieval_metrics(text_emb, image_emb, text_labels, image_labels, chunk_size=chunk_size)
+    return {"protocol": "geotext1652-official-quirks", **metrics}
+
+
+# --- CVG-Text --------------------------------------------------------------------------------------
+
+
+def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> np.ndarray:
+    """Great-circle distance in km (Earth radius 6371 km) between points in degrees; broadcasts."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    a = np.clip(a, 0.0, 1.0)
+    return 2 * EARTH_RADIUS_KM * np.arctan2(np.sqrt(a), np.sqrt(1 - a))
+
+
+def _embeddings(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def cvgtext_metrics(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    text_keys: Sequence[str],
+    image_keys: Sequence[str],
+    nearest: int = 100,
+    full_city: bool = False,
+    chunk_size: int = 256,
+) -> dict[str, Any]:
+    """CVG-Text text -> image scoring, overall and for panorama / single-view queries.
+
+    Text t's true image is the image whose key equals `text_keys[t]`; coordinates come from the
+    keys (file names). For each text:
+
+    1. its gallery is the `nearest` images closest to its true location by haversine distance
+       (all images if there are fewer), the true image always included; ties in distance go to
+       the image listed first, as in the official code's stable sort. With `full_city`, the
+       gallery is every image (protocol "cvgtext-full-city"; no location prior), in the same
+       order;
+    2. rank = number of gallery images scoring strictly higher than the true one (ties in the
+       query's favour, as in `metrics.py`); R@K = share of texts with rank < K, in percent;
+    3. error = 0 if rank is 0, else the distance from the true location to the top-1 image (the
+       highest score; among equal scores the gallery's first, i.e. the nearest); L@X = share of
+       texts with error <= X metres (compared in km, as the official code does), in percent;
+       mean_error_km = the mean error in km.
+
+    Returns ``{"protocol": "cvgtext" | "cvgtext-full-city", "subsets": {"all": {...},
+    "panorama": {...}, "single_view": {...}}}``, each subset with exactly the keys
+    R@1 R@5 R@10 L@50 L@100 L@150 mean_error_km n; an empty subset has n = 0 and None elsewhere.
+    Queries go a block at a time: no full text x image matrix is ever held.
+    """
+    if nearest < 1:
+        raise ValueError(f"nearest must be >= 1, got {nearest}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    t_emb = _embeddings(text_emb, "text_emb")
+    i_emb = _embeddings(image_emb, "image_emb")
+    if t_emb.shape[1] != i_emb.shape[1]:
+        raise ValueError(
+            f"text and image embeddings differ in dimension: {t_emb.shape[1]} vs {i_emb.shape[1]}"
+        )
+    if len(text_keys) != len(t_emb):
+        raise ValueError(f"{len(text_keys)} text keys for {len(t_emb)} text embeddings")
+    if len(image_keys) != len(i_emb):
+        raise ValueError(f"{len(image_keys)} image keys for {len(i_emb)} image embeddings")
+
+    position: dict[str, int] = {}
+    for i, key in enumerate(image_keys):
+        if key in position:
+            raise ValueError(f"image key {key!r} is listed twice (images {position[key]} and {i})")
+        position[key] = i
+    missing = [key for key in text_keys if key not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} text key(s) have no image, first {missing[0]!r}")
+    true_index = np.fromiter((position[k] for k in text_keys), dtype=np.int64, count=len(text_keys))
+    coords = np.array([parse_coordinates(k) for k in image_keys], dtype=np.float64).reshape(-1, 2)
+    image_lat, image_lon = coords[:, 0], coords[:, 1]
+
+    n_texts, n_images = len(t_emb), len(i_emb)
+    ranks = np.empty(n_texts, dtype=np.int64)
+    errors_km = np.empty(n_texts, dtype=np.float64)
+    gallery_size = n_images if full_city else min(nearest, n_images)
+    rows_per_chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(n_images, 1)))
+
+    for start in range(0, n_texts, rows_per_chunk):
+        end = min(n_texts, start + rows_per_chunk)
+        rows = np.arange(end - start)
+        true = true_index[start:end]
+        scores = t_emb[start:end] @ i_emb.T  # float32, as in metrics.py
+        true_scores = scores[rows, true]
+        q_lat, q_lon = image_lat[true], image_lon[true]
+        distances = haversine_km(q_lat[:, None], q_lon[:, None], image_lat[None, :], image_lon[None, :])
+        distances[rows, true] = -1.0  # the true image is always in the gallery, and first
+        # Nearest first; among equal distances the image listed first (the official stable sort).
+        gallery = np.argsort(distances, axis=1, kind="stable")[:, :gallery_size]
+        gallery_scores = np.take_along_axis(scores, gallery, axis=1)
+        # Only wrong items can score strictly higher than the true one.
+        ranks[start:end] = (gallery_scores > true_scores[:, None]).sum(axis=1)
+        top1 = gallery[rows, np.argmax(gallery_scores, axis=1)]
+        err = haversine_km(q_lat, q_lon, image_lat[top1], image_lon[top1])
+        errors_km[start:end] = np.where(ranks[start:end] == 0, 0.0, err)
+
+    panorama = np.fromiter((is_panorama(k) for k in text_keys), dtype=bool, count=n_texts)
+    subsets = {
+        "all": np.ones(n_texts, dtype=bool),
+        "panorama": panorama,
+        "single_view": ~panorama,
+    }
+    return {
+        "protocol": "cvgtext-full-city" if full_city else "cvgtext",
+        "subsets": {name: _cvgtext_summary(ranks[mask], errors_km[mask]) for name, mask in subsets.items()},
+    }
+
+
+def _cvgtext_summary(ranks: np.ndarray, errors_km: np.ndarray) -> dict[str, Any]:
+    n = int(ranks.size)
+    if n == 0:
+        return {**dict.fromkeys(CVGTEXT_FIELDS[:-1]), "n": 0}
+    out: dict[str, Any] = {}
+    for k in CVGTEXT_KS:
+        out[f"R@{k}"] = float(100.0 * np.count_nonzero(ranks < k) / n)
+    for radius in CVGTEXT_RADII_M:
+        out[f"L@{radius}"] = float(100.0 * np.count_nonzero(errors_km <= radius / 1000) / n)
+    out["mean_error_km"] = float(errors_km.mean())
+    out["n"] = n
+    return out
+
+
+def format_cvgtext_table(metrics: dict[str, Any], title: str | None = None) -> str:
+    """The CVG-Text metrics as a Markdown table, one row per query subset, as in the paper."""
+    columns = CVGTEXT_FIELDS
+    header = (
+        "| queries | " + " | ".join(c if c != "mean_error_km" else "mean error (km)" for c in columns) + " |"
+    )
+    rule = "|" + "---|" * (len(columns) + 1)
+    lines = [title] if title else []
+    lines += [f"protocol: {metrics['protocol']}", header, rule]
+    for name, subset in metrics["subsets"].items():
+        cells = [_cell(c, subset.get(c)) for c in columns]
+        lines.append(f"| {name.replace('_', '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column == "n":
+        return str(int(value))
+    if column == "mean_error_km":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
