@@ -142,7 +142,9 @@ def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path
         {"precision": "float32", "gradient_checkpointing": False, "strategy": "lora", "pooling": "mean"},
     ],
 )
-def test_one_step_updates_adapters_under_each_setting(tiny_city: Path, tmp_path: Path, overrides: dict) -> None:
+def test_one_step_updates_adapters_under_each_setting(
+    tiny_city: Path, tmp_path: Path, overrides: dict
+) -> None:
     config = _config(tiny_city, epochs=1, batch_size=8, max_steps=1)
     config.train.precision = overrides["precision"]
     config.train.gradient_checkpointing = overrides["gradient_checkpointing"]

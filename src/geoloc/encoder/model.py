@@ -24,15 +24,20 @@ from torch import nn
 
 from geoloc import atomic
 from geoloc.encoder.families import FAMILIES, BackboneFamily, family_for_model_type
-from geoloc.encoder.pooling import build_pooling
+from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
-from geoloc.errors import GeolocError
+from geoloc.errors import ConfigError, GeolocError
 
 SPEC_FILE = "geoloc_encoder.json"
 SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
@@ -88,7 +93,14 @@ class GeoEncoder(nn.Module):
         if spec.padding_side not in ("left", "right"):
             raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
         hidden = self.config.text_config.hidden_size
-        self.pooler = build_pooling(spec.pooling, hidden, spec.query_tokens, spec.query_heads)
+        if spec.max_text_tokens < 1:
+            raise ConfigError(f"max_text_tokens must be at least 1, not {spec.max_text_tokens}")
+        if spec.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {spec.pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        try:
+            self.pooler = build_pooling(spec.pooling, hidden, spec.query_tokens, spec.query_heads)
+        except ValueError as error:  # e.g. query_heads not dividing the hidden size
+            raise ConfigError(str(error)) from error
         self._text_prefix, self._text_suffix = (
             self._token_ids(part) for part in _split_template(spec.text_template, "{text}", "text")
         )
@@ -132,7 +144,11 @@ class GeoEncoder(nn.Module):
         ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), longest), dtype=torch.long)
         for row, seq in enumerate(sequences):
-            span = slice(0, len(seq)) if self.spec.padding_side == "right" else slice(longest - len(seq), longest)
+            span = (
+                slice(0, len(seq))
+                if self.spec.padding_side == "right"
+                else slice(longest - len(seq), longest)
+            )
             ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = 1
         return {"input_ids": ids, "attention_mask": mask}
@@ -172,7 +188,9 @@ class GeoEncoder(nn.Module):
         return nn.functional.normalize(pooled.float(), dim=-1)
 
     @torch.inference_mode()
-    def _encode(self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None) -> np.ndarray:
+    def _encode(
+        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
+    ) -> np.ndarray:
         was_training = self.training
         self.eval()
         batches = range(0, len(items), batch_size)
@@ -191,7 +209,9 @@ class GeoEncoder(nn.Module):
         dim = self.config.text_config.hidden_size
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
-    def encode_text(self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None) -> np.ndarray:
+    def encode_text(
+        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
         return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
@@ -226,7 +246,9 @@ class GeoEncoder(nn.Module):
             if pooler_state:
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in pooler_state.items()}, str(tmp / "pooling.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in pooler_state.items()}, str(tmp / "pooling.safetensors")
+                )
             self.tokenizer.save_pretrained(tmp)
             self.image_processor.save_pretrained(tmp)
             atomic.write_json(tmp / SPEC_FILE, spec)
@@ -253,7 +275,10 @@ class GeoEncoder(nn.Module):
             encoder = _load_saved(saved, torch_dtype, trainable)
         else:
             spec = EncoderSpec(backbone=str(source))
+            known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
             for key, value in (spec_overrides or {}).items():
+                if key not in known:
+                    raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
                 setattr(spec, key, value)
             backbone = _load_model(str(source), torch_dtype)
             tokenizer, image_processor = _load_processing(str(source))

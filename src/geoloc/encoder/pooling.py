@@ -44,7 +44,9 @@ class QueryPooling(nn.Module):
     def __init__(self, hidden_size: int, num_queries: int = 4, num_heads: int = 4):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"query pooling: hidden size {hidden_size} is not divisible by {num_heads} heads")
+            raise ValueError(
+                f"query pooling: hidden size {hidden_size} is not divisible by {num_heads} heads"
+            )
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * hidden_size**-0.5)
         self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(hidden_size)

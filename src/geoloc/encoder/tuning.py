@@ -73,7 +73,9 @@ def matching_modules(model: nn.Module, regex: str) -> list[str]:
 def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConfig) -> nn.Module:
     """Freeze or unfreeze the backbone and wrap it with adapters, as the strategy says."""
     if tuning.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown tuning strategy {tuning.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        raise ConfigError(
+            f"unknown tuning strategy {tuning.strategy!r}; choose one of: {', '.join(STRATEGIES)}"
+        )
     if tuning.strategy == "full":
         backbone.requires_grad_(True)
         return backbone
