@@ -19,6 +19,8 @@ def _quiet_libraries() -> None:
     # transformers prints load reports and advice on every model load; users want geoloc's output.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Also hides transformers' per-save "Writing model shards" bars; geoloc shows its own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import warnings
 
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
