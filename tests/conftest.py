@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep the embedding cache of test runs (and of the commands they start) out of the home folder.
+os.environ["GEOLOC_CACHE"] = tempfile.mkdtemp(prefix="geoloc-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -185,3 +185,14 @@ def test_benchmark_arguments_are_checked(tmp_path: Path) -> None:
     _assert_clean_error(result, "--city")
     result = _run("eval", "tiny-smolvlm", "--benchmark", "geotext1652")
     _assert_clean_error(result, "--root")
+
+
+def test_eval_twice_uses_the_cache(small_city: Path, tmp_path: Path, capsys) -> None:
+    args = ["eval", "tiny-smolvlm", "--data", str(small_city), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "from the cache" not in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert "from the cache" in capsys.readouterr().out
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert first["text_to_image"] == second["text_to_image"] and first["mean"] == second["mean"]

@@ -55,6 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
     from geoloc.encoder.model import GeoEncoder
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
+    from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.evaluate import embed_dataset
 
     request = BenchmarkRequest(
@@ -71,7 +72,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     dataset = load_benchmark(request)
     encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
-    embeddings = embed_dataset(encoder, dataset, batch_size=args.batch_size)
+    if args.no_cache:
+        embeddings = embed_dataset(encoder, dataset, batch_size=args.batch_size)
+    else:
+        embeddings, hit = cached_embeddings(encoder, dataset, args.cache_dir, batch_size=args.batch_size)
+        if hit:
+            print("embeddings read from the cache (same model weights, same data)")
     metrics = score_benchmark(request, embeddings, dataset)
     metrics = {**metrics, "model": args.model, "data": str(dataset.source), "split": args.split}
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
@@ -138,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="folder for metrics.json (default: <run>/eval_<split>)")
     p.add_argument("--save-embeddings", action="store_true", help="also write embeddings.npz")
+    p.add_argument(
+        "--cache-dir", help="embedding cache (default: $GEOLOC_CACHE/embeddings or ~/.cache/geoloc)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="encode again; neither read nor write the cache")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

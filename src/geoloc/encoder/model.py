@@ -274,7 +274,8 @@ class GeoEncoder(nn.Module):
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)
         else:
-            spec = EncoderSpec(backbone=str(source))
+            # A bare backbone is used as it is (zero-shot) unless a tuning is asked for.
+            spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
             known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
             for key, value in (spec_overrides or {}).items():
                 if key not in known:

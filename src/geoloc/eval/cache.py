@@ -1,0 +1,83 @@
+"""Embeddings cached on disk, keyed by what made them: the model's weights and the data's content.
+
+A second evaluation of the same model on the same data reads the vectors back instead of
+encoding tens of thousands of images again. The key hashes every weight and the spec of the
+encoder, and every record's key, texts and image bytes, so a changed adapter, prompt, caption
+or tile never reuses stale vectors. Paths play no part: moving the data keeps the cache valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoloc.data.manifest import Dataset
+from geoloc.eval.evaluate import Embeddings, embed_dataset
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GEOLOC_CACHE", Path.home() / ".cache" / "geoloc")) / "embeddings"
+
+
+def model_fingerprint(encoder: Any) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps(encoder.spec.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        data = tensor.detach().to("cpu").contiguous()
+        if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
+            data = data.view(torch.int16)
+        digest.update(str(data.dtype).encode())
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    for record in dataset.records:
+        digest.update(json.dumps([record.key, list(record.texts), record.group]).encode())
+        with open(record.image, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_embeddings(
+    encoder: Any,
+    dataset: Dataset,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    show_progress: bool | None = None,
+) -> tuple[Embeddings, bool]:
+    """(embeddings, whether they came from the cache); computed and stored when missing."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.blake2b(
+        f"v{CACHE_VERSION}:{model_fingerprint(encoder)}:{data_fingerprint(dataset)}".encode(), digest_size=20
+    ).hexdigest()
+    path = folder / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return (
+                    Embeddings(
+                        image_emb=stored["image_emb"],
+                        text_emb=stored["text_emb"],
+                        image_keys=stored["image_keys"].tolist(),
+                        text_image_keys=stored["text_image_keys"].tolist(),
+                        texts=stored["texts"].tolist(),
+                    ),
+                    True,
+                )
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache entry is recomputed and replaced
+    embeddings = embed_dataset(encoder, dataset, batch_size, show_progress)
+    embeddings.save(path)
+    return embeddings, False
