@@ -35,7 +35,7 @@ def _group_ids(query_groups: Groups, gallery_groups: Groups) -> tuple[np.ndarray
     return q, g, len(table)
 
 
-def _as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
+def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
@@ -64,8 +64,8 @@ def best_correct_ranks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    q_emb = _as_embeddings(query_emb, "query_emb")
-    g_emb = _as_embeddings(gallery_emb, "gallery_emb")
+    q_emb = as_embeddings(query_emb, "query_emb")
+    g_emb = as_embeddings(gallery_emb, "gallery_emb")
     if q_emb.shape[1] != g_emb.shape[1]:
         raise ValueError(
             f"query and gallery embeddings differ in dimension: {q_emb.shape[1]} vs {g_emb.shape[1]}"

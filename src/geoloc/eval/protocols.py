@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from geoloc.data.cvgtext import is_panorama, parse_coordinates
-from geoloc.eval.metrics import retrieval_metrics
+from geoloc.eval.metrics import as_embeddings, retrieval_metrics
 
 EARTH_RADIUS_KM = 6371.0
 CVGTEXT_KS = (1, 5, 10)
@@ -117,15 +117,6 @@ def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> np.ndarray:
     return 2 * EARTH_RADIUS_KM * np.arctan2(np.sqrt(a), np.sqrt(1 - a))
 
 
-def _embeddings(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
-
-
 def cvgtext_metrics(
     text_emb: np.ndarray,
     image_emb: np.ndarray,
@@ -161,8 +152,8 @@ def cvgtext_metrics(
         raise ValueError(f"nearest must be >= 1, got {nearest}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    t_emb = _embeddings(text_emb, "text_emb")
-    i_emb = _embeddings(image_emb, "image_emb")
+    t_emb = as_embeddings(text_emb, "text_emb")
+    i_emb = as_embeddings(image_emb, "image_emb")
     if t_emb.shape[1] != i_emb.shape[1]:
         raise ValueError(
             f"text and image embeddings differ in dimension: {t_emb.shape[1]} vs {i_emb.shape[1]}"
