@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoloc.data.manifest import (
-    MAX_TEXT_CHARS,
     Dataset,
     Record,
     read_manifest,
     resolve_manifest,
     write_manifest,
 )
+from geoloc.data.records import MAX_TEXT_CHARS
 from geoloc.errors import DataError
 
 

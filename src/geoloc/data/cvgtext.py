@@ -43,7 +43,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from geoloc.data.manifest import MAX_TEXT_CHARS, Dataset, Record
+from geoloc.data.manifest import Dataset, Record
+from geoloc.data.records import json_kind, text_problem
 from geoloc.errors import DataError
 
 VERSIONS = ("mixed", "panorama", "photos")
@@ -153,11 +154,10 @@ def _record(
     if description is None:
         raise bad("the description is null")
     if not isinstance(description, str):
-        raise bad(f"the description must be a string, got {_kind(description)}")
-    if not description.strip():
-        raise bad("the description is empty" if not description else "the description is only whitespace")
-    if len(description) > MAX_TEXT_CHARS:
-        raise bad(f"the description is {len(description):,} characters long, more than {MAX_TEXT_CHARS:,}")
+        raise bad(f"the description must be a string, got {_json_kind(description)}")
+    problem = text_problem(description, "the description")
+    if problem:
+        raise bad(problem)
     if "\x00" in key or os.path.isabs(key) or key.startswith(("/", "\\")):
         raise bad("the file name must be a plain name relative to the tile folder")
     image = tiles / key
@@ -228,6 +228,11 @@ def _known_cities(root: Path) -> str:
     return f"; versions present: {', '.join(sorted(names))}" if names else ""
 
 
+def _json_kind(value: Any) -> str:
+    # A JSON object read with pairs kept (to catch duplicate keys) is a list, but still an object.
+    return "an object" if isinstance(value, _Pairs) else json_kind(value)
+
+
 class _Pairs(list):
     """A JSON object's (key, value) pairs in file order, so duplicated keys are not lost."""
 
@@ -245,22 +250,7 @@ def _read_object(path: Path) -> list[tuple[str, Any]]:
             f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path
         ) from None
     if not isinstance(data, _Pairs):
-        raise DataError(f"expected one JSON object {{file_name: description}}, got {_kind(data)}", path=path)
+        raise DataError(
+            f"expected one JSON object {{file_name: description}}, got {_json_kind(data)}", path=path
+        )
     return list(data)
-
-
-def _kind(value: Any) -> str:
-    """Name a value's type in JSON terms, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, _Pairs):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__

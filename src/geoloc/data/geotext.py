@@ -46,7 +46,8 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from geoloc.data.manifest import MAX_TEXT_CHARS, Dataset, Record
+from geoloc.data.manifest import Dataset, Record
+from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind
 from geoloc.errors import DataError
 
 SPLIT_FILES = {
@@ -66,10 +67,6 @@ _VIEW_WORDS = (
     ("ground", "ground"),
     ("google", "ground"),
 )
-
-
-class _BadRecord(Exception):
-    """A record-level problem; turned into a DataError or a skipped entry."""
 
 
 def geotext_view(image: str, building: str) -> Literal["satellite", "drone", "ground"]:
@@ -139,13 +136,13 @@ def load_geotext(
             if entry is None:
                 merged[image_id] = [image, building, list(texts), index]
             elif entry[0] != image:
-                raise _BadRecord(
+                raise BadRecord(
                     f"image_id {image_id!r} is given image {row['image']!r} here but "
                     f"{_relative(entry[0], images_root)!r} in record {entry[3]}"
                 )
             else:
                 entry[2].extend(texts)
-        except _BadRecord as exc:
+        except BadRecord as exc:
             if on_bad_record == "error":
                 raise DataError(str(exc), path=source, record=index) from None
             skipped.append((name, str(exc)))
@@ -189,7 +186,7 @@ def _read_list(source: Path) -> list[Any]:
             f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=source
         ) from None
     if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of records, got {_kind(data)}", path=source)
+        raise DataError(f"expected a JSON list of records, got {json_kind(data)}", path=source)
     return data
 
 
@@ -197,15 +194,15 @@ def _parse_record(
     row: Any, images_root: Path, real_images_root: Path
 ) -> tuple[str, str, Path, tuple[str, ...]]:
     if not isinstance(row, dict):
-        raise _BadRecord(f"expected a JSON object, got {_kind(row)}")
+        raise BadRecord(f"expected a JSON object, got {json_kind(row)}")
     image_id = row.get("image_id")
     if image_id is None:
-        raise _BadRecord("missing the 'image_id' field" if "image_id" not in row else "'image_id' is null")
+        raise BadRecord("missing the 'image_id' field" if "image_id" not in row else "'image_id' is null")
     if not isinstance(image_id, str):
-        raise _BadRecord(f"'image_id' must be a string, got {_kind(image_id)}")
+        raise BadRecord(f"'image_id' must be a string, got {json_kind(image_id)}")
     match = _IMAGE_ID.fullmatch(image_id)
     if match is None:
-        raise _BadRecord(f"'image_id' {image_id!r} is not '<4-digit building>/<file name>'")
+        raise BadRecord(f"'image_id' {image_id!r} is not '<4-digit building>/<file name>'")
     building = match.group(1)
     image = _image_path(row, images_root, real_images_root)
     texts = _captions(row)
@@ -217,93 +214,61 @@ def _parse_record(
 def _image_path(row: dict[str, Any], images_root: Path, real_images_root: Path) -> Path:
     image = row.get("image")
     if image is None:
-        raise _BadRecord("missing the 'image' field" if "image" not in row else "'image' is null")
+        raise BadRecord("missing the 'image' field" if "image" not in row else "'image' is null")
     if not isinstance(image, str):
-        raise _BadRecord(f"'image' must be a string (a path), got {_kind(image)}")
+        raise BadRecord(f"'image' must be a string (a path), got {json_kind(image)}")
     if not image.strip():
-        raise _BadRecord("'image' is empty")
+        raise BadRecord("'image' is empty")
     if "\x00" in image:
-        raise _BadRecord("'image' contains a NUL character")
+        raise BadRecord("'image' contains a NUL character")
     if Path(image).is_absolute() or PurePosixPath(image.replace("\\", "/")).is_absolute():
-        raise _BadRecord(f"image path {image!r} is absolute; it must be relative to {images_root}")
+        raise BadRecord(f"image path {image!r} is absolute; it must be relative to {images_root}")
     path = images_root / image
     try:
         real = path.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise _BadRecord(f"cannot resolve image path {image!r}: {exc}") from None
+        raise BadRecord(f"cannot resolve image path {image!r}: {exc}") from None
     if not real.is_relative_to(real_images_root):
-        raise _BadRecord(f"image path {image!r} leads outside the images folder {images_root} (to {real})")
+        raise BadRecord(f"image path {image!r} leads outside the images folder {images_root} (to {real})")
     return path
 
 
 def _captions(row: dict[str, Any]) -> tuple[str, ...]:
     if "caption" not in row:
-        raise _BadRecord("missing the 'caption' field")
+        raise BadRecord("missing the 'caption' field")
     caption = row["caption"]
     if caption is None:
-        raise _BadRecord("'caption' is null")
+        raise BadRecord("'caption' is null")
     if isinstance(caption, str):
-        _check_text(caption, "'caption'")
+        check_text(caption, "'caption'")
         return (caption,)
     if not isinstance(caption, list):
-        raise _BadRecord(f"'caption' must be a string or a list of strings, got {_kind(caption)}")
+        raise BadRecord(f"'caption' must be a string or a list of strings, got {json_kind(caption)}")
     if not caption:
-        raise _BadRecord("'caption' is an empty list")
-    for i, text in enumerate(caption):
-        if text is None:
-            raise _BadRecord(f"caption[{i}] is null")
-        if not isinstance(text, str):
-            raise _BadRecord(f"caption[{i}] must be a string, got {_kind(text)}")
-        _check_text(text, f"caption[{i}]")
-    return tuple(caption)
-
-
-def _check_text(text: str, name: str) -> None:
-    if not text.strip():
-        raise _BadRecord(f"{name} is empty" if not text else f"{name} is only whitespace")
-    if len(text) > MAX_TEXT_CHARS:
-        raise _BadRecord(
-            f"{name} is {len(text):,} characters long, more than the limit of {MAX_TEXT_CHARS:,}"
-        )
+        raise BadRecord("'caption' is an empty list")
+    return check_text_items(caption, "caption")
 
 
 def _check_sentences(sentences: Any) -> None:
     if sentences is None:
         return
     if not isinstance(sentences, list):
-        raise _BadRecord(f"'sentences' must be a list, got {_kind(sentences)}")
+        raise BadRecord(f"'sentences' must be a list, got {json_kind(sentences)}")
     for i, sentence in enumerate(sentences):
         if sentence is not None and not isinstance(sentence, str):
-            raise _BadRecord(f"sentences[{i}] must be a string or null, got {_kind(sentence)}")
+            raise BadRecord(f"sentences[{i}] must be a string or null, got {json_kind(sentence)}")
 
 
 def _check_bboxes(bboxes: Any) -> None:
     if bboxes is None:
         return
     if not isinstance(bboxes, list):
-        raise _BadRecord(f"'bboxes' must be a list, got {_kind(bboxes)}")
+        raise BadRecord(f"'bboxes' must be a list, got {json_kind(bboxes)}")
     for i, box in enumerate(bboxes):
         if box is None:
             continue
         if not isinstance(box, list):
-            raise _BadRecord(f"bboxes[{i}] must be a list of numbers or null, got {_kind(box)}")
+            raise BadRecord(f"bboxes[{i}] must be a list of numbers or null, got {json_kind(box)}")
         for value in box:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _BadRecord(f"bboxes[{i}] must hold numbers only, found {_kind(value)}")
-
-
-def _kind(value: Any) -> str:
-    """Name a value's type in JSON terms, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+                raise BadRecord(f"bboxes[{i}] must hold numbers only, found {json_kind(value)}")

@@ -44,10 +44,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoloc.atomic import write_text
+from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind
 from geoloc.errors import DataError
-
-MAX_TEXT_CHARS = 20_000
-"""Longest description accepted, in characters; anything longer is almost surely a broken row."""
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.parquet")
@@ -95,10 +93,6 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.records)
-
-
-class _BadRecord(Exception):
-    """A record-level problem; the reader turns it into a DataError or a skipped entry."""
 
 
 def resolve_manifest(data: str | Path) -> Path:
@@ -151,13 +145,13 @@ def read_manifest(
 
     for record_id, row in _read_rows(source):
         try:
-            if isinstance(row, _BadRecord):
+            if isinstance(row, BadRecord):
                 raise row
             record = _parse_row(row, folder, real_folder)
             norm_key = os.path.normpath(record.key)
             if norm_key in first_seen:
                 first = first_seen[norm_key]
-                raise _BadRecord(f"image {record.key!r} is listed twice ({first} and {record_id})")
+                raise BadRecord(f"image {record.key!r} is listed twice ({first} and {record_id})")
             first_seen[norm_key] = record_id
             in_split = split is None or record.split == split
             # Images of other splits are not checked: an evaluation machine may hold only its own.
@@ -166,7 +160,7 @@ def read_manifest(
             split_counts[record.split] += 1
             if not in_split:
                 continue
-        except _BadRecord as exc:
+        except BadRecord as exc:
             if on_bad_record == "error":
                 raise DataError(str(exc), path=source, record=record_id) from None
             skipped.append((record_id, str(exc)))
@@ -188,10 +182,10 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(line + "\n" for line in lines))
 
 
-# --- readers: each yields (record id, row dict or _BadRecord) -------------------------------------
+# --- readers: each yields (record id, row dict or BadRecord) -------------------------------------
 
 
-def _read_rows(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
+def _read_rows(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     suffix = source.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(source)
@@ -207,7 +201,7 @@ def _read_bytes(source: Path) -> bytes:
         raise DataError(f"cannot read manifest: {exc.strerror or exc}", path=source) from exc
 
 
-def _read_jsonl(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
+def _read_jsonl(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     data = _read_bytes(source)
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some editors write
         data = data[3:]
@@ -216,22 +210,22 @@ def _read_jsonl(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield record_id, _BadRecord(_utf8_reason(raw, exc))
+            yield record_id, BadRecord(_utf8_reason(raw, exc))
             continue
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield record_id, _BadRecord(f"invalid JSON: {exc.msg} (column {exc.colno})")
+            yield record_id, BadRecord(f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
         if not isinstance(row, dict):
-            yield record_id, _BadRecord(f"expected a JSON object, got {_kind(row)}")
+            yield record_id, BadRecord(f"expected a JSON object, got {json_kind(row)}")
             continue
         yield record_id, row
 
 
-def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
+def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     # surrogateescape keeps bad bytes as lone surrogates, so one bad row is reported (or skipped)
     # by itself instead of failing the whole file.
     text = _read_bytes(source).decode("utf-8-sig", errors="surrogateescape")
@@ -253,23 +247,23 @@ def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]
             return
         except csv.Error as exc:
             row_number += 1
-            yield f"row {row_number}", _BadRecord(f"invalid CSV: {exc}")
+            yield f"row {row_number}", BadRecord(f"invalid CSV: {exc}")
             continue
         row_number += 1
         record_id = f"row {row_number}"
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
-            yield record_id, _BadRecord(f"row has {len(cells)} cells but the header has {len(header)}")
+            yield record_id, BadRecord(f"row has {len(cells)} cells but the header has {len(header)}")
             continue
         bad = next((i for i, cell in enumerate(cells) if _bad_byte(cell) is not None), None)
         if bad is not None:
             byte = _bad_byte(cells[bad])
-            yield record_id, _BadRecord(f"not valid UTF-8: byte 0x{byte:02x} in column {header[bad]!r}")
+            yield record_id, BadRecord(f"not valid UTF-8: byte 0x{byte:02x} in column {header[bad]!r}")
             continue
         try:
             yield record_id, _csv_row(dict(zip(header, cells, strict=True)))
-        except _BadRecord as exc:
+        except BadRecord as exc:
             yield record_id, exc
 
 
@@ -285,7 +279,7 @@ def _csv_row(cells: dict[str, str]) -> dict[str, Any]:
             try:
                 row["texts"] = json.loads(stripped)
             except json.JSONDecodeError as exc:
-                raise _BadRecord(f"'texts' looks like a JSON list but is not valid JSON: {exc.msg}") from None
+                raise BadRecord(f"'texts' looks like a JSON list but is not valid JSON: {exc.msg}") from None
         else:
             row["texts"] = [texts]
     for name in ("lat", "lon"):
@@ -294,11 +288,11 @@ def _csv_row(cells: dict[str, str]) -> dict[str, Any]:
             try:
                 row[name] = float(value)
             except ValueError:
-                raise _BadRecord(f"{name!r} is not a number: {value!r}") from None
+                raise BadRecord(f"{name!r} is not a number: {value!r}") from None
     return row
 
 
-def _read_parquet(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadRecord]]:
+def _read_parquet(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     import pyarrow as pa  # imported here: only Parquet manifests need it
     import pyarrow.parquet as pq
 
@@ -325,11 +319,11 @@ def _read_parquet(source: Path) -> Iterator[tuple[str, dict[str, Any] | _BadReco
 def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
     key = row.get("image")
     if key is None:
-        raise _BadRecord("missing the 'image' field" if "image" not in row else "'image' is null or empty")
+        raise BadRecord("missing the 'image' field" if "image" not in row else "'image' is null or empty")
     if not isinstance(key, str):
-        raise _BadRecord(f"'image' must be a string (a path), got {_kind(key)}")
+        raise BadRecord(f"'image' must be a string (a path), got {json_kind(key)}")
     if not key.strip():
-        raise _BadRecord("'image' is empty")
+        raise BadRecord("'image' is empty")
     image = _image_path(key, folder, real_folder)
     texts = _texts(row)
     lat, lon = _lat_lon(row)
@@ -346,16 +340,16 @@ def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
 
 def _image_path(key: str, folder: Path, real_folder: Path) -> Path:
     if "\x00" in key:
-        raise _BadRecord("'image' contains a NUL character")
+        raise BadRecord("'image' contains a NUL character")
     if Path(key).is_absolute():
-        raise _BadRecord(f"image path {key!r} is absolute; give it relative to the manifest's folder")
+        raise BadRecord(f"image path {key!r} is absolute; give it relative to the manifest's folder")
     image = folder / key
     try:
         real = image.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise _BadRecord(f"cannot resolve image path {key!r}: {exc}") from None
+        raise BadRecord(f"cannot resolve image path {key!r}: {exc}") from None
     if not real.is_relative_to(real_folder):
-        raise _BadRecord(f"image path {key!r} leads outside the manifest's folder (to {real})")
+        raise BadRecord(f"image path {key!r} leads outside the manifest's folder (to {real})")
     return image
 
 
@@ -363,35 +357,20 @@ def _texts(row: dict[str, Any]) -> tuple[str, ...]:
     texts = row.get("texts")
     text = row.get("text")
     if texts is not None and text is not None:
-        raise _BadRecord("give either 'texts' or 'text', not both")
+        raise BadRecord("give either 'texts' or 'text', not both")
     if texts is None and text is None:
-        raise _BadRecord("no description: give 'texts' (a list of strings) or 'text' (a string)")
+        raise BadRecord("no description: give 'texts' (a list of strings) or 'text' (a string)")
     if text is not None:
         if not isinstance(text, str):
-            raise _BadRecord(f"'text' must be a string, got {_kind(text)}")
-        _check_text(text, "'text'")
+            raise BadRecord(f"'text' must be a string, got {json_kind(text)}")
+        check_text(text, "'text'")
         return (text,)
     if not isinstance(texts, list):
         hint = " (use 'text' for a single description)" if isinstance(texts, str) else ""
-        raise _BadRecord(f"'texts' must be a list of strings, got {_kind(texts)}{hint}")
+        raise BadRecord(f"'texts' must be a list of strings, got {json_kind(texts)}{hint}")
     if not texts:
-        raise _BadRecord("'texts' is an empty list; give at least one description")
-    for i, item in enumerate(texts):
-        if item is None:
-            raise _BadRecord(f"texts[{i}] is null")
-        if not isinstance(item, str):
-            raise _BadRecord(f"texts[{i}] must be a string, got {_kind(item)}")
-        _check_text(item, f"texts[{i}]")
-    return tuple(texts)
-
-
-def _check_text(text: str, name: str) -> None:
-    if not text.strip():
-        raise _BadRecord(f"{name} is empty" if not text else f"{name} is only whitespace")
-    if len(text) > MAX_TEXT_CHARS:
-        raise _BadRecord(
-            f"{name} is {len(text):,} characters long, more than the limit of {MAX_TEXT_CHARS:,}"
-        )
+        raise BadRecord("'texts' is an empty list; give at least one description")
+    return check_text_items(texts, "texts")
 
 
 def _lat_lon(row: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -399,20 +378,20 @@ def _lat_lon(row: dict[str, Any]) -> tuple[float | None, float | None]:
     if lat is None and lon is None:
         return None, None
     if lon is None:
-        raise _BadRecord("'lat' is given without 'lon'")
+        raise BadRecord("'lat' is given without 'lon'")
     if lat is None:
-        raise _BadRecord("'lon' is given without 'lat'")
+        raise BadRecord("'lon' is given without 'lat'")
     return _degrees(lat, "lat", 90.0), _degrees(lon, "lon", 180.0)
 
 
 def _degrees(value: Any, name: str, limit: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _BadRecord(f"{name!r} must be a number, got {_kind(value)}")
+        raise BadRecord(f"{name!r} must be a number, got {json_kind(value)}")
     degrees = float(value)
     if not math.isfinite(degrees):
-        raise _BadRecord(f"{name!r} is not a finite number: {value!r}")
+        raise BadRecord(f"{name!r} is not a finite number: {value!r}")
     if not -limit <= degrees <= limit:
-        raise _BadRecord(f"{name!r} is {value!r}, outside [-{limit:g}, {limit:g}]")
+        raise BadRecord(f"{name!r} is {value!r}, outside [-{limit:g}, {limit:g}]")
     return degrees
 
 
@@ -420,18 +399,18 @@ def _group(value: Any, key: str) -> str:
     if value is None:
         return key
     if isinstance(value, bool):
-        raise _BadRecord(f"'group' must be a string or a number, got {_kind(value)}")
+        raise BadRecord(f"'group' must be a string or a number, got {json_kind(value)}")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _BadRecord(f"'group' is not a finite number: {value!r}")
+            raise BadRecord(f"'group' is not a finite number: {value!r}")
         # 7.0 and 7 name the same group: tables often store integer ids as floats.
         return str(int(value)) if value.is_integer() else str(value)
     if not isinstance(value, str):
-        raise _BadRecord(f"'group' must be a string or a number, got {_kind(value)}")
+        raise BadRecord(f"'group' must be a string or a number, got {json_kind(value)}")
     if not value.strip():
-        raise _BadRecord("'group' is empty")
+        raise BadRecord("'group' is empty")
     return value
 
 
@@ -439,16 +418,16 @@ def _split(value: Any) -> str | None:
     if value is None:
         return None
     if value not in SPLITS:
-        shown = repr(value) if isinstance(value, str) else _kind(value)
-        raise _BadRecord(f"'split' must be one of {', '.join(SPLITS)}, got {shown}")
+        shown = repr(value) if isinstance(value, str) else json_kind(value)
+        raise BadRecord(f"'split' must be one of {', '.join(SPLITS)}, got {shown}")
     return value
 
 
 def _check_image(record: Record) -> None:
     if not record.image.exists():
-        raise _BadRecord(f"image file not found: {record.image}")
+        raise BadRecord(f"image file not found: {record.image}")
     if not record.image.is_file():
-        raise _BadRecord(f"image path is not a file: {record.image}")
+        raise BadRecord(f"image path is not a file: {record.image}")
 
 
 def _no_records_message(split: str | None, split_counts: Counter[str | None], n_skipped: int) -> str:
@@ -461,23 +440,6 @@ def _no_records_message(split: str | None, split_counts: Counter[str | None], n_
     if n_skipped:
         found += f", and {n_skipped} bad record(s) were skipped"
     return f"no records{where}: {found}"
-
-
-def _kind(value: Any) -> str:
-    """Name a value's type in JSON terms, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _utf8_reason(raw: bytes, exc: UnicodeDecodeError) -> str:
