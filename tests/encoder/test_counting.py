@@ -216,7 +216,7 @@ def test_a_config_json_file_or_folder_works(tmp_path) -> None:
         assert count_parameters_on_meta(source, FROZEN)["total"] == PUBLISHED["smolvlm-500m"]
     # A config written by transformers itself, here the tiny preset's.
     tokenizer, _ = preset_processing("tiny-internvl")
-    PRESETS["tiny-internvl"].build_config(tokenizer).save_pretrained(tmp_path / "tiny")
+    PRESETS["tiny-internvl"].config(tokenizer).save_pretrained(tmp_path / "tiny")
     tuning = TuningConfig(strategy="dora", rank=4)
     from_file = count_parameters_on_meta(tmp_path / "tiny", tuning)
     assert from_file["total"] == count_parameters_on_meta("tiny-internvl", tuning)["total"]

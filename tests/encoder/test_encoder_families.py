@@ -84,8 +84,8 @@ def test_image_seq_len_matches_the_model(encoder: GeoEncoder) -> None:
 
 
 def test_internvl_config_image_seq_length_agrees() -> None:
-    from geoloc.encoder.presets import _internvl_config, preset_processing
+    from geoloc.encoder.presets import PRESETS, preset_processing
 
     tokenizer, _ = preset_processing("tiny-internvl")
-    config = _internvl_config(tokenizer)
+    config = PRESETS["tiny-internvl"].config(tokenizer)
     assert FAMILIES["internvl"].image_seq_len(config) == config.image_seq_length

@@ -76,7 +76,7 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
     text = str(source)
     if text in PRESETS:
         tokenizer, _ = preset_processing(text)
-        return text, PRESETS[text].build_config(tokenizer)
+        return text, PRESETS[text].config(tokenizer)
     name = HF_IDS.get(text, text)
     if name in REAL_CONFIGS:
         return name, _config_from_file(REAL_CONFIG_DIR / f"{name}.json")

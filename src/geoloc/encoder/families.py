@@ -8,7 +8,8 @@ entry here, not an `if` elsewhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ class BackboneFamily:
     image_prefix: str
     image_token: str
     image_suffix: str
+    # config -> number of visual tokens one square, unsplit image becomes.
+    visual_tokens: Callable[[Any], int]
     # Keyword arguments for the image processor call that switch off splitting / tiling.
     image_processor_kwargs: dict[str, Any] = field(default_factory=dict)
     # Whether pixel_values carry a per-sample image axis: (batch, images, C, H, W).
@@ -44,7 +47,7 @@ class BackboneFamily:
 
     def image_seq_len(self, config: Any) -> int:
         """Number of visual tokens one square, unsplit image becomes."""
-        return _IMAGE_SEQ_LEN[self.name](config)
+        return self.visual_tokens(config)
 
     def placeholder(self, config: Any) -> str:
         return self.image_prefix + self.image_token * self.image_seq_len(config) + self.image_suffix
@@ -80,59 +83,42 @@ def _internvl_seq_len(config: Any) -> int:
     return int((size // patch) ** 2 * config.downsample_ratio**2)
 
 
-_IMAGE_SEQ_LEN = {
-    "smolvlm": _idefics3_seq_len,
-    "smolvlm2": _idefics3_seq_len,
-    "internvl": _internvl_seq_len,
-}
-
 _SIGLIP_ATTENTION = r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
 
-FAMILIES: dict[str, BackboneFamily] = {
-    f.name: f
-    for f in [
-        BackboneFamily(
-            name="smolvlm",
-            model_types=("idefics3",),
-            model_class="Idefics3ForConditionalGeneration",
-            llm_path="model.text_model",
-            vision_path="model.vision_model",
-            vision_attention=_SIGLIP_ATTENTION,
-            image_prefix="<fake_token_around_image><global-img>",
-            image_token="<image>",
-            image_suffix="<fake_token_around_image>",
-            image_processor_kwargs={"do_image_splitting": False},
-            pixels_have_image_axis=True,
-            drops_all_zero_images=True,
-        ),
-        BackboneFamily(
-            name="smolvlm2",
-            model_types=("smolvlm",),
-            model_class="SmolVLMForConditionalGeneration",
-            llm_path="model.text_model",
-            vision_path="model.vision_model",
-            vision_attention=_SIGLIP_ATTENTION,
-            image_prefix="<fake_token_around_image><global-img>",
-            image_token="<image>",
-            image_suffix="<fake_token_around_image>",
-            image_processor_kwargs={"do_image_splitting": False},
-            pixels_have_image_axis=True,
-            drops_all_zero_images=True,
-        ),
-        BackboneFamily(
-            name="internvl",
-            model_types=("internvl",),
-            model_class="InternVLForConditionalGeneration",
-            llm_path="model.language_model",
-            vision_path="model.vision_tower",
-            vision_attention=r"encoder\.layer\.\d+\.attention\.(q_proj|k_proj|v_proj|projection_layer)",
-            image_prefix="<img>",
-            image_token="<IMG_CONTEXT>",
-            image_suffix="</img>",
-            image_processor_kwargs={"crop_to_patches": False},
-        ),
-    ]
-}
+SMOLVLM = BackboneFamily(
+    name="smolvlm",
+    model_types=("idefics3",),
+    model_class="Idefics3ForConditionalGeneration",
+    llm_path="model.text_model",
+    vision_path="model.vision_model",
+    vision_attention=_SIGLIP_ATTENTION,
+    image_prefix="<fake_token_around_image><global-img>",
+    image_token="<image>",
+    image_suffix="<fake_token_around_image>",
+    image_processor_kwargs={"do_image_splitting": False},
+    pixels_have_image_axis=True,
+    drops_all_zero_images=True,
+    visual_tokens=_idefics3_seq_len,
+)
+# SmolVLM2 keeps SmolVLM v1's layout and token scheme under its own class names.
+SMOLVLM2 = replace(
+    SMOLVLM, name="smolvlm2", model_types=("smolvlm",), model_class="SmolVLMForConditionalGeneration"
+)
+INTERNVL = BackboneFamily(
+    name="internvl",
+    model_types=("internvl",),
+    model_class="InternVLForConditionalGeneration",
+    llm_path="model.language_model",
+    vision_path="model.vision_tower",
+    vision_attention=r"encoder\.layer\.\d+\.attention\.(q_proj|k_proj|v_proj|projection_layer)",
+    image_prefix="<img>",
+    image_token="<IMG_CONTEXT>",
+    image_suffix="</img>",
+    image_processor_kwargs={"crop_to_patches": False},
+    visual_tokens=_internvl_seq_len,
+)
+
+FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (SMOLVLM, SMOLVLM2, INTERNVL)}
 
 
 def family_for_model_type(model_type: str) -> BackboneFamily:

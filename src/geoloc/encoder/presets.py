@@ -34,8 +34,11 @@ i see can by my on to left right behind front
 class Preset:
     name: str
     family: str
-    build_config: Callable[[Any], Any]  # tokenizer -> transformers config
+    build_config: Callable[[Any, int], Any]  # (tokenizer, image size) -> transformers config
     image_size: int
+
+    def config(self, tokenizer: Any) -> Any:
+        return self.build_config(tokenizer, self.image_size)
 
 
 def build_tokenizer(extra_special: list[str], vocab_size: int = 800) -> Any:
@@ -67,27 +70,27 @@ _SMOLVLM_TOKENS = ["<image>", "<fake_token_around_image>", "<global-img>", "<end
 _INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
 
 
-def _smolvlm_config(tokenizer: Any, image_size: int = 64) -> Any:
+# Both tiny presets share these sizes: a 2-layer vision tower and a 2-layer LLM.
+_TINY_VISION = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4)
+_TINY_LLM = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
+
+
+def _smolvlm_config(tokenizer: Any, image_size: int) -> Any:
     from transformers import Idefics3Config
 
     return Idefics3Config(
-        vision_config=dict(
-            hidden_size=96,
-            intermediate_size=192,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=8,
-        ),
+        vision_config=dict(**_TINY_VISION, image_size=image_size, patch_size=8),
         text_config=dict(
+            **_TINY_LLM,
             model_type="llama",
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
             vocab_size=len(tokenizer),
-            max_position_embeddings=1024,
             pad_token_id=tokenizer.pad_token_id,
             rope_theta=10000.0,
         ),
@@ -98,33 +101,26 @@ def _smolvlm_config(tokenizer: Any, image_size: int = 64) -> Any:
     )
 
 
-def _internvl_config(tokenizer: Any, image_size: int = 56) -> Any:
+def _internvl_config(tokenizer: Any, image_size: int) -> Any:
     from transformers import InternVLConfig
 
+    patch = 7
     return InternVLConfig(
         vision_config=dict(
-            hidden_size=96,
-            intermediate_size=192,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **_TINY_VISION,
             image_size=[image_size, image_size],
-            patch_size=[7, 7],
+            patch_size=[patch, patch],
             attention_bias=True,
         ),
         text_config=dict(
+            **_TINY_LLM,
             model_type="qwen3",
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
             head_dim=32,
             vocab_size=len(tokenizer),
-            max_position_embeddings=1024,
             pad_token_id=tokenizer.pad_token_id,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
-        image_seq_length=(image_size // 7) ** 2 // 4,
+        image_seq_length=(image_size // patch) ** 2 // 4,  # 2x2 pixel shuffle (downsample 0.5)
         downsample_ratio=0.5,
         tie_word_embeddings=False,
     )
@@ -151,7 +147,7 @@ def preset_model(name: str) -> Any:
 
     preset = PRESETS[name]
     tokenizer, _ = preset_processing(name)
-    config = preset.build_config(tokenizer)
+    config = preset.config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return getattr(transformers, FAMILIES[preset.family].model_class)(config)
