@@ -176,8 +176,28 @@ def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
         "mean_error_km",
         "n",
     }
-    # 30 tiles, so each query's 100-nearest gallery is the whole city: R@10 is at least 10/30.
-    assert metrics["subsets"]["all"]["R@10"] >= metrics["subsets"]["all"]["R@1"]
+    # 30 tiles, so each query's 100-nearest gallery is the whole city: the full-city variant
+    # must agree exactly, and be labelled as such.
+    full = tmp_path / "full"
+    code = main(
+        [
+            "eval",
+            "tiny-smolvlm",
+            "--benchmark",
+            "cvgtext",
+            "--root",
+            str(tmp_path / "cvg"),
+            "--city",
+            "NewYork",
+            "--full-city",
+            "--out",
+            str(full),
+        ]
+    )
+    assert code == 0
+    full_metrics = json.loads((full / "metrics.json").read_text())
+    assert full_metrics["protocol"] == "cvgtext-full-city"
+    assert full_metrics["subsets"] == metrics["subsets"]
 
 
 def test_benchmark_arguments_are_checked(tmp_path: Path) -> None:

@@ -46,9 +46,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _default_eval_dir(model: str, split: str | None) -> Path:
+    """Beside a saved model or run; in the current folder for a preset or hub id."""
+    from geoloc.encoder.model import saved_encoder_dir
+
     name = f"eval_{split or 'all'}"
-    path = Path(model)
-    return path / name if (path / "best").is_dir() or (path / "geoloc_encoder.json").is_file() else Path(name)
+    return Path(model) / name if saved_encoder_dir(model) is not None else Path(name)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -76,18 +76,18 @@ def run_demo(out: Path, tiles: int = 1200, minutes: float = 2.5, seed: int = 0) 
     print(_row("untrained", before))
     print(_row(f"trained ({result['steps']} steps)", after))
     print()
-    _print_examples(trained, test, embeddings)
+    _print_examples(test, embeddings)
     print(f"\nrun directory: {run_dir}   total time: {time.monotonic() - started:.0f} s")
     return 0
 
 
-def _print_examples(encoder: GeoEncoder, test: Any, embeddings: Any) -> None:
+def _print_examples(test: Any, embeddings: Any) -> None:
     records = {r.key: r for r in test.records}
     picks = np.linspace(0, len(embeddings.texts) - 1, 3).astype(int)
     for n, i in enumerate(picks, 1):
         text, truth = embeddings.texts[i], embeddings.text_image_keys[i]
-        query = encoder.encode_text([text])[0]
-        scores = embeddings.image_emb @ query
+        # The evaluation already encoded every test description: rank with its vector.
+        scores = embeddings.image_emb @ embeddings.text_emb[i]
         print(f'Example {n}: "{text}"')
         for rank, j in enumerate(np.argsort(-scores)[:3], 1):
             record = records[embeddings.image_keys[j]]

@@ -270,7 +270,7 @@ class GeoEncoder(nn.Module):
         if dtype not in DTYPES:
             raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
         torch_dtype = DTYPES[dtype]
-        saved = _saved_encoder_dir(source)
+        saved = saved_encoder_dir(source)
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)
         else:
@@ -290,7 +290,8 @@ class GeoEncoder(nn.Module):
         return encoder.to(resolve_device(device))
 
 
-def _saved_encoder_dir(source: str | Path) -> Path | None:
+def saved_encoder_dir(source: str | Path) -> Path | None:
+    """The saved encoder that `source` names: itself, or a run directory's best/ or final/."""
     path = Path(source)
     for candidate in (path, path / "best", path / "final"):
         if (candidate / SPEC_FILE).is_file():

@@ -45,6 +45,27 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def embedding_pair(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    query_labels: Sequence,
+    gallery_labels: Sequence,
+    sides: tuple[str, str],
+    labels: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides checked (`as_embeddings`), of one dimension, with one label per row."""
+    q_emb = as_embeddings(query_emb, f"{sides[0]}_emb")
+    g_emb = as_embeddings(gallery_emb, f"{sides[1]}_emb")
+    if q_emb.shape[1] != g_emb.shape[1]:
+        raise ValueError(
+            f"{sides[0]} and {sides[1]} embeddings differ in dimension: {q_emb.shape[1]} vs {g_emb.shape[1]}"
+        )
+    for side, emb, row_labels in ((sides[0], q_emb, query_labels), (sides[1], g_emb, gallery_labels)):
+        if len(row_labels) != len(emb):
+            raise ValueError(f"{len(row_labels)} {side} {labels} for {len(emb)} {side} embeddings")
+    return q_emb, g_emb
+
+
 def best_correct_ranks(
     query_emb: np.ndarray,
     gallery_emb: np.ndarray,
@@ -64,16 +85,9 @@ def best_correct_ranks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    q_emb = as_embeddings(query_emb, "query_emb")
-    g_emb = as_embeddings(gallery_emb, "gallery_emb")
-    if q_emb.shape[1] != g_emb.shape[1]:
-        raise ValueError(
-            f"query and gallery embeddings differ in dimension: {q_emb.shape[1]} vs {g_emb.shape[1]}"
-        )
-    if len(query_groups) != len(q_emb):
-        raise ValueError(f"{len(query_groups)} query groups for {len(q_emb)} query embeddings")
-    if len(gallery_groups) != len(g_emb):
-        raise ValueError(f"{len(gallery_groups)} gallery groups for {len(g_emb)} gallery embeddings")
+    q_emb, g_emb = embedding_pair(
+        query_emb, gallery_emb, query_groups, gallery_groups, ("query", "gallery"), "groups"
+    )
 
     n_q, n_g = len(q_emb), len(g_emb)
     q_ids, g_ids, n_groups = _group_ids(query_groups, gallery_groups)

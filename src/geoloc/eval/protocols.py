@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from geoloc.data.cvgtext import is_panorama, parse_coordinates
-from geoloc.eval.metrics import as_embeddings, retrieval_metrics
+from geoloc.eval.metrics import embedding_pair, retrieval_metrics
 
 EARTH_RADIUS_KM = 6371.0
 CVGTEXT_KS = (1, 5, 10)
@@ -152,16 +152,7 @@ def cvgtext_metrics(
         raise ValueError(f"nearest must be >= 1, got {nearest}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    t_emb = as_embeddings(text_emb, "text_emb")
-    i_emb = as_embeddings(image_emb, "image_emb")
-    if t_emb.shape[1] != i_emb.shape[1]:
-        raise ValueError(
-            f"text and image embeddings differ in dimension: {t_emb.shape[1]} vs {i_emb.shape[1]}"
-        )
-    if len(text_keys) != len(t_emb):
-        raise ValueError(f"{len(text_keys)} text keys for {len(t_emb)} text embeddings")
-    if len(image_keys) != len(i_emb):
-        raise ValueError(f"{len(image_keys)} image keys for {len(i_emb)} image embeddings")
+    t_emb, i_emb = embedding_pair(text_emb, image_emb, text_keys, image_keys, ("text", "image"), "keys")
 
     position: dict[str, int] = {}
     for i, key in enumerate(image_keys):

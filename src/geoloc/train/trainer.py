@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from geoloc import atomic
 from geoloc.config import Config, save_config
 from geoloc.data.images import load_image
 from geoloc.data.manifest import Dataset, read_manifest
-from geoloc.encoder.model import GeoEncoder, resolve_device
+from geoloc.encoder.model import EncoderSpec, GeoEncoder, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.batching import epoch_batches
@@ -78,17 +78,15 @@ class PixelCache:
         self.store: dict[int, dict[str, torch.Tensor]] = {}
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        missing = [i for i in indices if i not in self.store]
+        missing = [i for i in dict.fromkeys(indices) if i not in self.store]
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
         if missing:
-            images = [
-                load_image(self.dataset.records[i].image, record=self.dataset.records[i].key) for i in missing
-            ]
-            pixels = self.encoder.pixel_inputs(images)
+            records = [self.dataset.records[i] for i in missing]
+            pixels = self.encoder.pixel_inputs([load_image(r.image, record=r.key) for r in records])
             fresh = {i: {k: v[n : n + 1] for k, v in pixels.items()} for n, i in enumerate(missing)}
-            if not self.enabled:
-                return _stack([fresh.get(i) or self.store[i] for i in indices])
-            self.store.update(fresh)
-        return _stack([self.store[i] for i in indices])
+            if self.enabled:
+                self.store.update(fresh)
+        return _stack([fresh[i] if i in fresh else self.store[i] for i in indices])
 
 
 def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -146,17 +144,10 @@ class Trainer:
         if resume_from is not None:
             self.encoder = GeoEncoder.load(resume_from / "encoder", device=str(self.device), trainable=True)
         else:
+            # Every model setting the encoder records in its spec comes from the config.
+            spec_fields = {f.name for f in fields(EncoderSpec)} - {"backbone"}
             overrides = {
-                k: getattr(config.model, k)
-                for k in (
-                    "pooling",
-                    "query_tokens",
-                    "query_heads",
-                    "text_template",
-                    "image_template",
-                    "max_text_tokens",
-                    "padding_side",
-                )
+                f.name: getattr(config.model, f.name) for f in fields(config.model) if f.name in spec_fields
             }
             overrides["tuning"] = config.tuning
             self.encoder = GeoEncoder.load(
