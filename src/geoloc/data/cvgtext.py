@@ -36,7 +36,6 @@ Rules of this loader:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoloc.data.manifest import Dataset, Record
-from geoloc.data.records import json_kind, text_problem
+from geoloc.data.records import json_kind, read_json_file, text_problem
 from geoloc.errors import DataError
 
 VERSIONS = ("mixed", "panorama", "photos")
@@ -238,17 +237,7 @@ class _Pairs(list):
 
 
 def _read_object(path: Path) -> list[tuple[str, Any]]:
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f, object_pairs_hook=_Pairs)
-    except OSError as exc:
-        raise DataError(f"cannot read file: {exc.strerror or exc}", path=path) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 text: {exc.reason}", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path
-        ) from None
+    data = read_json_file(path, "annotation file not found", object_pairs_hook=_Pairs)
     if not isinstance(data, _Pairs):
         raise DataError(
             f"expected one JSON object {{file_name: description}}, got {_json_kind(data)}", path=path

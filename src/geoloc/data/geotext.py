@@ -41,13 +41,19 @@ this order (all comparisons lower-case):
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from geoloc.data.manifest import Dataset, Record
-from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind
+from geoloc.data.records import (
+    BadRecord,
+    check_text,
+    check_text_items,
+    json_kind,
+    read_json_file,
+    relative_image_path,
+)
 from geoloc.errors import DataError
 
 SPLIT_FILES = {
@@ -172,19 +178,7 @@ def _relative(image: Path, images_root: Path) -> str:
 
 
 def _read_list(source: Path) -> list[Any]:
-    try:
-        with open(source, "rb") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DataError("GeoText-1652 annotation file not found", path=source) from None
-    except OSError as exc:
-        raise DataError(f"cannot read file: {exc.strerror or exc}", path=source) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 text: {exc.reason}", path=source) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=source
-        ) from None
+    data = read_json_file(source, "GeoText-1652 annotation file not found")
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of records, got {json_kind(data)}", path=source)
     return data
@@ -219,18 +213,7 @@ def _image_path(row: dict[str, Any], images_root: Path, real_images_root: Path) 
         raise BadRecord(f"'image' must be a string (a path), got {json_kind(image)}")
     if not image.strip():
         raise BadRecord("'image' is empty")
-    if "\x00" in image:
-        raise BadRecord("'image' contains a NUL character")
-    if Path(image).is_absolute() or PurePosixPath(image.replace("\\", "/")).is_absolute():
-        raise BadRecord(f"image path {image!r} is absolute; it must be relative to {images_root}")
-    path = images_root / image
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise BadRecord(f"cannot resolve image path {image!r}: {exc}") from None
-    if not real.is_relative_to(real_images_root):
-        raise BadRecord(f"image path {image!r} leads outside the images folder {images_root} (to {real})")
-    return path
+    return relative_image_path(image, images_root, real_images_root, f"the images folder {images_root}")
 
 
 def _captions(row: dict[str, Any]) -> tuple[str, ...]:

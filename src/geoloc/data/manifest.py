@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoloc.atomic import write_text
-from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind
+from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind, relative_image_path
 from geoloc.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -324,7 +324,7 @@ def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
         raise BadRecord(f"'image' must be a string (a path), got {json_kind(key)}")
     if not key.strip():
         raise BadRecord("'image' is empty")
-    image = _image_path(key, folder, real_folder)
+    image = relative_image_path(key, folder, real_folder, "the manifest's folder")
     texts = _texts(row)
     lat, lon = _lat_lon(row)
     return Record(
@@ -336,21 +336,6 @@ def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
         lon=lon,
         split=_split(row.get("split")),
     )
-
-
-def _image_path(key: str, folder: Path, real_folder: Path) -> Path:
-    if "\x00" in key:
-        raise BadRecord("'image' contains a NUL character")
-    if Path(key).is_absolute():
-        raise BadRecord(f"image path {key!r} is absolute; give it relative to the manifest's folder")
-    image = folder / key
-    try:
-        real = image.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise BadRecord(f"cannot resolve image path {key!r}: {exc}") from None
-    if not real.is_relative_to(real_folder):
-        raise BadRecord(f"image path {key!r} leads outside the manifest's folder (to {real})")
-    return image
 
 
 def _texts(row: dict[str, Any]) -> tuple[str, ...]:

@@ -6,7 +6,11 @@ naming the file and the record, or skips the record when asked to.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from geoloc.errors import DataError
 
 MAX_TEXT_CHARS = 20_000
 """Longest description accepted, in characters; anything longer is almost surely a broken row."""
@@ -57,3 +61,39 @@ def check_text_items(items: list[Any], name: str) -> tuple[str, ...]:
             raise BadRecord(f"{name}[{i}] must be a string, got {json_kind(item)}")
         check_text(item, f"{name}[{i}]")
     return tuple(items)
+
+
+def relative_image_path(key: str, folder: Path, real_folder: Path, folder_name: str) -> Path:
+    """`folder / key`, refused when `key` is absolute or leads (by `..` or a symlink) outside.
+
+    `real_folder` is `folder` resolved once by the caller; `folder_name` names it in messages.
+    """
+    if "\x00" in key:
+        raise BadRecord("'image' contains a NUL character")
+    if Path(key).is_absolute() or PurePosixPath(key.replace("\\", "/")).is_absolute():
+        raise BadRecord(f"image path {key!r} is absolute; give it relative to {folder_name}")
+    image = folder / key
+    try:
+        real = image.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
+        raise BadRecord(f"cannot resolve image path {key!r}: {exc}") from None
+    if not real.is_relative_to(real_folder):
+        raise BadRecord(f"image path {key!r} leads outside {folder_name} (to {real})")
+    return image
+
+
+def read_json_file(path: Path, missing: str, object_pairs_hook: Any = None) -> Any:
+    """A whole JSON file, or a DataError naming it: `missing` when absent, else the reason."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f, object_pairs_hook=object_pairs_hook)
+    except FileNotFoundError:
+        raise DataError(missing, path=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file: {exc.strerror or exc}", path=path) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 text: {exc.reason}", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path
+        ) from None
