@@ -14,6 +14,10 @@ from pathlib import Path
 
 from geoloc.errors import GeolocError
 
+# Modules that add their own sub-commands: each has `register(subparsers)`, whose parsers set
+# `func` (args -> exit status). The core commands below are defined in this file.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _quiet_libraries() -> None:
     # transformers prints load reports and advice on every model load; users want geoloc's output.
@@ -180,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

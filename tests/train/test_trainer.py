@@ -15,7 +15,8 @@ from geoloc.encoder.model import GeoEncoder
 from geoloc.errors import GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train import trainer as trainer_module
-from geoloc.train.trainer import CHECKPOINT, carve_splits, train
+from geoloc.train.splits import carve_splits
+from geoloc.train.trainer import CHECKPOINT, train
 
 
 def _config(data: Path, **train: object) -> object:

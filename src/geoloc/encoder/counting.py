@@ -53,7 +53,7 @@ def _known_sources() -> str:
     return ", ".join([*REAL_CONFIGS, *HF_IDS, *PRESETS])
 
 
-def _config_from_file(path: Path) -> Any:
+def config_from_file(path: Path) -> Any:
     """A transformers config from a `config.json`, with the model_type checked first."""
     from transformers import CONFIG_MAPPING
 
@@ -79,14 +79,14 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
         return text, PRESETS[text].config(tokenizer)
     name = HF_IDS.get(text, text)
     if name in REAL_CONFIGS:
-        return name, _config_from_file(REAL_CONFIG_DIR / f"{name}.json")
+        return name, config_from_file(REAL_CONFIG_DIR / f"{name}.json")
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise GeolocError(f"{path}: folder holds no config.json")
-        return text, _config_from_file(path / "config.json")
+        return text, config_from_file(path / "config.json")
     if path.is_file():
-        return text, _config_from_file(path)
+        return text, config_from_file(path)
     if isinstance(source, str) and _HF_ID.fullmatch(source):
         # Another Hugging Face id: its config comes from the local cache or the hub.
         from transformers import AutoConfig

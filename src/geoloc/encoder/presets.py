@@ -126,9 +126,35 @@ def _internvl_config(tokenizer: Any, image_size: int) -> Any:
     )
 
 
+def _real_size_config(real_name: str, image_token: str) -> Callable[[Any, int], Any]:
+    """A shipped real config, with the tiny tokenizer's special-token ids written in."""
+
+    def build(tokenizer: Any, image_size: int) -> Any:
+        # Imported here: counting imports this module.
+        from geoloc.encoder.counting import REAL_CONFIG_DIR, config_from_file
+
+        config = config_from_file(REAL_CONFIG_DIR / f"{real_name}.json")
+        config.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        return config
+
+    return build
+
+
 PRESETS: dict[str, Preset] = {
     "tiny-smolvlm": Preset("tiny-smolvlm", "smolvlm", _smolvlm_config, 64),
     "tiny-internvl": Preset("tiny-internvl", "internvl", _internvl_config, 56),
+    # Real-size architectures with random weights, for speed and memory benchmarks: every layer,
+    # width and image size of the published model; only the tokenizer is the tiny one.
+    "random-smolvlm-256m": Preset(
+        "random-smolvlm-256m", "smolvlm", _real_size_config("smolvlm-256m", "<image>"), 512
+    ),
+    "random-smolvlm-500m": Preset(
+        "random-smolvlm-500m", "smolvlm", _real_size_config("smolvlm-500m", "<image>"), 512
+    ),
+    "random-internvl3_5-1b": Preset(
+        "random-internvl3_5-1b", "internvl", _real_size_config("internvl3_5-1b", "<IMG_CONTEXT>"), 448
+    ),
 }
 
 
@@ -139,8 +165,12 @@ def preset_processing(name: str) -> tuple[Any, Any]:
     return build_tokenizer(extra), _image_processor(preset)
 
 
-def preset_model(name: str) -> Any:
-    """The model of a tiny preset, with seeded random weights: the same name, the same weights."""
+def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
+    """The model of a preset, with seeded random weights: the same name, the same weights.
+
+    `device` builds the weights there directly (a real-size preset on a GPU in seconds); the
+    weights are then those of that device's random generator.
+    """
     import transformers
 
     from geoloc.encoder.families import FAMILIES
@@ -148,7 +178,8 @@ def preset_model(name: str) -> Any:
     preset = PRESETS[name]
     tokenizer, _ = preset_processing(name)
     config = preset.config(tokenizer)
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(0)
         return getattr(transformers, FAMILIES[preset.family].model_class)(config)
 
