@@ -65,12 +65,85 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         load_config(path)
 
 
+CONFIGS = Path(__file__).parent.parent / "configs"
+BACKBONES = ("smolvlm-256m", "smolvlm-500m", "internvl3_5-1b")
+# Trainable parameters of the paper's recipe (DoRA r=16, "paper" targets) on each backbone,
+# as counted on the real architectures (tests/encoder/test_counting.py checks the counting).
+RECIPE_TRAINABLE = {"smolvlm-256m": 4_136_832, "smolvlm-500m": 6_408_192, "internvl3_5-1b": 9_027_584}
+
+
 def test_shipped_configs_load() -> None:
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-    assert len(configs) >= 4
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    assert len(configs) >= 10
     for path in configs:
         config = load_config(path)
-        assert config.model.backbone and config.data.train
-    recipe = load_config(Path(__file__).parent.parent / "configs" / "paper-internvl3_5-1b.yaml")
+        assert config.model.backbone
+        if config.data.benchmark == "manifest":
+            assert config.data.train, path
+        else:
+            assert config.data.root and not config.data.train, path
+    recipe = load_config(CONFIGS / "paper-internvl3_5-1b.yaml")
     assert (recipe.tuning.strategy, recipe.tuning.rank, recipe.tuning.alpha) == ("dora", 16, 128.0)
     assert recipe.loss.temperature == 0.03 and recipe.loss.direction == "text_to_image"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_benchmark_recipes_are_the_paper_recipe(backbone: str) -> None:
+    from geoloc.encoder.counting import count_for_config
+
+    base = load_config(CONFIGS / f"paper-{backbone}.yaml")
+    geotext = load_config(CONFIGS / f"paper-{backbone}-geotext1652.yaml")
+    cvgtext = load_config(CONFIGS / f"paper-{backbone}-cvgtext.yaml")
+    for config in (geotext, cvgtext):
+        # Same model, adapters, loss and schedule as the backbone's recipe: only the data differs.
+        assert (config.model, config.tuning, config.loss, config.train) == (
+            base.model,
+            base.tuning,
+            base.loss,
+            base.train,
+        )
+        assert config.data.on_bad_record == "error" and config.data.val_fraction == 0.1
+    assert (geotext.data.benchmark, geotext.data.root, geotext.data.view) == (
+        "geotext1652",
+        "data/GeoText1652",
+        "all",
+    )
+    assert (cvgtext.data.benchmark, cvgtext.data.root) == ("cvgtext", "data/CVG-Text")
+    assert (cvgtext.data.city, cvgtext.data.version, cvgtext.data.target) == ("NewYork", "mixed", "satellite")
+    # On the meta device: no weights are loaded. The cvgtext config's model and tuning are equal
+    # to these (asserted above), so its count is the same.
+    assert count_for_config(geotext)["trainable"] == RECIPE_TRAINABLE[backbone]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "data: {benchmark: geotext}\n",
+            "data.benchmark: 'geotext' is not one of manifest, geotext1652, cvgtext",
+        ),
+        ("data: {on_bad_record: ignore}\n", "data.on_bad_record: 'ignore' is not one of error, skip"),
+        ("data: {target: map}\n", "data.target"),
+        ("data: {view: aerial}\n", "data.view"),
+        ("data: {version: all}\n", "data.version"),
+        ("data: {val_fraction: 1.5}\n", "data.val_fraction"),
+        ("data: {max_val_images: 0}\n", "data.max_val_images"),
+        ("train: {lr: 1.0e-4}\ntrain: {epochs: 2}\n", "key 'train' is given twice, line 2"),
+        ("data: {root: a, root: b}\n", "key 'root' is given twice"),
+        ("model: {backbone: null}\n", "model.backbone: expected str"),
+    ],
+)
+def test_bad_data_section(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)  # one line
+
+
+def test_on_bad_record_override() -> None:
+    assert load_config(None).data.on_bad_record == "error"
+    assert load_config(None, ["data.on_bad_record=skip"]).data.on_bad_record == "skip"
+    with pytest.raises(ConfigError, match="data.on_bad_record"):
+        load_config(None, ["data.on_bad_record=maybe"])

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from geoloc import faults
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -42,11 +44,24 @@ def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def recover_dir(target: str | Path) -> None:
+    """Undo a replacement that a crash cut between its two renames: the old folder comes back.
+
+    Replacing a folder takes two renames (target -> .target.old, new -> target); a process killed
+    between them leaves no `target` but a complete `.target.old`. Readers call this first.
+    """
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
@@ -55,6 +70,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
+            faults.point(f"atomic_dir.swap.{target.name}")
             os.replace(tmp, target)
             shutil.rmtree(old)
         else:

@@ -16,7 +16,11 @@ from geoloc.errors import GeolocError
 
 # Modules that add their own sub-commands: each has `register(subparsers)`, whose parsers set
 # `func` (args -> exit status). The core commands below are defined in this file.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "geoloc.index.commands",
+    "geoloc.serve.commands",
+    "geoloc.study.commands",
+)
 
 
 def _quiet_libraries() -> None:
@@ -40,12 +44,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from geoloc.config import load_config
+    from geoloc.data.bad_records import report_skipped, write_skipped
+    from geoloc.train.splits import prepared_splits
     from geoloc.train.trainer import train
 
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
+    if args.on_bad_record:
+        overrides.append(f"data.on_bad_record={args.on_bad_record}")
+    config = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(config, out, resume=args.resume)
-    print(json.dumps({"run_dir": str(out), **result}, indent=2))
+    # The data is read and every image decoded before the run directory is touched: bad data
+    # stops here with nothing written, or its bad records are listed beside the run.
+    with prepared_splits(config) as splits:
+        if config.data.on_bad_record == "skip":
+            listed = None
+            if args.resume or not (out / "metrics.jsonl").exists():  # else the trainer refuses the run
+                listed = write_skipped(out, splits.skipped)
+            report_skipped(splits.skipped, listed)
+        result = train(config, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process reports
+        print(json.dumps({"run_dir": str(out), **result, "skipped_records": len(splits.skipped)}, indent=2))
     return 0
 
 
@@ -59,6 +77,8 @@ def _default_eval_dir(model: str, split: str | None) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
+    from geoloc.data.bad_records import SKIPPED_FILE, report_skipped, skipped_entries, write_skipped
+    from geoloc.data.images import verify_images
     from geoloc.encoder.model import GeoEncoder
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
@@ -75,8 +95,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         view=args.view,
         official_quirks=args.official_quirks,
         full_city=args.full_city,
+        on_bad_record=args.on_bad_record,
     )
-    dataset = load_benchmark(request)
+    # Every record is read and every image decoded before the model loads: bad data stops the
+    # command here, before anything is written, or (skip) is left out and listed.
+    dataset = verify_images(load_benchmark(request), args.on_bad_record)
+    skipped = skipped_entries(dataset)
+    out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
+    report_skipped(skipped, out / SKIPPED_FILE if args.on_bad_record == "skip" else None)
     encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
     if args.no_cache:
         embeddings = embed_dataset(encoder, dataset, batch_size=args.batch_size)
@@ -86,13 +112,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print("embeddings read from the cache (same model weights, same data)")
     metrics = score_benchmark(request, embeddings, dataset)
     metrics = {**metrics, "model": args.model, "data": str(dataset.source), "split": args.split}
-    out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
-    atomic.write_json(out / "metrics.json", metrics)
+    if args.on_bad_record == "skip":
+        metrics["skipped_records"] = len(skipped)
+        write_skipped(out, skipped)
+    # metrics.json last: its presence means the evaluation finished.
     if args.save_embeddings:
         embeddings.save(out / "embeddings.npz")
+    atomic.write_json(out / "metrics.json", metrics)
     print(format_metrics(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
     written = f"wrote {out / 'metrics.json'}"
     print(written + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from geoloc.data.bad_records import SKIPPED_FILE, report_skipped, skipped_entries, write_skipped
+    from geoloc.data.images import verify_images
+    from geoloc.data.manifest import read_manifest
+    from geoloc.encoder.model import GeoEncoder
+    from geoloc.eval.gallery import embed_gallery
+    from geoloc.train.distributed import join_world
+
+    world = join_world()
+    try:
+        dataset = verify_images(read_manifest(args.data, args.split, args.on_bad_record), args.on_bad_record)
+        skipped = skipped_entries(dataset)
+        out = Path(args.out)
+        if world.is_main:
+            report_skipped(skipped, out / SKIPPED_FILE if args.on_bad_record == "skip" else None)
+        device = args.device
+        if world.distributed and device in ("auto", "cuda"):
+            import torch
+
+            device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
+        encoder = GeoEncoder.load(args.model, device=device, dtype=args.dtype)
+        result = embed_gallery(
+            encoder, dataset, out, args.model, args.shard_size, args.batch_size, world, not args.quiet
+        )
+        if world.is_main:
+            if args.on_bad_record == "skip":
+                write_skipped(out, skipped)
+            print(
+                f"embedded {result.tiles} tiles in {result.shards} shards "
+                f"({result.shards_done_here} encoded by this process, {result.tiles_per_s:.1f} tiles/s): "
+                f"{out / 'embeddings.npz'}"
+            )
+    finally:
+        if world.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
 
 
@@ -126,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument(
+        "--on-bad-record",
+        choices=["error", "skip"],
+        help="error: stop at the first bad record; skip: leave bad records out and list them in "
+        "<out>/skipped_records.jsonl (default: the config's data.on_bad_record, itself 'error')",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a model on a data set")
@@ -157,7 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--on-bad-record",
+        default="error",
+        choices=["error", "skip"],
+        help="error (default): stop at the first bad record, writing nothing; skip: leave bad "
+        "records out and list them in <out>/skipped_records.jsonl",
+    )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "embed", help="embed a gallery's tiles in resumable shards (several processes: torchrun -m geoloc)"
+    )
+    p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
+    p.add_argument("--data", required=True, help="manifest file or folder holding manifest.jsonl")
+    p.add_argument("--split", default="all", help="rows of this split only (default: all)")
+    p.add_argument("--out", required=True, help="output folder: shards/, embeddings.npz, embed.json")
+    p.add_argument("--shard-size", type=int, default=1024, help="tiles per shard (default: 1024)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("params", help="exact total / trainable parameter counts, on the meta device")
     p.add_argument(

@@ -41,13 +41,50 @@ class LossConfig:
     direction: str = "text_to_image"  # text_to_image | symmetric
 
 
+DATA_CHOICES = {
+    "benchmark": ("manifest", "geotext1652", "cvgtext"),
+    "version": ("mixed", "panorama", "photos"),
+    "target": ("satellite", "osm"),
+    "view": ("all", "satellite", "drone", "ground"),
+    "on_bad_record": ("error", "skip"),
+}
+
+
 @dataclass
 class DataConfig:
-    train: str = ""  # a manifest file or a folder with manifest.jsonl
+    """Where the training data is. `benchmark` picks the reader (see docs/benchmarks.md):
+
+    - manifest: `train` is a manifest file or a folder with manifest.jsonl; its `train_split` rows
+      (and rows without a split) train, its `val_split` rows validate when it has any;
+    - geotext1652: `root` holds train.json and images/; train.json's records train;
+    - cvgtext: `root` holds the CVG-Text files; the `city` / `version` / `target` train.json trains.
+
+    Validation is never read from a test split: without a val split it is a seeded
+    `val_fraction` of the training groups (buildings for GeoText-1652, locations for CVG-Text).
+    """
+
+    benchmark: str = "manifest"  # manifest | geotext1652 | cvgtext
+    train: str = ""  # manifest only: a manifest file or a folder with manifest.jsonl
+    root: str = ""  # geotext1652 / cvgtext: the benchmark's root folder
+    city: str = ""  # cvgtext: NewYork, Brisbane, Tokyo
+    version: str = "mixed"  # cvgtext: mixed | panorama | photos
+    target: str = "satellite"  # cvgtext: satellite | osm
+    view: str = "all"  # geotext1652: all | satellite | drone | ground (images that train)
     train_split: str = "train"
-    val_split: str = "val"  # used when the data has it; else carved from the training rows
+    val_split: str = "val"  # manifest: used when the data has it; else carved from the training rows
     val_fraction: float = 0.1
     max_val_images: int = 1000
+    on_bad_record: str = "error"  # error: stop on the first bad record; skip: leave it out, list it
+
+    def __post_init__(self) -> None:
+        for key, choices in DATA_CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise ConfigError(f"data.{key}: {value!r} is not one of {', '.join(choices)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: {self.val_fraction!r} must lie strictly between 0 and 1")
+        if self.max_val_images < 1:
+            raise ConfigError(f"data.max_val_images: {self.max_val_images!r} must be at least 1")
 
 
 @dataclass
@@ -69,6 +106,14 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 = at the end of every epoch
     save_every: int = 100  # steps between resumable checkpoints
     progress: bool = True
+    # Gradient caching: the batch is encoded in chunks of this many pairs, so memory is that of
+    # one chunk whatever the batch size; gradients equal the plain loss's. 0 = off.
+    grad_cache_chunk: int = 0
+    # Tile vision features: "cache" computes each tile's once and keeps it on disk (only when the
+    # vision tower and projector are not adapted), "compute" runs the vision tower every step,
+    # "auto" caches whenever it can.
+    tile_features: str = "auto"
+    tile_feature_dir: str = ""  # default: $GEOLOC_CACHE/tile_features
 
 
 @dataclass
@@ -178,18 +223,42 @@ def config_from_dict(
     return _build(Config, data, "") if not isinstance(data, Config) else data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a mapping that gives one key twice (safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (yaml's own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     data: Any = {}
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except OSError as error:
             raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from error
         except UnicodeDecodeError as error:
             raise ConfigError(f"{path}: not UTF-8 text ({error})") from error
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML ({error})") from error
+            raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(error)})") from error
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     try:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from geoloc.eval import metrics
-from geoloc.eval.metrics import best_correct_ranks, recall_at_k, retrieval_metrics
+from geoloc.eval.metrics import best_correct_ranks, joint_ranks, recall_at_k, retrieval_metrics
 
 
 def naive_best_correct_ranks(query_emb, gallery_emb, query_groups, gallery_groups):
@@ -163,7 +163,7 @@ def test_query_without_correct_item_raises():
     emb = np.eye(3, dtype=np.float32)
     with pytest.raises(ValueError, match=r"2 of 3 queries.*first: query 1"):
         best_correct_ranks(emb, emb, ["a", "x", "y"], ["a", "b", "c"])
-    with pytest.raises(ValueError, match="query 1"):
+    with pytest.raises(ValueError, match="text 1"):
         retrieval_metrics(emb, emb, ["a", "x", "c"], ["a", "b", "c"])
 
 
@@ -188,3 +188,45 @@ def test_bad_inputs_raise():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         best_correct_ranks(bad, emb, groups, groups)
+
+
+def naive_recalls(texts, images, text_groups, image_groups, ks=(1, 5, 10)):
+    """Reference recalls of both directions from full sorted rankings (images without texts skipped)."""
+    t2i = naive_best_correct_ranks(texts, images, text_groups, image_groups)
+    query = np.isin(np.asarray(image_groups), np.asarray(text_groups))
+    i2t = naive_best_correct_ranks(
+        images[query], texts, [g for g, q in zip(image_groups, query, strict=True) if q], text_groups
+    )
+    return {f"R@{k}": 100 * np.mean(t2i < k) for k in ks}, {f"R@{k}": 100 * np.mean(i2t < k) for k in ks}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("quantized", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 5, 1000])
+def test_one_pass_scoring_matches_naive_both_directions(seed, quantized, chunk_size):
+    """retrieval_metrics scores both directions in ONE pass; it must equal two full sortings."""
+    texts, images, text_groups, image_groups = _grouped_data(seed, quantized=quantized, n_texts=260)
+    if seed == 3:  # images of a group without any text: distractors only, not queries
+        image_groups = image_groups[:-5] + ["lonely"] * 5
+    got = retrieval_metrics(texts, images, text_groups, image_groups, ks=(1, 2, 5, 10), chunk_size=chunk_size)
+    t2i, i2t = naive_recalls(texts, images, text_groups, image_groups, ks=(1, 2, 5, 10))
+    assert got["text_to_image"] == pytest.approx(t2i, abs=1e-9)
+    assert got["image_to_text"] == pytest.approx(i2t, abs=1e-9)
+    assert 0 < got["image_to_text"]["R@1"] < got["image_to_text"]["R@10"] < 100
+
+
+@pytest.mark.parametrize("max_rank", [1, 3, 10])
+def test_joint_ranks_equal_exact_ranks_capped(max_rank, monkeypatch):
+    # Small blocks (the element cap) so the running top-k crosses many blocks.
+    monkeypatch.setattr(metrics, "_MAX_CHUNK_ELEMENTS", 150 * 3)
+    texts, images, text_groups, image_groups = _grouped_data(5, n_texts=300)
+    text_ranks, image_ranks, is_query = joint_ranks(
+        texts, images, text_groups, image_groups, max_rank=max_rank
+    )
+    np.testing.assert_array_equal(
+        text_ranks, naive_best_correct_ranks(texts, images, text_groups, image_groups)
+    )
+    exact = naive_best_correct_ranks(images, texts, image_groups, text_groups)
+    assert is_query.all()
+    np.testing.assert_array_equal(image_ranks, np.minimum(exact, max_rank))
+    assert (exact >= max_rank).any() and (exact < max_rank).any()

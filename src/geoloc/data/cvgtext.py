@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoloc.data.manifest import Dataset, Record
-from geoloc.data.records import json_kind, read_json_file, text_problem
+from geoloc.data.records import BadRecord, json_kind, read_json_file, text_problem
 from geoloc.errors import DataError
 
 VERSIONS = ("mixed", "panorama", "photos")
@@ -115,6 +115,7 @@ def load_cvgtext(
         raise DataError(f"invalid CVG-Text city name {city!r}")
 
     parts = _find_parts(root, city, version, target, split)
+    source = parts[0][0]
     records: list[Record] = []
     skipped: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}
@@ -123,51 +124,48 @@ def load_cvgtext(
             try:
                 if key in seen:
                     where = "earlier in this file" if seen[key] == annotation else f"also in {seen[key]}"
-                    raise DataError(f"file name listed twice ({where})", path=annotation, record=key)
+                    raise BadRecord(f"file name listed twice ({where})")
                 seen[key] = annotation
-                records.append(_record(key, description, annotation, tiles, split, check_images))
-            except DataError as exc:
+                records.append(_record(key, description, tiles, split, check_images))
+            except BadRecord as exc:
                 if on_bad_record == "error":
-                    raise
-                skipped.append((key, str(exc)))
+                    raise DataError(str(exc), path=annotation, record=key) from None
+                # Skipped entries are listed against `source`; name the other half's file.
+                skipped.append((key, str(exc) if annotation == source else f"{exc} (in {annotation})"))
 
-    source = parts[0][0]
     if not records:
         extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
         raise DataError(f"no records in CVG-Text {city} {version} {split}{extra}", path=source)
     return Dataset(records=records, source=source, skipped=skipped)
 
 
-def _record(
-    key: str, description: Any, annotation: Path, tiles: Path, split: str, check_images: bool
-) -> Record:
-    def bad(message: str) -> DataError:
-        return DataError(message, path=annotation, record=key)
-
+def _record(key: str, description: Any, tiles: Path, split: str, check_images: bool) -> Record:
     if not key.strip():
-        raise bad("the file name is empty")
+        raise BadRecord("the file name is empty")
     try:
         lat, lon = parse_coordinates(key)
     except ValueError as exc:
-        raise bad(str(exc)) from None
+        raise BadRecord(str(exc)) from None
     if description is None:
-        raise bad("the description is null")
+        raise BadRecord("the description is null")
     if not isinstance(description, str):
-        raise bad(f"the description must be a string, got {_json_kind(description)}")
+        raise BadRecord(f"the description must be a string, got {_json_kind(description)}")
     problem = text_problem(description, "the description")
     if problem:
-        raise bad(problem)
+        raise BadRecord(problem)
     if "\x00" in key or os.path.isabs(key) or key.startswith(("/", "\\")):
-        raise bad("the file name must be a plain name relative to the tile folder")
+        raise BadRecord("the file name must be a plain name relative to the tile folder")
     image = tiles / key
     try:
         inside = image.resolve().is_relative_to(tiles.resolve())
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise bad(f"cannot resolve the tile path: {exc}") from None
+        raise BadRecord(f"cannot resolve the tile path: {exc}") from None
     if not inside:
-        raise bad(f"the file name leads outside the tile folder {tiles}")
+        raise BadRecord(f"the file name leads outside the tile folder {tiles}")
     if check_images and not image.is_file():
-        raise bad(f"tile not found: {image}" if not image.exists() else f"tile path is not a file: {image}")
+        raise BadRecord(
+            f"tile not found: {image}" if not image.exists() else f"tile path is not a file: {image}"
+        )
     return Record(key=key, image=image, texts=(description,), group=key, lat=lat, lon=lon, split=split)
 
 

@@ -50,7 +50,9 @@ from geoloc.data.records import (
     BadRecord,
     check_text,
     check_text_items,
+    check_unique_fields,
     json_kind,
+    json_object,
     read_json_file,
     relative_image_path,
 )
@@ -178,7 +180,7 @@ def _relative(image: Path, images_root: Path) -> str:
 
 
 def _read_list(source: Path) -> list[Any]:
-    data = read_json_file(source, "GeoText-1652 annotation file not found")
+    data = read_json_file(source, "GeoText-1652 annotation file not found", object_pairs_hook=json_object)
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of records, got {json_kind(data)}", path=source)
     return data
@@ -189,6 +191,7 @@ def _parse_record(
 ) -> tuple[str, str, Path, tuple[str, ...]]:
     if not isinstance(row, dict):
         raise BadRecord(f"expected a JSON object, got {json_kind(row)}")
+    check_unique_fields(row)
     image_id = row.get("image_id")
     if image_id is None:
         raise BadRecord("missing the 'image_id' field" if "image_id" not in row else "'image_id' is null")

@@ -22,14 +22,18 @@ pixels come back as stored.
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from geoloc.data.manifest import Dataset, Record
 from geoloc.errors import DataError
 
 MAX_IMAGE_PIXELS = 100_000_000
@@ -187,3 +191,47 @@ def _inside_root(file: Path, root: Path, record: str | int | None) -> tuple[Path
 
 def _bomb_error(exc: BaseException, file: Path, record: str | int | None) -> DataError:
     return DataError(f"image refused as a possible decompression bomb: {exc}", path=file, record=record)
+
+
+def verify_images(
+    dataset: Dataset, on_bad_record: Literal["error", "skip"] = "error", workers: int | None = None
+) -> Dataset:
+    """Decode every record's image once, so a bad tile is found before any work depends on it.
+
+    Training builds its batches up front and evaluation writes its metrics at the end: an image
+    that fails half-way would stop either with work lost. Here each image is fully decoded (a few
+    milliseconds a tile, `workers` threads, by default up to 4) and dropped. A bad one raises a
+    `DataError` naming the data file, the record (its key) and the image; with
+    on_bad_record="skip" the record is left out and added to `skipped` as ("image <key>", reason).
+    Returns the dataset itself when every image is good, else a new one without the bad records.
+    """
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+
+    def problem(record: Record) -> str | None:
+        try:
+            load_image(record.image).close()
+        except DataError as exc:
+            return f"image {exc}"
+        return None
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(problem, dataset.records))
+    if not any(problems):
+        return dataset
+    kept: list[Record] = []
+    skipped = list(dataset.skipped)
+    for record, reason in zip(dataset.records, problems, strict=True):
+        if reason is None:
+            kept.append(record)
+        elif on_bad_record == "error":
+            raise DataError(reason, path=dataset.source, record=record.key)
+        else:
+            skipped.append((f"image {record.key}", reason))
+    if not kept:
+        raise DataError(
+            f"no records left: the image of every one of the {len(dataset)} record(s) is unreadable",
+            path=dataset.source,
+        )
+    return Dataset(records=kept, source=dataset.source, skipped=skipped)

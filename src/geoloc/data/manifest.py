@@ -15,6 +15,8 @@ A row, here as JSONL::
 - `split` (optional): one of train / val / test.
 
 Unknown fields are ignored, and a `null` (or, in CSV, an empty cell) counts as an absent field.
+A row that gives a field twice (a JSON object with a repeated name) is refused, as are a CSV
+header or Parquet schema that name a column twice: which value is meant would be a guess.
 
 Formats, by file extension:
 
@@ -44,7 +46,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoloc.atomic import write_text
-from geoloc.data.records import BadRecord, check_text, check_text_items, json_kind, relative_image_path
+from geoloc.data.records import (
+    BadRecord,
+    check_text,
+    check_text_items,
+    check_unique_fields,
+    json_kind,
+    json_object,
+    relative_image_path,
+)
 from geoloc.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -215,12 +225,17 @@ def _read_jsonl(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=json_object)
         except json.JSONDecodeError as exc:
             yield record_id, BadRecord(f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
         if not isinstance(row, dict):
             yield record_id, BadRecord(f"expected a JSON object, got {json_kind(row)}")
+            continue
+        try:
+            check_unique_fields(row)
+        except BadRecord as exc:
+            yield record_id, exc
             continue
         yield record_id, row
 
@@ -237,6 +252,7 @@ def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     if header is None:
         raise DataError("CSV file is empty: no header row", path=source)
     header = [name.strip() for name in header]
+    _check_unique_columns(header, source, "CSV header")
     if "image" not in header:
         raise DataError(f"CSV has no 'image' column (columns: {', '.join(header)})", path=source)
     row_number = 1
@@ -301,6 +317,7 @@ def _read_parquet(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecor
         names = parquet.schema_arrow.names
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read Parquet file: {exc}", path=source) from exc
+    _check_unique_columns(names, source, "Parquet file")
     if "image" not in names:
         raise DataError(f"Parquet file has no 'image' column (columns: {', '.join(names)})", path=source)
     number = 0
@@ -311,6 +328,12 @@ def _read_parquet(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecor
                 number += 1
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read Parquet file: {exc}", path=source) from exc
+
+
+def _check_unique_columns(names: list[str], source: Path, what: str) -> None:
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{what} names column(s) {', '.join(map(repr, twice))} more than once", path=source)
 
 
 # --- validation ---------------------------------------------------------------------------------

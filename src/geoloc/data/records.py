@@ -82,6 +82,33 @@ def relative_image_path(key: str, folder: Path, real_folder: Path, folder_name: 
     return image
 
 
+class JsonObject(dict):
+    """A JSON object that remembers the field names it was given more than once.
+
+    Python's json keeps the last of duplicated names silently; a record that names its image or
+    caption twice is ambiguous, so the readers refuse it (`check_unique_fields`).
+    """
+
+    duplicated: tuple[str, ...] = ()
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> JsonObject:
+    """`object_pairs_hook` for json.load(s): a JsonObject noting duplicated field names."""
+    obj = JsonObject(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicated = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def check_unique_fields(row: Any) -> None:
+    """BadRecord when the JSON object `row` gives a field name twice."""
+    duplicated = getattr(row, "duplicated", ())
+    if duplicated:
+        names = ", ".join(repr(name) for name in duplicated)
+        raise BadRecord(f"field {names} is given more than once (which one is meant is ambiguous)")
+
+
 def read_json_file(path: Path, missing: str, object_pairs_hook: Any = None) -> Any:
     """A whole JSON file, or a DataError naming it: `missing` when absent, else the reason."""
     try:

@@ -40,6 +40,8 @@ class BackboneFamily:
     pixels_have_image_axis: bool = False
     # Idefics3 drops an image whose normalised pixels are all exactly zero, as padding.
     drops_all_zero_images: bool = False
+    # config -> extra keyword arguments of the model's `get_image_features`.
+    image_feature_kwargs: Callable[[Any], dict[str, Any]] = lambda config: {}
 
     def image_size(self, config: Any) -> int:
         size = config.vision_config.image_size
@@ -116,6 +118,10 @@ INTERNVL = BackboneFamily(
     image_suffix="</img>",
     image_processor_kwargs={"crop_to_patches": False},
     visual_tokens=_internvl_seq_len,
+    image_feature_kwargs=lambda config: {
+        "vision_feature_layer": config.vision_feature_layer,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+    },
 )
 
 FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (SMOLVLM, SMOLVLM2, INTERNVL)}

@@ -90,6 +90,9 @@ class GeoEncoder(nn.Module):
         self.image_processor = image_processor
         self.spec = spec
         self.family: BackboneFamily = FAMILIES[spec.family]
+        # A TileFeatureStore (tile_features.py) that encode_images reads tile files through, when
+        # the vision side is frozen and its features are kept on disk; None computes them.
+        self.tile_features: Any = None
         if spec.padding_side not in ("left", "right"):
             raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
         hidden = self.config.text_config.hidden_size
@@ -177,14 +180,39 @@ class GeoEncoder(nn.Module):
         return self.image_token_inputs(len(images)) | self.pixel_inputs(images)
 
     # -- forward -----------------------------------------------------------------------------
+    def image_features(self, pixel_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected vision features of tiles, (tiles, visual tokens, hidden): what the LLM reads.
+
+        When neither the vision tower nor the projector is adapted these are fixed per tile, and
+        the trainer may compute them once (see tile_features.py).
+        """
+        pixels = {k: v.to(self.device) for k, v in pixel_inputs.items() if k.startswith("pixel")}
+        pixels["pixel_values"] = pixels["pixel_values"].to(self.dtype)
+        core = self.base_model.model
+        out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
+        features = out.pooler_output
+        return features.reshape(pixels["pixel_values"].shape[0], -1, features.shape[-1])
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Normalised embeddings of a prepared batch (text or image inputs)."""
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        """Normalised embeddings of a prepared batch: text inputs, or image tokens plus pixels or
+        precomputed `image_features`."""
+        ids = inputs["input_ids"].to(self.device)
+        mask = inputs["attention_mask"].to(self.device)
         core = self.base_model.model  # the backbone without its language-model head
-        hidden = core(**inputs, use_cache=False).last_hidden_state
-        pooled = self.pooler(hidden, inputs["attention_mask"])
+        if "pixel_values" in inputs:
+            features = self.image_features(inputs)
+        else:
+            features = inputs.get("image_features")
+        if features is None:
+            hidden = core(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        else:
+            # The image placeholder tokens' embeddings are replaced by the tiles' features, as the
+            # model itself does; both paths (pixels, cached features) go through this one line.
+            embeds = core.get_input_embeddings()(ids)
+            slots = (ids == self.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(slots, features.to(embeds.device, embeds.dtype))
+            hidden = core(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        pooled = self.pooler(hidden, mask)
         return nn.functional.normalize(pooled.float(), dim=-1)
 
     @torch.inference_mode()
@@ -222,6 +250,9 @@ class GeoEncoder(nn.Module):
         from geoloc.data.images import pil_from_any
 
         def prepare(chunk: list[Any]) -> dict[str, torch.Tensor]:
+            if self.tile_features is not None and all(isinstance(i, (str, Path)) for i in chunk):
+                features = self.tile_features.features(chunk)
+                return self.image_token_inputs(len(chunk)) | {"image_features": features}
             return self.image_inputs([pil_from_any(item) for item in chunk])
 
         return self._encode(list(images), prepare, batch_size, show_progress)
@@ -269,6 +300,10 @@ class GeoEncoder(nn.Module):
         """
         if dtype not in DTYPES:
             raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        from geoloc.encoder.dual import DualEncoder, dual_family  # imported here: dual imports this module
+
+        if dual_family(source) is not None:  # a CLIP / SigLIP backbone: the two-tower baseline
+            return DualEncoder.load(source, device, dtype, spec_overrides, trainable)  # type: ignore[return-value]
         torch_dtype = DTYPES[dtype]
         saved = saved_encoder_dir(source)
         if saved is not None:
@@ -307,7 +342,8 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        # Never run code shipped with a model (auto_map): refused without asking, not prompted.
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise GeolocError(
             f"cannot load model {source!r}: not a preset ({', '.join(PRESETS)}), a saved geoloc model, "
@@ -315,7 +351,12 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
         ) from error
     family = family_for_model_type(config.model_type)
     model_class = getattr(transformers, family.model_class)
-    return model_class.from_pretrained(source, dtype=torch_dtype)
+    try:  # safetensors only: a pickled pytorch_model.bin is never read
+        return model_class.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except OSError as error:
+        raise GeolocError(f"cannot load model {source!r}: {str(error).splitlines()[0]}") from error
 
 
 def _load_processing(source: str | Path) -> tuple[Any, Any]:
@@ -324,7 +365,10 @@ def _load_processing(source: str | Path) -> tuple[Any, Any]:
         return preset_processing(str(source))
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
+    return (
+        AutoTokenizer.from_pretrained(source, trust_remote_code=False),
+        AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
+    )
 
 
 def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:
@@ -344,6 +388,9 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEnc
     if spec.tuning.strategy in ("lora", "dora"):
         from peft import PeftModel
 
+        adapter = path / "adapter"
+        if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
+            raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
         model.requires_grad_(False)
         model = PeftModel.from_pretrained(model, path / "adapter", is_trainable=trainable)
     else:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 # Words a tiny tokenizer should know as whole tokens; anything else still encodes byte by byte.
-_CORPUS = """
+CORPUS = """
 a an the and with of to its on in at along beside near next by from between across around
 north south east west northern southern eastern western north-south east-west centre center middle
 top bottom left right upper lower corner side edge half
@@ -56,7 +56,7 @@ def build_tokenizer(extra_special: list[str], vocab_size: int = 800) -> Any:
         show_progress=False,
     )
     # Repeat the corpus in varied phrases so merges form whole words.
-    tokenizer.train_from_iterator([" ".join(_CORPUS)] * 4 + _CORPUS, trainer)
+    tokenizer.train_from_iterator([" ".join(CORPUS)] * 4 + CORPUS, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -199,3 +199,78 @@ def _image_processor(preset: Preset) -> Any:
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
     return GotOcr2ImageProcessorPil(crop_to_patches=False, size={"height": size, "width": size})
+
+
+# -- dual-encoder presets (CLIP / SigLIP) ------------------------------------------------------
+# Kept apart from PRESETS: those are MLLMs, served by the family registry and by the parameter
+# counter; these are two-tower models, served by geoloc.encoder.dual.
+
+_CLIP_TOKENS = ["<|startoftext|>"]
+
+
+@dataclass(frozen=True)
+class DualPreset:
+    name: str
+    family: str  # "clip" | "siglip"
+    image_size: int
+
+
+DUAL_PRESETS: dict[str, DualPreset] = {
+    "tiny-clip": DualPreset("tiny-clip", "clip", 64),
+    "tiny-siglip": DualPreset("tiny-siglip", "siglip", 64),
+}
+
+# A text tower as small as the tiny LLM, a vision tower as small as the tiny MLLMs' one.
+_TINY_TEXT_TOWER = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+
+
+def dual_preset_processing(name: str) -> tuple[Any, Any]:
+    """(tokenizer, image_processor) of a tiny dual-encoder preset."""
+    preset = DUAL_PRESETS[name]
+    if preset.family == "clip":
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        tokenizer = build_tokenizer(_CLIP_TOKENS)
+        tokenizer.bos_token = "<|startoftext|>"  # CLIP writes one before every text
+        size = preset.image_size
+        return tokenizer, CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = build_tokenizer([])
+    return tokenizer, SiglipImageProcessorPil(size={"height": preset.image_size, "width": preset.image_size})
+
+
+def dual_preset_config(name: str, tokenizer: Any) -> Any:
+    """The transformers config of a tiny dual-encoder preset, with the tokenizer's ids written in."""
+    preset = DUAL_PRESETS[name]
+    ids = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = dict(**_TINY_VISION, image_size=preset.image_size, patch_size=8)
+    if preset.family == "clip":
+        from transformers import CLIPConfig
+
+        text = dict(**_TINY_TEXT_TOWER, **ids, max_position_embeddings=77)
+        return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+    from transformers import SiglipConfig
+
+    # SigLIP has no projection: the text head maps onto the vision tower's width.
+    text = dict(**_TINY_TEXT_TOWER, **ids, max_position_embeddings=64, projection_size=vision["hidden_size"])
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
+def dual_preset_model(name: str) -> Any:
+    """The model of a tiny dual-encoder preset, with seeded random weights."""
+    from transformers import CLIPModel, SiglipModel
+
+    tokenizer, _ = dual_preset_processing(name)
+    config = dual_preset_config(name, tokenizer)
+    model_class = CLIPModel if DUAL_PRESETS[name].family == "clip" else SiglipModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return model_class(config)

@@ -32,23 +32,30 @@ class BenchmarkRequest:
     view: str = "all"
     official_quirks: bool = False
     full_city: bool = False
+    on_bad_record: str = "error"  # error | skip: bad records are left out, in Dataset.skipped
 
 
 def load_benchmark(request: BenchmarkRequest) -> Dataset:
     if request.benchmark not in BENCHMARKS:
         raise GeolocError(f"unknown benchmark {request.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    on_bad = request.on_bad_record
     if request.benchmark == "manifest":
         if not request.data:
             raise GeolocError("--data is required (a manifest file or a folder holding manifest.jsonl)")
         from geoloc.data.manifest import read_manifest
 
-        return read_manifest(request.data, split=request.split)
+        return read_manifest(request.data, split=request.split, on_bad_record=on_bad)  # type: ignore[arg-type]
     if not request.root:
         raise GeolocError(f"--root is required with --benchmark {request.benchmark}")
     if request.benchmark == "geotext1652":
         from geoloc.data.geotext import load_geotext
 
-        return load_geotext(request.root, split=request.split or "test", view=request.view)  # type: ignore[arg-type]
+        return load_geotext(
+            request.root,
+            split=request.split or "test",  # type: ignore[arg-type]
+            view=request.view,  # type: ignore[arg-type]
+            on_bad_record=on_bad,  # type: ignore[arg-type]
+        )
     if not request.city:
         raise GeolocError("--city is required with --benchmark cvgtext (e.g. NewYork, Brisbane, Tokyo)")
     from geoloc.data.cvgtext import load_cvgtext
@@ -58,8 +65,9 @@ def load_benchmark(request: BenchmarkRequest) -> Dataset:
         request.city,
         version=request.version,
         target=request.target,
-        split=request.split or "test",
-    )  # type: ignore[arg-type]
+        split=request.split or "test",  # type: ignore[arg-type]
+        on_bad_record=on_bad,  # type: ignore[arg-type]
+    )
 
 
 def score_benchmark(request: BenchmarkRequest, embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:

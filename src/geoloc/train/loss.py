@@ -33,12 +33,34 @@ class InfoNCE(nn.Module):
     def temperature(self) -> float:
         return float(torch.exp(-self.log_scale))
 
-    def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        text_emb: torch.Tensor,
+        image_emb: torch.Tensor,
+        text_all: torch.Tensor | None = None,
+        image_all: torch.Tensor | None = None,
+        offset: int = 0,
+        total_rows: int | None = None,
+    ) -> torch.Tensor:
+        """Mean loss over a batch of pairs: text i's positive is image i.
+
+        In a batch shared by several processes, `text_emb` / `image_emb` are this process's rows,
+        `text_all` / `image_all` the whole batch's (gathered with gradients), `offset` the index
+        of this process's first row in it, and `total_rows` the whole batch's size: the result is
+        this process's share of the whole batch's loss (the shares sum to it).
+        """
+        text_all = text_emb if text_all is None else text_all
+        image_all = image_emb if image_all is None else image_all
+        total_rows = text_emb.shape[0] if total_rows is None else total_rows
         # Clamp as CLIP does: a scale past 100 makes the softmax unstable.
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * text_emb.float() @ image_emb.float().T
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        loss = nn.functional.cross_entropy(logits, labels)
+        labels = offset + torch.arange(text_emb.shape[0], device=text_emb.device)
+
+        def rows_loss(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+            logits = scale * rows.float() @ columns.float().T
+            return nn.functional.cross_entropy(logits, labels, reduction="sum") / total_rows
+
+        loss = rows_loss(text_emb, image_all)
         if self.direction == "symmetric":
-            loss = (loss + nn.functional.cross_entropy(logits.T, labels)) / 2
+            loss = (loss + rows_loss(image_emb, text_all)) / 2
         return loss

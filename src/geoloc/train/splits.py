@@ -1,44 +1,138 @@
-"""Training and validation records of a run: validation is carved from the training data, never test."""
+"""Training and validation records of a run: validation is carved from the training data, never test.
+
+Where the records come from (`config.data.benchmark`):
+
+- manifest: the manifest's `train_split` rows and rows without a split train; its `val_split` rows
+  validate when there are any. Rows of any other split (test) are never read past validation of
+  their fields, and their images are never opened;
+- geotext1652: `<root>/train.json` (the test files are not opened);
+- cvgtext: `<root>`'s `train.json` of `city` / `version`, with `target` tiles (test.json is not
+  opened; the CVG-Text authors selected their checkpoint on test, this project never does).
+
+Without a validation split, a seeded `val_fraction` of the training GROUPS validates: GeoText-1652
+buildings, CVG-Text locations, manifest groups, so no place is both trained on and validated on.
+Every kept image is then decoded once (`verify_images`), so a broken tile stops the run before
+its first step, or is skipped and listed with `data.on_bad_record: skip`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from geoloc.config import Config
-from geoloc.data.manifest import Dataset, read_manifest
-from geoloc.errors import GeolocError
+from geoloc.config import Config, DataConfig
+from geoloc.data.bad_records import skipped_entries
+from geoloc.data.images import verify_images
+from geoloc.data.manifest import Dataset, Record, read_manifest
+from geoloc.errors import ConfigError, DataError
 
 
 @dataclass
 class Splits:
     train: Dataset
     val: Dataset
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """{"file", "record", "reason"} of every bad record left out (data.on_bad_record: skip)."""
+
+
+# Splits carved by `prepared_splits` for the command now running, by data config: the CLI checks
+# the data before it creates a run directory, and the trainer's own call then reuses the result.
+_PREPARED: dict[str, Splits] = {}
+
+
+def _key(config: Config) -> str:
+    return json.dumps({"data": asdict(config.data), "seed": config.train.seed}, sort_keys=True)
+
+
+@contextmanager
+def prepared_splits(config: Config) -> Iterator[Splits]:
+    """Carve the splits now; within the block `carve_splits(config)` returns these same splits."""
+    splits = carve_splits(config)
+    key = _key(config)
+    _PREPARED[key] = splits
+    try:
+        yield splits
+    finally:
+        _PREPARED.pop(key, None)
 
 
 def carve_splits(config: Config) -> Splits:
     """Training and validation records: the data's own val split, else a seeded share of groups."""
+    prepared = _PREPARED.get(_key(config))
+    if prepared is not None:
+        return prepared
     data = config.data
-    if not data.train:
-        raise GeolocError("no training data: set data.train to a manifest file or folder")
-    everything = read_manifest(data.train, split=None)
-    by_split: dict[str | None, list] = {}
-    for record in everything.records:
-        by_split.setdefault(record.split, []).append(record)
-    train = by_split.get(data.train_split, []) + by_split.get(None, [])
-    val = by_split.get(data.val_split, [])
-    if not val:
-        groups = sorted({r.group for r in train})
-        generator = torch.Generator().manual_seed(config.train.seed)
-        order = torch.randperm(len(groups), generator=generator).tolist()
-        n_val = max(1, round(len(groups) * data.val_fraction))
-        val_groups = {groups[i] for i in order[:n_val]}
-        val = [r for r in train if r.group in val_groups]
-        train = [r for r in train if r.group not in val_groups]
+    source_data = _read_training_data(data)
+    train, val = _train_and_val(source_data, data, config.train.seed)
     if not train:
-        raise GeolocError(
-            f"{everything.source}: no training records (split {data.train_split!r} or unlabelled)"
+        raise DataError(
+            f"no training records (split {data.train_split!r} or unlabelled)", path=source_data.source
+        )
+    if not val:
+        raise DataError(
+            "cannot carve a validation split: the training records hold a single group",
+            path=source_data.source,
         )
     val = val[: data.max_val_images]
-    return Splits(Dataset(train, everything.source), Dataset(val, everything.source))
+    train_set = verify_images(Dataset(train, source_data.source), data.on_bad_record)  # type: ignore[arg-type]
+    val_set = verify_images(Dataset(val, source_data.source), data.on_bad_record)  # type: ignore[arg-type]
+    return Splits(train_set, val_set, skipped_entries(source_data, train_set, val_set))
+
+
+def _read_training_data(data: DataConfig) -> Dataset:
+    """Every record that may train or validate, fields checked; images are checked later."""
+    on_bad = data.on_bad_record
+    if data.benchmark == "manifest":
+        if not data.train:
+            raise ConfigError("no training data: set data.train to a manifest file or folder")
+        return read_manifest(data.train, split=None, on_bad_record=on_bad, check_images=False)  # type: ignore[arg-type]
+    if not data.root:
+        raise ConfigError(
+            f"data.root is required with data.benchmark {data.benchmark}: the benchmark's folder"
+        )
+    if data.benchmark == "geotext1652":
+        from geoloc.data.geotext import load_geotext
+
+        return load_geotext(
+            data.root, split="train", view=data.view, on_bad_record=on_bad, check_images=False
+        )  # type: ignore[arg-type]
+    if not data.city:
+        raise ConfigError("data.city is required with data.benchmark cvgtext (NewYork, Brisbane or Tokyo)")
+    from geoloc.data.cvgtext import load_cvgtext
+
+    return load_cvgtext(
+        data.root,
+        data.city,
+        version=data.version,  # type: ignore[arg-type]
+        target=data.target,  # type: ignore[arg-type]
+        split="train",
+        on_bad_record=on_bad,  # type: ignore[arg-type]
+        check_images=False,
+    )
+
+
+def _train_and_val(dataset: Dataset, data: DataConfig, seed: int) -> tuple[list[Record], list[Record]]:
+    if data.benchmark == "manifest":
+        train = [r for r in dataset.records if r.split in (data.train_split, None)]
+        val = [r for r in dataset.records if r.split == data.val_split and data.val_split != data.train_split]
+    else:
+        train, val = list(dataset.records), []
+    if not val:
+        train, val = _carve_by_group(train, data.val_fraction, seed)
+    return train, val
+
+
+def _carve_by_group(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, val): a seeded `fraction` of the groups (at least one) goes to validation."""
+    groups = sorted({r.group for r in records})
+    if len(groups) < 2:
+        return records, []
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(groups), generator=generator).tolist()
+    n_val = min(len(groups) - 1, max(1, round(len(groups) * fraction)))
+    val_groups = {groups[i] for i in order[:n_val]}
+    return [r for r in records if r.group not in val_groups], [r for r in records if r.group in val_groups]

@@ -21,19 +21,34 @@ from typing import Any
 
 import torch
 
-from geoloc import atomic
+from geoloc import atomic, faults
 from geoloc.config import Config, save_config
 from geoloc.data.images import load_image
 from geoloc.data.manifest import Dataset
 from geoloc.encoder.model import EncoderSpec, GeoEncoder, resolve_device
-from geoloc.errors import GeolocError
+from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
+from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.batching import epoch_batches
+from geoloc.train.distributed import World, join_world
 from geoloc.train.loss import InfoNCE
-from geoloc.train.splits import carve_splits  # noqa: F401  (re-exported)
+from geoloc.train.splits import carve_splits
+from geoloc.train.step import ContrastiveStep, PairEncoder
 
 CHECKPOINT = "checkpoints/latest"
 TRAINER_STATE = "trainer_state.pt"
+METRICS = "metrics.jsonl"
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _truncate(path: Path, size: int | None) -> None:
+    """Cut `path` back to `size` bytes (None: a checkpoint from before sizes were recorded)."""
+    if size is not None and _file_size(path) > size:
+        with open(path, "r+b") as f:
+            f.truncate(size)
 
 
 class PixelCache:
@@ -87,7 +102,7 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, config: Config
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def _uses_bf16(device: torch.device, precision: str) -> bool:
     if precision == "auto":
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     elif precision in ("bf16", "bfloat16"):
@@ -96,18 +111,26 @@ def _autocast(device: torch.device, precision: str) -> Any:
         use_bf16 = False
     else:
         raise GeolocError(f"unknown precision {precision!r}; choose auto, float32 or bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return use_bf16
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, precision))
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path):
+    def __init__(self, config: Config, run_dir: str | Path, world: World | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
+        self.world = world or join_world()
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, resume_from: Path | None) -> None:
         config = self.config
         self.device = resolve_device(config.train.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(self.device)
         torch.manual_seed(config.train.seed)
         if resume_from is not None:
             self.encoder = GeoEncoder.load(resume_from / "encoder", device=str(self.device), trainable=True)
@@ -139,6 +162,20 @@ class Trainer:
                 "nothing to train: tuning.strategy 'frozen' with eos/mean pooling has no trainable weights"
             )
         self.params = [p for _, p in params]
+        self.step_model: torch.nn.Module = PairEncoder(self.encoder)
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
+        self.contrastive_step = ContrastiveStep(
+            self.step_model,
+            self.loss_fn,
+            lambda: _autocast(self.device, config.train.precision),
+            self.device,
+            self.world,
+            chunk=config.train.grad_cache_chunk,
+        )
         self.splits = carve_splits(config)
         texts, image_index = self.splits.train.texts_with_image_index()
         self.texts, self.image_index = texts, image_index
@@ -152,8 +189,41 @@ class Trainer:
         self.optimizer = _optimizer(params, config)
         self.scheduler = _schedule(self.optimizer, self.total_steps, config)
         self.pixels = PixelCache(self.encoder, self.splits.train)
+        self.feature_store = self._feature_store()
         self.step, self.epoch, self.batch_in_epoch, self.best_r1 = 0, 0, 0, -1.0
         self.elapsed = 0.0
+
+    def _feature_store(self) -> TileFeatureStore | None:
+        """Tile features from disk when the vision side is frozen (train.tile_features)."""
+        train = self.config.train
+        if train.tile_features not in ("auto", "cache", "compute"):
+            raise ConfigError(
+                f"train.tile_features must be auto, cache or compute, not {train.tile_features!r}"
+            )
+        if not isinstance(self.encoder, GeoEncoder):  # a dual encoder has no LLM to feed features to
+            if train.tile_features == "cache":
+                raise ConfigError("train.tile_features=cache is for MLLM backbones, not dual encoders")
+            return None
+        adapted = vision_is_adapted(self.encoder)
+        if train.tile_features == "cache" and adapted:
+            raise ConfigError(
+                "train.tile_features=cache needs a frozen vision tower and projector, but "
+                f"tuning (strategy {self.config.tuning.strategy!r}, targets {self.config.tuning.targets!r}) "
+                "adapts them: use targets such as llm-attn, or tile_features=compute"
+            )
+        if train.tile_features == "compute" or adapted:
+            return None
+        bf16 = _uses_bf16(self.device, train.precision)
+        store = TileFeatureStore(
+            self.encoder,
+            train.tile_feature_dir or None,
+            autocast=lambda: _autocast(self.device, train.precision),
+            precision="bf16" if bf16 else "float32",
+        )
+        if not bf16:
+            # Validation encodes in float32 too, so it reads the same stored features.
+            self.encoder.tile_features = store
+        return store
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -167,12 +237,17 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best_r1": self.best_r1,
             "elapsed": self.elapsed,
+            "metrics_bytes": _file_size(self.run_dir / METRICS),
         }
 
     def save_checkpoint(self) -> None:
-        with atomic.atomic_dir(self.run_dir / CHECKPOINT) as tmp:
-            self.encoder.save(tmp / "encoder")
-            torch.save(self._state(), tmp / TRAINER_STATE)
+        # Every process holds the same weights and optimizer state: the first one writes.
+        if self.world.is_main:
+            with atomic.atomic_dir(self.run_dir / CHECKPOINT) as tmp:
+                self.encoder.save(tmp / "encoder")
+                faults.point("checkpoint.write")
+                torch.save(self._state(), tmp / TRAINER_STATE)
+        self.world.barrier()
 
     def _restore(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
@@ -183,42 +258,61 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best_r1 = state["batch_in_epoch"], state["best_r1"]
         self.elapsed = state["elapsed"]
+        if self.world.is_main:  # what was logged after this checkpoint is logged again from here
+            _truncate(self.run_dir / METRICS, state.get("metrics_bytes"))
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
     def train_step(self, batch: list[int]) -> float:
+        """One optimizer step on a global batch; this process encodes its share of it."""
         self.encoder.train()
-        with _autocast(self.device, self.config.train.precision):
-            text_inputs = self.encoder.text_inputs([self.texts[i] for i in batch])
-            images = [self.image_index[i] for i in batch]
-            image_inputs = self.encoder.image_token_inputs(len(images)) | self.pixels(images)
-            loss = self.loss_fn(self.encoder(text_inputs), self.encoder(image_inputs))
+        local, offset = self.world.slice_of(batch)
+        text_inputs = self.encoder.text_inputs([self.texts[i] for i in local])
+        images = [self.image_index[i] for i in local]
+        tokens = self.encoder.image_token_inputs(len(images))
+        if self.feature_store is not None:
+            records = [self.splits.train.records[i] for i in images]
+            features = self.feature_store.features([r.image for r in records], [r.key for r in records])
+            image_inputs = tokens | {"image_features": features}
+        else:
+            image_inputs = tokens | self.pixels(images)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.contrastive_step(text_inputs, image_inputs, offset, len(batch))
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         self.optimizer.step()
+        faults.point("train.step")
         self.scheduler.step()
-        return float(loss.detach())
+        return loss
 
     def validate(self) -> dict[str, Any]:
+        """Validation R@1 on the first process (the others wait); keeps best/ up to date."""
+        if not self.world.is_main:
+            self.world.barrier()
+            return {}
         metrics, _ = evaluate(self.encoder, self.splits.val, batch_size=64, show_progress=False)
         record = {"type": "val", "step": self.step, "epoch": self.epoch, **metrics}
         self._log(record)
+        faults.point("validate")
         r1 = metrics["text_to_image"]["R@1"]
         if r1 > self.best_r1:
             self.best_r1 = r1
             self.encoder.save(self.run_dir / "best")
             atomic.write_json(self.run_dir / "best.json", {"step": self.step, **metrics})
+        self.world.barrier()
         return metrics
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         checkpoint = self.run_dir / CHECKPOINT
+        atomic.recover_dir(checkpoint)  # a crash may have cut a checkpoint swap in two
         if resume and not (checkpoint / TRAINER_STATE).is_file():
             resume = False  # nothing saved yet: start from the beginning
+            (self.run_dir / METRICS).unlink(missing_ok=True)  # lines of the attempt that saved nothing
         if not resume and (self.run_dir / "metrics.jsonl").exists():
             raise GeolocError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out"
@@ -227,13 +321,14 @@ class Trainer:
         self._build(checkpoint if resume else None)
         if resume:
             self._restore(checkpoint)
-        save_config(self.config, self.run_dir / "config.yaml")
+        if self.world.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
         train = self.config.train
         deadline = (
             time.monotonic() + train.max_minutes * 60 - self.elapsed if train.max_minutes > 0 else math.inf
         )
         progress = None
-        if train.progress:
+        if train.progress and self.world.is_main:
             from tqdm.auto import tqdm
 
             # Far fewer refreshes when stderr is a log file, not a terminal.
@@ -264,6 +359,7 @@ class Trainer:
                             "lr": self.scheduler.get_last_lr()[0],
                             "temperature": self.loss_fn.temperature,
                             "pairs_per_s": rate,
+                            "processes": self.world.size,
                         }
                     )
                     window_pairs, window_start = 0, time.monotonic()
@@ -288,7 +384,9 @@ class Trainer:
             progress.close()
         final = self.validate()
         self.save_checkpoint()
-        self.encoder.save(self.run_dir / "final")
+        if self.world.is_main:
+            self.encoder.save(self.run_dir / "final")
+        self.world.barrier()
         return {
             "steps": self.step,
             "best_val_r1": self.best_r1,
@@ -298,4 +396,9 @@ class Trainer:
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    return Trainer(config, run_dir).run(resume=resume)
+    trainer = Trainer(config, run_dir)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        if trainer.world.distributed:
+            torch.distributed.destroy_process_group()

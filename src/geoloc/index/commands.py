@@ -1,0 +1,216 @@
+"""CLI: `geoloc index build|add|remove|info`, `geoloc search`, `geoloc explain`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from geoloc.errors import GeolocError
+
+
+def _fmt_coord(value: float | None) -> str:
+    return f"{value:.6f}" if value is not None else "-"
+
+
+def _print_table(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> None:
+    header = ["rank", "score", *extra, "lat", "lon", "key"]
+    print("  ".join(f"{h:>10}" for h in header[:-1]) + "  key")
+    for row in rows:
+        cells = [f"{row['rank']:>10}", f"{row['score']:>10.4f}"]
+        cells += [
+            f"{row[name]:>10.3f}" if isinstance(row[name], float) else f"{row[name]:>10}" for name in extra
+        ]
+        cells += [f"{_fmt_coord(row['lat']):>10}", f"{_fmt_coord(row['lon']):>10}", row["key"]]
+        print("  ".join(cells))
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from geoloc.index.ann import AnnSettings
+    from geoloc.index.build import build_index
+
+    settings = AnnSettings(
+        kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search
+    )
+    manifest = build_index(
+        args.model,
+        args.gallery,
+        args.out,
+        settings=settings,
+        split=args.split,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+    )
+    count, dim = manifest["count"], manifest["dimension"]
+    print(f"indexed {count} tiles ({settings.kind}, dimension {dim}) in {args.out}")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from geoloc.index.build import add_to_index
+
+    added = add_to_index(
+        args.index,
+        args.gallery,
+        split=args.split,
+        device=args.device,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        model=args.model,
+    )
+    print(f"added {added} tiles to {args.index}")
+    return 0
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    from geoloc.index.build import remove_from_index
+
+    keys = list(args.keys)
+    if args.keys_file:
+        try:
+            keys += [line.strip() for line in Path(args.keys_file).read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise GeolocError(f"{args.keys_file}: cannot read the keys ({error})") from error
+    keys = [key for key in keys if key]
+    if not keys:
+        raise GeolocError("no keys to remove: give tile keys, or --keys-file with one key a line")
+    removed = remove_from_index(args.index, keys)
+    print(f"removed {removed} tiles from {args.index}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from geoloc.index.store import read_manifest_json
+
+    print(json.dumps(read_manifest_json(args.index), indent=2))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from geoloc.index.explain import search_and_judge
+    from geoloc.index.search import SearchIndex, check_query
+
+    check_query(args.text, args.k)  # before loading the model: a bad query fails at once
+    index = SearchIndex.open(args.index, model=args.model, device=args.device)
+    if args.rerank:
+        rows = [j.to_dict() for j in search_and_judge(index, args.text, args.k, rerank_results=True)]
+    else:
+        rows = [hit.to_dict() for hit in index.search(args.text, args.k)]
+    if args.json:
+        print(json.dumps({"query": args.text, "k": args.k, "rerank": args.rerank, "results": rows}, indent=2))
+    else:
+        _print_table(rows, ("judgement", "retrieval_rank") if args.rerank else ())
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from geoloc.index.explain import search_and_judge
+    from geoloc.index.search import SearchIndex, check_query
+
+    check_query(args.text, args.top)
+    index = SearchIndex.open(args.index, model=args.model, device=args.device)
+    judged = search_and_judge(
+        index,
+        args.text,
+        args.top,
+        rerank_results=args.rerank,
+        explain=True,
+        max_new_tokens=args.max_new_tokens,
+    )
+    rows = [j.to_dict() for j in judged]
+    if args.json:
+        print(
+            json.dumps(
+                {"query": args.text, "top": args.top, "rerank": args.rerank, "results": rows}, indent=2
+            )
+        )
+        return 0
+    for row in rows:
+        where = f"({_fmt_coord(row['lat'])}, {_fmt_coord(row['lon'])})"
+        print(
+            f"#{row['rank']} {row['key']} {where}  score {row['score']:.4f}  "
+            f"judgement {row['judgement']:+.3f}  (retrieval rank {row['retrieval_rank']})"
+        )
+        print(f"    {row['explanation']}")
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    p.add_argument(
+        "--model", help="where the index's model is now, if it moved (checked to be the same model)"
+    )
+
+
+def _add_encoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", help="only this split of the gallery manifest (train, val, test)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--cache-dir", help="embedding cache (default: $GEOLOC_CACHE/embeddings or ~/.cache/geoloc)"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="encode the tiles; neither read nor write the cache"
+    )
+
+
+def register(subparsers: Any) -> None:
+    from geoloc.index.ann import KINDS
+    from geoloc.index.search import MAX_K
+
+    index = subparsers.add_parser("index", help="build or change a search index of satellite tiles")
+    actions = index.add_subparsers(dest="index_action", required=True)
+
+    p = actions.add_parser("build", help="embed a gallery's tiles into a new index folder")
+    p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
+    p.add_argument("--gallery", required=True, help="gallery manifest, or a folder holding manifest.jsonl")
+    p.add_argument("--out", required=True, help="the index folder to write")
+    p.add_argument("--kind", default="exact", choices=KINDS, help="exact (default), ivf or hnsw")
+    p.add_argument("--nlist", type=int, default=0, help="ivf: clusters (default: about 4 x sqrt(tiles))")
+    p.add_argument("--nprobe", type=int, default=16, help="ivf: clusters scanned per query")
+    p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
+    p.add_argument("--ef-search", type=int, default=64, help="hnsw: candidates kept while searching")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    _add_encoding_options(p)
+    p.set_defaults(func=cmd_index_build)
+
+    p = actions.add_parser("add", help="embed more tiles (with the index's own model) into an index")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("--gallery", required=True, help="manifest of the tiles to add")
+    _add_encoding_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_index_add)
+
+    p = actions.add_parser("remove", help="remove tiles from an index by key")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("keys", nargs="*", help="tile keys (the manifest's image paths)")
+    p.add_argument("--keys-file", help="a file of keys, one a line")
+    p.set_defaults(func=cmd_index_remove)
+
+    p = actions.add_parser("info", help="print an index's manifest")
+    p.add_argument("index", help="the index folder")
+    p.set_defaults(func=cmd_index_info)
+
+    p = subparsers.add_parser("search", help="find the tiles a description matches")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("text", help="the description, in quotes")
+    p.add_argument("-k", type=int, default=10, help=f"how many tiles (1..{MAX_K}, default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--rerank", action="store_true", help="re-order the top k by the generator's judgement")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = subparsers.add_parser("explain", help="ask the generator why each top tile does or does not match")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("text", help="the description, in quotes")
+    p.add_argument("--top", type=int, default=5, help="how many top tiles to explain (default 5)")
+    p.add_argument("--rerank", action="store_true", help="re-order the tiles by the generator's judgement")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="length of each explanation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_explain)

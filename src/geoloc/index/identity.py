@@ -1,0 +1,91 @@
+"""Which model made an index's vectors, and the check that a query encoder is that model.
+
+Vectors of two models live in different spaces: a query encoded by another model (or the same
+backbone with another adapter, pooling or prompt) scores garbage silently. So the index manifest
+records the model's full weight fingerprint, and search refuses any encoder that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+
+from geoloc.errors import GeolocError
+from geoloc.eval.cache import model_fingerprint
+
+
+def adapter_hash(encoder: Any) -> str | None:
+    """A hash of the trained parts (adapter and pooling weights); None for a bare backbone."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    tensors: dict[str, torch.Tensor] = {}
+    if isinstance(encoder.backbone, PeftModel):
+        tensors.update(get_peft_model_state_dict(encoder.backbone))
+    tensors.update({f"pooler.{k}": v for k, v in encoder.pooler.state_dict().items()})
+    if not tensors:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(tensors.items()):
+        data = tensor.detach().to("cpu").contiguous()
+        if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
+            data = data.view(torch.int16)
+        digest.update(name.encode())
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_record(encoder: Any, source: str, dtype: str) -> dict[str, Any]:
+    """The manifest's description of the model: how to load it and how to recognise it."""
+    spec = encoder.spec
+    return {
+        "id": source,
+        "fingerprint": model_fingerprint(encoder),
+        "adapter_hash": adapter_hash(encoder),
+        "family": spec.family,
+        "tuning": spec.tuning.strategy,
+        "pooling": spec.pooling,
+        "text_template": spec.text_template,
+        "image_template": spec.image_template,
+        "max_text_tokens": spec.max_text_tokens,
+        "dtype": dtype,
+    }
+
+
+def check_same_model(record: dict[str, Any], encoder: Any, where: str) -> None:
+    """Refuse `encoder` unless it is exactly the model that made the index at `where`."""
+    if model_fingerprint(encoder) == record["fingerprint"]:
+        return
+    seen = {
+        "adapter_hash": adapter_hash(encoder),
+        "pooling": encoder.spec.pooling,
+        "text_template": encoder.spec.text_template,
+        "image_template": encoder.spec.image_template,
+    }
+    differences = [name for name, value in seen.items() if record.get(name) != value]
+    detail = f" (differs in: {', '.join(differences)})" if differences else " (its weights differ)"
+    raise GeolocError(
+        f"{where}: this index was built by model {record['id']!r} (fingerprint "
+        f"{record['fingerprint'][:12]}); the query model is a different one{detail}. Queries must be "
+        "encoded by the model that encoded the tiles: rebuild the index with this model, or search "
+        "with the index's own model"
+    )
+
+
+def load_index_model(
+    record: dict[str, Any], where: str, model: str | None = None, device: str = "cpu"
+) -> Any:
+    """Load the model an index names (or `model`, e.g. a moved copy) and check it is the same one."""
+    from geoloc.encoder.model import GeoEncoder
+
+    try:
+        encoder = GeoEncoder.load(model or record["id"], device=device, dtype=record["dtype"])
+    except GeolocError as error:
+        if model is not None:
+            raise
+        raise GeolocError(
+            f"{where}: cannot load the index's model ({error}); if it moved, name it with --model"
+        ) from error
+    check_same_model(record, encoder, where)
+    return encoder

@@ -1,0 +1,136 @@
+"""Search an index with words: encode the query with the index's own model, rank the tiles.
+
+index = SearchIndex.open("city_index")
+for hit in index.search("a red building by a pond", k=5):
+    print(hit.rank, hit.score, hit.key, hit.lat, hit.lon)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoloc.errors import GeolocError
+from geoloc.index.ann import search_faiss
+from geoloc.index.identity import check_same_model, load_index_model
+from geoloc.index.store import StoredIndex, read_index
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000  # far beyond what the model reads (max_text_tokens), and cheap to refuse
+
+
+@dataclass
+class Hit:
+    """One ranked tile. `score` is the cosine similarity of query and tile."""
+
+    rank: int
+    score: float
+    key: str
+    lat: float | None
+    lon: float | None
+    group: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_query(text: str, k: int) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise GeolocError("the query is empty: describe the place in a few words")
+    if len(text) > MAX_QUERY_CHARS:
+        raise GeolocError(f"the query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+    if not 1 <= k <= MAX_K:
+        raise GeolocError(f"k must be between 1 and {MAX_K}, not {k}")
+
+
+class SearchIndex:
+    """An opened index with the model that encodes its queries."""
+
+    def __init__(self, stored: StoredIndex, encoder: Any):
+        """`encoder` must be the index's own model: use `open`, which checks it."""
+        self.stored = stored
+        self.encoder = encoder
+        # One model call at a time: a server's threads share this model, and its forward pass
+        # neither gains from concurrent calls on a CPU nor is documented as thread-safe.
+        self.model_lock = threading.Lock()
+        self._row_of_key = {key: row for row, key in enumerate(stored.tiles.key)}
+        self._tile_roots = [Path(gallery).parent.resolve() for gallery in stored.manifest["galleries"]]
+
+    @classmethod
+    def open(
+        cls, path: str | Path, model: str | None = None, device: str = "cpu", encoder: Any = None
+    ) -> SearchIndex:
+        """Open the index at `path`; load its model (from `model` if it moved) unless `encoder` is given."""
+        stored = read_index(path)
+        if encoder is not None:
+            check_same_model(stored.manifest["model"], encoder, str(path))
+            return cls(stored, encoder)
+        # load_index_model checks the model: weights are hashed once, not again here.
+        return cls(stored, load_index_model(stored.manifest["model"], str(path), model, device))
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.stored.manifest
+
+    def __len__(self) -> int:
+        return len(self.stored.tiles)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.model_lock:
+            return self.encoder.encode_text(texts, batch_size=max(1, len(texts)))
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The top `k` tiles for each query vector, best first."""
+        scores, rows = search_faiss(self.stored.faiss, queries, k)
+        tiles = self.stored.tiles
+        results: list[list[Hit]] = []
+        for query_scores, query_rows in zip(scores, rows, strict=True):
+            hits: list[Hit] = []
+            for score, row in zip(query_scores, query_rows, strict=True):
+                if row < 0:  # IVF / HNSW found fewer than k tiles
+                    continue
+                hits.append(
+                    Hit(
+                        len(hits) + 1,
+                        float(score),
+                        tiles.key[row],
+                        tiles.lat[row],
+                        tiles.lon[row],
+                        tiles.group[row],
+                    )
+                )
+            results.append(hits)
+        return results
+
+    def search_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
+        for text in texts:
+            check_query(text, k)
+        return self.search_vectors(self.encode(texts), k)
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        return self.search_many([text], k)[0]
+
+    def row(self, key: str) -> int | None:
+        return self._row_of_key.get(key)
+
+    def image_path(self, key: str) -> Path | None:
+        """The image file of the tile `key`, only if it is one of this index's own tiles.
+
+        The key is looked up, never joined onto a folder, and the file must still resolve
+        inside one of the galleries' folders (no symlink planted since the build leads out).
+        """
+        row = self._row_of_key.get(key)
+        if row is None:
+            return None
+        path = Path(self.stored.tiles.image[row])
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not real.is_file() or not any(real.is_relative_to(root) for root in self._tile_roots):
+            return None
+        return real

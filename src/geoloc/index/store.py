@@ -1,0 +1,191 @@
+"""The index folder on disk, written whole or not at all.
+
+    INDEX/
+      manifest.json     what is inside, and exactly which model made the vectors (written last)
+      vectors.npy       float32, one unit row per tile: the source of truth
+      metadata.parquet  one row per vector, same order: key, image, lat, lon, group
+      index.faiss       the IVF or HNSW structure (an exact index is rebuilt from vectors.npy)
+
+The folder is assembled under a temporary name and renamed into place, so an interrupted build
+leaves no INDEX that looks complete, and `add` / `remove` swap a whole new folder in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geoloc.atomic import atomic_dir, write_json
+from geoloc.errors import GeolocError
+from geoloc.index.ann import AnnSettings, apply_search_settings, build_faiss
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+METADATA = "metadata.parquet"
+FAISS_FILE = "index.faiss"
+_MANIFEST_KEYS = ("model", "dimension", "count", "index", "galleries")
+
+_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("image", pa.string()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("group", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Tiles:
+    """The metadata table: row i describes vector i."""
+
+    key: list[str]
+    image: list[str]
+    lat: list[float | None]
+    lon: list[float | None]
+    group: list[str]
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def take(self, rows: list[int]) -> Tiles:
+        return Tiles(*([column[i] for i in rows] for column in self._columns()))
+
+    def concat(self, other: Tiles) -> Tiles:
+        return Tiles(*(a + b for a, b in zip(self._columns(), other._columns(), strict=True)))
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (self.key, self.image, self.lat, self.lon, self.group)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_arrays(
+            [pa.array(c, t.type) for c, t in zip(self._columns(), _SCHEMA, strict=True)], schema=_SCHEMA
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> Tiles:
+        return cls(*(table.column(name).to_pylist() for name in _SCHEMA.names))
+
+
+@dataclass
+class StoredIndex:
+    path: Path
+    manifest: dict[str, Any]
+    vectors: np.ndarray
+    tiles: Tiles
+    faiss: faiss.Index
+
+    @property
+    def settings(self) -> AnnSettings:
+        return AnnSettings.from_dict(self.manifest["index"])
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_index(
+    target: str | Path,
+    vectors: np.ndarray,
+    tiles: Tiles,
+    model: dict[str, Any],
+    settings: AnnSettings,
+    galleries: list[str],
+    created: str | None = None,
+) -> None:
+    """Write (or replace) the index folder `target` atomically."""
+    if len(vectors) != len(tiles):
+        raise ValueError(f"{len(vectors)} vectors but {len(tiles)} metadata rows")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    with atomic_dir(target) as tmp:
+        np.save(tmp / VECTORS, vectors)
+        pq.write_table(tiles.to_arrow(), tmp / METADATA)
+        if settings.kind != "exact":  # an exact index is a copy of the vectors: rebuilt on load
+            faiss.write_index(build_faiss(vectors, settings), str(tmp / FAISS_FILE))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": model,
+            "dimension": int(vectors.shape[1]),
+            "count": len(tiles),
+            "metric": "inner_product",
+            "index": settings.to_dict(),
+            "galleries": galleries,
+            "created": created or _now(),
+            "updated": _now(),
+        }
+        write_json(tmp / MANIFEST, manifest)  # last: a folder with a manifest is complete
+
+
+def read_manifest_json(path: str | Path) -> dict[str, Any]:
+    """The manifest of the index folder `path`, checked for its format version."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        what = (
+            "no such folder"
+            if not path.exists()
+            else f"no {MANIFEST}: not a geoloc index, or an unfinished one"
+        )
+        raise GeolocError(f"{path}: {what}")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GeolocError(f"{file}: unreadable index manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise GeolocError(
+            f"{file}: index format version {version}; this geoloc reads version {FORMAT_VERSION}"
+        )
+    missing = [name for name in _MANIFEST_KEYS if name not in manifest]
+    if missing:
+        raise GeolocError(f"{file}: damaged index manifest (missing {', '.join(missing)})")
+    return manifest
+
+
+def read_index(path: str | Path) -> StoredIndex:
+    """Open an index folder, checking that its files agree with its manifest."""
+    path = Path(path)
+    manifest = read_manifest_json(path)
+    settings = AnnSettings.from_dict(manifest["index"])
+    try:
+        vectors = np.load(path / VECTORS, allow_pickle=False)
+        tiles = Tiles.from_arrow(pq.read_table(path / METADATA))
+        index = faiss.read_index(str(path / FAISS_FILE)) if settings.kind != "exact" else None
+    except (OSError, ValueError, RuntimeError, pa.ArrowException) as error:
+        raise GeolocError(f"{path}: damaged index ({error})") from error
+    count, dim = manifest["count"], manifest["dimension"]
+    if vectors.shape != (count, dim) or len(tiles) != count or (index is not None and index.ntotal != count):
+        raise GeolocError(
+            f"{path}: damaged index: the manifest says {count} vectors of dimension {dim}, the files hold "
+            f"{vectors.shape} vectors and {len(tiles)} metadata rows"
+        )
+    if index is None:
+        index = build_faiss(vectors, settings)
+    apply_search_settings(index, settings)
+    return StoredIndex(path, manifest, vectors, tiles, index)
+
+
+@contextlib.contextmanager
+def index_lock(path: str | Path) -> Iterator[None]:
+    """Serialise changes to one index: two concurrent `add`s must not lose one another's tiles."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,56 @@
+"""CLI: `geoloc serve INDEX` -- the HTTP API and web page on loopback (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from typing import Any
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from geoloc.index.search import SearchIndex
+    from geoloc.serve.app import create_app
+
+    index = SearchIndex.open(args.index, model=args.model, device=args.device)
+    app = create_app(index, max_body_bytes=args.max_body_bytes)
+    if not _is_loopback(args.host):
+        print(
+            f"geoloc: serving on {args.host}: reachable from other machines, with no authentication",
+            file=sys.stderr,
+        )
+    print(f"serving {len(index)} tiles of {args.index} on http://{args.host}:{args.port}/ (API docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from geoloc.serve.app import MAX_BODY_BYTES
+
+    p = subparsers.add_parser("serve", help="serve an index: HTTP API and a web page with a map")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    p.add_argument(
+        "--model", help="where the index's model is now, if it moved (checked to be the same model)"
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="request body limit (413 past it)"
+    )
+    p.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)

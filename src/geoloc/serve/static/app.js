@@ -1,0 +1,153 @@
+// The geoloc search page: a query goes to POST /search (or /explain); the top tiles are listed
+// as thumbnails with their scores and shown as numbered markers on a Leaflet map.
+"use strict";
+
+const ONLINE_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
+const ONLINE_PROBE = "https://tile.openstreetmap.org/0/0/0.png";
+
+const map = L.map("map", { zoomControl: true }).setView([0, 0], 2);
+const markerLayer = L.layerGroup().addTo(map);
+let markers = {};
+
+// The page works offline: a plain grid background, replaced by map tiles only if they load.
+function useOfflineBackground() {
+  document.getElementById("map").classList.add("offline");
+  const Grid = L.GridLayer.extend({
+    createTile() {
+      const cell = document.createElement("div");
+      cell.className = "grid-cell";
+      return cell;
+    },
+  });
+  return new Grid().addTo(map);
+}
+
+function tryOnlineBackground(offline) {
+  const probe = new Image();
+  const timer = setTimeout(() => { probe.src = ""; }, 3000);
+  probe.onload = () => {
+    clearTimeout(timer);
+    map.removeLayer(offline);
+    document.getElementById("map").classList.remove("offline");
+    L.tileLayer(ONLINE_TILES, {
+      maxZoom: 19,
+      attribution: "&copy; OpenStreetMap contributors",
+    }).addTo(map);
+  };
+  probe.onerror = () => clearTimeout(timer);
+  probe.src = ONLINE_PROBE;
+}
+
+tryOnlineBackground(useOfflineBackground());
+
+function setStatus(text, isError = false) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function describeError(body, status) {
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+  return `HTTP ${status}`;
+}
+
+async function post(path, payload) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(payload),
+  });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(describeError(body, response.status));
+  return body;
+}
+
+function highlight(key) {
+  document.querySelectorAll(".result").forEach((li) => li.classList.toggle("active", li.dataset.key === key));
+  Object.entries(markers).forEach(([k, m]) => {
+    const el = m.getElement();
+    if (el) el.classList.toggle("active", k === key);
+  });
+}
+
+function text(tag, className, content) {
+  const el = document.createElement(tag);
+  el.className = className;
+  el.textContent = content;
+  return el;
+}
+
+function coords(r) {
+  return r.lat === null || r.lon === null ? "no coordinates" : `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}`;
+}
+
+function showResults(results) {
+  const list = document.getElementById("results");
+  list.replaceChildren();
+  markerLayer.clearLayers();
+  markers = {};
+  const points = [];
+  for (const r of results) {
+    const li = document.createElement("li");
+    li.className = "result";
+    li.dataset.key = r.key;
+    const img = document.createElement("img");
+    img.src = r.tile_url;
+    img.alt = r.key;
+    img.loading = "lazy";
+    const info = document.createElement("div");
+    info.append(text("div", "rank", `#${r.rank}  score ${r.score.toFixed(4)}`));
+    if (typeof r.judgement === "number") {
+      info.append(text("div", "meta", `judgement ${r.judgement.toFixed(3)} (retrieval rank ${r.retrieval_rank})`));
+    }
+    info.append(text("div", "meta", r.key));
+    info.append(text("div", "meta", coords(r)));
+    if (typeof r.explanation === "string") {
+      info.append(text("div", "explanation", r.explanation || "(the model gave no answer)"));
+    }
+    li.append(img, info);
+    list.append(li);
+
+    if (r.lat !== null && r.lon !== null) {
+      const icon = L.divIcon({ className: "rank-marker", html: String(r.rank), iconSize: [24, 24] });
+      const marker = L.marker([r.lat, r.lon], { icon, title: `#${r.rank} ${r.key}` }).addTo(markerLayer);
+      const popup = document.createElement("div");
+      popup.append(text("b", "", `#${r.rank} ${r.key}`), document.createElement("br"),
+        text("span", "", `score ${r.score.toFixed(4)}, ${coords(r)}`));
+      marker.bindPopup(popup);
+      marker.on("click", () => highlight(r.key));
+      markers[r.key] = marker;
+      points.push([r.lat, r.lon]);
+      li.addEventListener("click", () => {
+        map.panTo([r.lat, r.lon]);
+        marker.openPopup();
+        highlight(r.key);
+      });
+    }
+  }
+  if (points.length) map.fitBounds(points, { padding: [40, 40], maxZoom: 17 });
+}
+
+async function run(kind) {
+  const query = document.getElementById("query").value;
+  if (!query.trim()) { setStatus("Describe the place first.", true); return; }
+  const k = parseInt(document.getElementById("k").value, 10) || 10;
+  const rerank = document.getElementById("rerank").checked;
+  setStatus(kind === "explain" ? "Asking the model about the top tiles..." : "Searching...");
+  try {
+    const body = kind === "explain"
+      ? await post("/explain", { text: query, top: 5, rerank })
+      : await post("/search", { text: query, k, rerank });
+    showResults(body.results);
+    setStatus(`${body.results.length} tiles in ${body.took_ms} ms${body.rerank ? ", re-ranked by the model" : ""}`);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+document.getElementById("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  run("search");
+});
+document.getElementById("explain-button").addEventListener("click", () => run("explain"));

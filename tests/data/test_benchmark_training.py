@@ -1,0 +1,161 @@
+"""Training on the benchmarks' real layouts: records from the TRAIN split, validation carved from
+it by building / location, and no test record ever opened."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoloc.cli import main
+from geoloc.config import load_config
+from geoloc.train.splits import carve_splits
+
+
+def spoil_geotext_test_side(root: Path) -> set[str]:
+    """Corrupt every test image and test annotation file; return the test image ids."""
+    ids = {r["image_id"] for r in json.loads((root / "test_951_version.json").read_text())}
+    for image in (root / "images" / "test").rglob("*.*"):
+        image.write_bytes(b"not an image")
+    for name in ("test_951_version.json", "test_24G_version.json"):
+        (root / name).write_bytes(b"\xff{ broken")
+    return ids
+
+
+def spoil_cvgtext_test_side(root: Path) -> set[str]:
+    annotation = next(root.rglob("test.json"))
+    names = set(json.loads(annotation.read_text()))
+    for name in names:
+        for tile in root.rglob(name):
+            tile.write_bytes(b"")
+    annotation.write_text("{ not json")
+    return names
+
+
+def benchmark_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "train.yaml"
+    config = {
+        "model": {"backbone": "tiny-smolvlm"},
+        "tuning": {"strategy": "full"},
+        "data": data,
+        "train": {"max_steps": 2, "batch_size": 4, "progress": False, "device": "cpu", "save_every": 0},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_geotext_splits_come_from_train_json_by_building(geotext_root: Path, tmp_path: Path) -> None:
+    test_ids = spoil_geotext_test_side(geotext_root)
+    train_ids = {r["image_id"] for r in json.loads((geotext_root / "train.json").read_text())}
+    config = load_config(
+        benchmark_config(
+            tmp_path, {"benchmark": "geotext1652", "root": str(geotext_root), "val_fraction": 0.25}
+        )
+    )
+    splits = carve_splits(config)
+    train_keys = {r.key for r in splits.train.records}
+    val_keys = {r.key for r in splits.val.records}
+    assert train_keys | val_keys == train_ids and not (train_keys & val_keys)
+    assert not (train_keys | val_keys) & test_ids
+    # Validation holds whole buildings: 2 of the 8 (25 %), each with its 4 images.
+    val_buildings = {r.group for r in splits.val.records}
+    assert len(val_buildings) == 2 and not val_buildings & {r.group for r in splits.train.records}
+    assert len(splits.val) == 8
+    # Two records of one image are merged: its string captions are both kept.
+    merged = next(r for r in splits.train.records + splits.val.records if r.key.endswith("image-01.jpeg"))
+    assert len(merged.texts) == 2
+    assert splits.skipped == []
+    # The carving is seeded: the same seed gives the same buildings, another seed others.
+    assert {r.group for r in carve_splits(config).val.records} == val_buildings
+    other = load_config(None, [*_flatten(config), "train.seed=5"])
+    assert {r.group for r in carve_splits(other).val.records} != val_buildings
+
+
+def _flatten(config) -> list[str]:
+    return [f"data.{k}={v}" for k, v in vars(config.data).items() if v != ""]
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_cvgtext_splits_come_from_train_json_by_location(
+    tmp_path: Path, official: bool, cvgtext_writer
+) -> None:
+    root = cvgtext_writer(tmp_path / "my_cvg_data", city="Tokyo", official=official)
+    train_names = set(json.loads(next(root.rglob("train.json")).read_text()))
+    test_names = spoil_cvgtext_test_side(root)
+    data = {"benchmark": "cvgtext", "root": str(root), "city": "Tokyo", "target": "osm"}
+    splits = carve_splits(load_config(benchmark_config(tmp_path, data)))
+    train_keys = {r.key for r in splits.train.records}
+    val_keys = {r.key for r in splits.val.records}
+    assert train_keys | val_keys == train_names and not (train_keys & val_keys)
+    assert not (train_keys | val_keys) & test_names
+    assert len(val_keys) == 2  # 10 % of 20 locations
+    assert all("-OSM" in str(r.image) for r in splits.train.records)
+    assert all(r.lat is not None for r in splits.val.records)
+
+
+def test_manifest_training_never_opens_test_rows(small_city: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "city"
+    shutil.copytree(small_city.parent, data)
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["split"] == "test":
+            (data / row["image"]).write_bytes(b"truncated")
+    splits = carve_splits(load_config(None, [f"data.train={data}"]))
+    assert {r.split for r in splits.train.records} == {"train"}
+    assert {r.split for r in splits.val.records} == {"val"}  # the data's own val split
+    assert len(splits.train) + len(splits.val) == sum(r["split"] != "test" for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"benchmark": "geotext1652"}, "data.root is required"),
+        ({"benchmark": "cvgtext", "root": "somewhere"}, "data.city is required"),
+        (
+            {"benchmark": "geotext1652", "root": "nowhere"},
+            "train.json: GeoText-1652 annotation file not found",
+        ),
+        (
+            {"benchmark": "cvgtext", "root": "nowhere", "city": "Paris"},
+            "CVG-Text Paris mixed train not found",
+        ),
+        ({"benchmark": "manifest"}, "no training data: set data.train"),
+    ],
+)
+def test_train_refuses_missing_benchmark_data(tmp_path: Path, data: dict, message: str, capsys) -> None:
+    data = {k: (str(tmp_path / v) if k == "root" else v) for k, v in data.items()}
+    config = benchmark_config(tmp_path, data)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()  # nothing written
+
+
+def test_geoloc_train_on_cvgtext(cvgtext_root: Path, tmp_path: Path, capsys) -> None:
+    spoil_cvgtext_test_side(cvgtext_root)
+    data = {"benchmark": "cvgtext", "root": str(cvgtext_root), "city": "NewYork"}
+    run = tmp_path / "run"
+    assert main(["train", str(benchmark_config(tmp_path, data)), "--out", str(run)]) == 0
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert steps[0]["type"] == "train" and steps[-1]["type"] == "val"
+    assert (run / "final" / "geoloc_encoder.json").is_file()
+
+
+def test_geoloc_train_on_geotext(geotext_root: Path, tmp_path: Path, capsys) -> None:
+    spoil_geotext_test_side(geotext_root)
+    config = benchmark_config(tmp_path, {"benchmark": "geotext1652", "root": str(geotext_root)})
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["benchmark"] == "geotext1652"
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert steps[0]["type"] == "train" and steps[-1]["type"] == "val"
+    assert (run / "final" / "geoloc_encoder.json").is_file()
+    assert not (run / "skipped_records.jsonl").exists()  # only written when skipping

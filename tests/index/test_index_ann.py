@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from geoloc.errors import GeolocError
+from geoloc.index.ann import AnnSettings, build_faiss, ivf_lists, search_faiss
+
+
+def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_exact_index_is_the_brute_force_ranking() -> None:
+    gallery, queries = unit_rows(500, 24, 0), unit_rows(7, 24, 1)
+    scores, rows = search_faiss(build_faiss(gallery, AnnSettings()), queries, 10)
+    similarity = queries @ gallery.T
+    expected = np.argsort(-similarity, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(rows, expected)
+    assert np.allclose(scores, np.take_along_axis(similarity, expected, axis=1), atol=1e-5)
+
+
+def test_ivf_scanning_every_list_is_exact_and_hnsw_finds_nearly_all() -> None:
+    gallery, queries = unit_rows(2000, 16, 2), unit_rows(50, 16, 3)
+    exact = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
+    ivf = AnnSettings(kind="ivf", nlist=20, nprobe=20)
+    _, ivf_rows = search_faiss(build_faiss(gallery, ivf), queries, 10)
+    assert np.array_equal(np.sort(ivf_rows, axis=1), np.sort(exact, axis=1))
+
+    _, hnsw_rows = search_faiss(build_faiss(gallery, AnnSettings(kind="hnsw", ef_search=128)), queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hnsw_rows, exact, strict=True)])
+    assert recall > 0.9
+
+
+def test_a_narrow_ivf_probe_misses_some_neighbours() -> None:
+    # The cost the docs measure at scale: one probed list out of 40 cannot hold every neighbour.
+    gallery, queries = unit_rows(2000, 16, 4), unit_rows(50, 16, 5)
+    exact = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
+    _, rows = search_faiss(build_faiss(gallery, AnnSettings(kind="ivf", nlist=40, nprobe=1)), queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact, strict=True)])
+    assert recall < 0.9
+
+
+def test_k_beyond_the_gallery_returns_the_whole_gallery() -> None:
+    scores, rows = search_faiss(build_faiss(unit_rows(5, 8, 6), AnnSettings()), unit_rows(2, 8, 7), 50)
+    assert scores.shape == rows.shape == (2, 5)
+    assert sorted(rows[0]) == [0, 1, 2, 3, 4]
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(GeolocError, match="unknown index kind 'flat'"):
+        AnnSettings(kind="flat")
+    with pytest.raises(GeolocError, match="nprobe"):
+        AnnSettings(kind="ivf", nprobe=0)
+    assert ivf_lists(AnnSettings(kind="ivf"), 10_000) == 400
+    assert ivf_lists(AnnSettings(kind="ivf", nlist=64), 10) == 10

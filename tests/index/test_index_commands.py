@@ -1,0 +1,92 @@
+import json
+from pathlib import Path
+
+from geoloc.cli import main
+from geoloc.index.store import read_index
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_build_search_explain_add_remove_from_the_command_line(
+    lora_model: Path, tiny_city: Path, tmp_path: Path, capsys
+) -> None:
+    index = str(tmp_path / "index")
+    status, out, _ = run(
+        [
+            "index",
+            "build",
+            str(lora_model),
+            "--gallery",
+            str(tiny_city),
+            "--out",
+            index,
+            "--split",
+            "train",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert status == 0 and "indexed 32 tiles (exact, dimension 128)" in out
+
+    status, out, _ = run(["search", index, "a red building by a pond", "-k", "3", "--json"], capsys)
+    answer = json.loads(out)
+    assert status == 0 and [r["rank"] for r in answer["results"]] == [1, 2, 3]
+    assert set(answer["results"][0]) >= {"score", "key", "lat", "lon"}
+    scores = [r["score"] for r in answer["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+    status, out, _ = run(["search", index, "a red building by a pond", "-k", "2"], capsys)
+    assert status == 0 and answer["results"][0]["key"] in out and "score" in out.splitlines()[0]
+
+    status, out, _ = run(
+        [
+            "explain",
+            index,
+            "a red building by a pond",
+            "--top",
+            "2",
+            "--rerank",
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ],
+        capsys,
+    )
+    explained = json.loads(out)["results"]
+    assert status == 0 and len(explained) == 2
+    assert all(isinstance(r["explanation"], str) for r in explained)
+    judgements = [r["judgement"] for r in explained]
+    assert judgements == sorted(judgements, reverse=True)
+
+    status, out, _ = run(["index", "add", index, "--gallery", str(tiny_city), "--split", "test"], capsys)
+    assert status == 0 and "added 4 tiles" in out and read_index(index).manifest["count"] == 36
+    first = read_index(index).tiles.key[0]
+    status, out, _ = run(["index", "remove", index, first], capsys)
+    assert status == 0 and "removed 1 tiles" in out and first not in read_index(index).tiles.key
+
+
+def test_command_line_errors_are_one_line(city_index: Path, tmp_path: Path, capsys) -> None:
+    cases = [
+        (["search", str(city_index), "", "-k", "3"], "the query is empty"),
+        (["search", str(city_index), "a pond", "-k", "1001"], "k must be between 1 and 1000"),
+        (["search", str(tmp_path / "nothing"), "a pond"], "no such folder"),
+        (
+            ["search", str(city_index), "a pond", "--model", "tiny-smolvlm"],
+            "the query model is a different one",
+        ),
+        (["index", "remove", str(city_index), "nope.png"], "no tile with key 'nope.png'"),
+        (
+            ["index", "build", "tiny-smolvlm", "--gallery", str(tmp_path), "--out", str(tmp_path / "i")],
+            "no manifest",
+        ),
+    ]
+    for argv, message in cases:
+        status, _, err = run(argv, capsys)
+        assert status == 2, argv
+        assert err.startswith("geoloc: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()

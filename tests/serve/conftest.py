@@ -1,0 +1,90 @@
+"""An index of the 40-tile city (tiny-smolvlm), a test client, and a live server, once per session.
+
+Torch runs on one thread here: on this shared 2-core machine, two threads spin against other
+processes and a tiny forward pass takes ten times longer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def served_index(tiny_city: Path, tmp_path_factory: pytest.TempPathFactory):
+    from geoloc.index.build import build_index
+    from geoloc.index.search import SearchIndex
+
+    out = tmp_path_factory.mktemp("served") / "index"
+    with one_thread():
+        build_index("tiny-smolvlm", tiny_city, out)
+        return SearchIndex.open(out)
+
+
+@pytest.fixture(scope="session")
+def client(served_index):
+    from fastapi.testclient import TestClient
+
+    from geoloc.serve.app import create_app
+
+    with TestClient(create_app(served_index)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def live_server(served_index) -> Iterator[str]:
+    """The app served by uvicorn on loopback, in a thread; yields its base URL."""
+    import uvicorn
+
+    from geoloc.serve.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served_index), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

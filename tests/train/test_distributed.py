@@ -1,0 +1,97 @@
+"""Two CPU processes (gloo) train exactly like one process with the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file
+
+from geoloc.train.distributed import World, gather_with_grad
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rows = 3 if rank == 0 else 2  # uneven shares, as a last batch can be
+    local = torch.full((rows, 4), float(rank + 1), requires_grad=True)
+    gathered = gather_with_grad(local, World(rank=rank, size=2))
+    # Every process weighs every row; the gradient of a row must add all processes' weights.
+    weights = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 4) * (rank + 1)
+    (gathered * weights).sum().backward()
+    torch.save({"gathered": gathered.detach(), "grad": local.grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_rows_hold_every_process_and_carry_gradients_back(tmp_path: Path) -> None:
+    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    expected = torch.cat([torch.full((3, 4), 1.0), torch.full((2, 4), 2.0)])
+    for result in results:
+        assert torch.equal(result["gathered"], expected)  # the other process's rows are there
+    weights = torch.arange(20, dtype=torch.float32).reshape(5, 4)
+    summed = weights * 1 + weights * 2  # both processes' weights reach each row
+    assert torch.equal(results[0]["grad"], summed[:3])
+    assert torch.equal(results[1]["grad"], summed[3:])
+
+
+def _train(
+    city: Path, out: Path, processes: int, **train: object
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    config = {
+        "model": {"backbone": "tiny-smolvlm"},
+        # No dropout: each process draws its own masks, so only a deterministic model can match.
+        "tuning": {"strategy": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "targets": "paper"},
+        "loss": {"temperature": 0.05, "direction": "symmetric", "learnable_temperature": True},
+        "data": {"train": str(city)},
+        "train": {
+            "epochs": 1, "max_steps": 3, "batch_size": 8, "lr": 1e-3, "log_every": 1,
+            "save_every": 0, "progress": False, "device": "cpu", **train,
+        },
+    }  # fmt: skip
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "geoloc", "train", str(path), "--out", str(out)]
+    if processes > 1:
+        command = [
+            str(TORCHRUN), "--standalone", "--nproc_per_node", str(processes),
+            "-m", "geoloc", "train", str(path), "--out", str(out),
+        ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    adapter = load_file(str(out / "final" / "adapter" / "adapter_model.safetensors"))
+    return [r for r in records if r["type"] == "train"], adapter
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
+def test_two_processes_match_one_process_with_the_whole_batch(tiny_city: Path, tmp_path: Path) -> None:
+    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1)
+    # Two processes, and gradient caching in chunks of 2 on top: still the same updates.
+    two_logs, two = _train(tiny_city, tmp_path / "two", processes=2, grad_cache_chunk=2)
+    assert [r["processes"] for r in one_logs] == [1, 1, 1]
+    assert [r["processes"] for r in two_logs] == [2, 2, 2]
+    for a, b in zip(one_logs, two_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
+    assert one.keys() == two.keys() and len(one) > 0
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+    assert max(float(t.abs().max()) for t in one.values()) > 0.01  # the adapters did move
