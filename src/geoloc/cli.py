@@ -45,7 +45,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from geoloc.config import load_config
     from geoloc.data.bad_records import report_skipped, write_skipped
-    from geoloc.train.splits import prepared_splits
+    from geoloc.train.splits import carve_splits
     from geoloc.train.trainer import train
 
     overrides = list(args.set)
@@ -55,13 +55,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     # The data is read and every image decoded before the run directory is touched: bad data
     # stops here with nothing written, or its bad records are listed beside the run.
-    with prepared_splits(config) as splits:
-        if config.data.on_bad_record == "skip":
-            listed = None
-            if args.resume or not (out / "metrics.jsonl").exists():  # else the trainer refuses the run
-                listed = write_skipped(out, splits.skipped)
-            report_skipped(splits.skipped, listed)
-        result = train(config, out, resume=args.resume)
+    splits = carve_splits(config)
+    if config.data.on_bad_record == "skip":
+        listed = None
+        if args.resume or not (out / "metrics.jsonl").exists():  # else the trainer refuses the run
+            listed = write_skipped(out, splits.skipped)
+        report_skipped(splits.skipped, listed)
+    result = train(config, out, resume=args.resume, splits=splits)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process reports
         print(json.dumps({"run_dir": str(out), **result, "skipped_records": len(splits.skipped)}, indent=2))
     return 0

@@ -92,7 +92,7 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as error:
             raise GeolocError(
                 f"cannot count {source!r}: not a shipped config ({_known_sources()}), no such file or "

@@ -368,14 +368,14 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> tuple[nn.Module, DualF
     from transformers import AutoConfig
 
     try:
-        model_type = AutoConfig.from_pretrained(source).model_type
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError) as error:
         raise GeolocError(f"cannot load dual encoder {source!r} ({error})") from error
     family = next((f for f in DUAL_FAMILIES.values() if f.model_type == model_type), None)
     if family is None:
         raise GeolocError(f"{source!r} is a {model_type!r} model, not a CLIP or SigLIP dual encoder")
     model_class = getattr(transformers, family.model_class)
-    return model_class.from_pretrained(source, dtype=torch_dtype), family
+    return model_class.from_pretrained(source, dtype=torch_dtype, use_safetensors=True), family
 
 
 def _load_processing(source: str | Path) -> tuple[Any, Any]:
@@ -383,7 +383,10 @@ def _load_processing(source: str | Path) -> tuple[Any, Any]:
         return dual_preset_processing(str(source))
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
+    return (
+        AutoTokenizer.from_pretrained(source, trust_remote_code=False),
+        AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
+    )
 
 
 def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> DualEncoder:
@@ -403,8 +406,11 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> DualEn
     if spec.tuning.strategy in ("lora", "dora"):
         from peft import PeftModel
 
+        adapter = path / "adapter"
+        if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
+            raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
         model.requires_grad_(False)
-        model = PeftModel.from_pretrained(model, path / "adapter", is_trainable=trainable)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     else:
         model.requires_grad_(trainable and spec.tuning.strategy == "full")
         for name in _LOSS_PARAMETERS:

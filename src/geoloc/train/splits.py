@@ -17,10 +17,7 @@ its first step, or is skipped and listed with `data.on_bad_record: skip`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,32 +36,8 @@ class Splits:
     """{"file", "record", "reason"} of every bad record left out (data.on_bad_record: skip)."""
 
 
-# Splits carved by `prepared_splits` for the command now running, by data config: the CLI checks
-# the data before it creates a run directory, and the trainer's own call then reuses the result.
-_PREPARED: dict[str, Splits] = {}
-
-
-def _key(config: Config) -> str:
-    return json.dumps({"data": asdict(config.data), "seed": config.train.seed}, sort_keys=True)
-
-
-@contextmanager
-def prepared_splits(config: Config) -> Iterator[Splits]:
-    """Carve the splits now; within the block `carve_splits(config)` returns these same splits."""
-    splits = carve_splits(config)
-    key = _key(config)
-    _PREPARED[key] = splits
-    try:
-        yield splits
-    finally:
-        _PREPARED.pop(key, None)
-
-
 def carve_splits(config: Config) -> Splits:
     """Training and validation records: the data's own val split, else a seeded share of groups."""
-    prepared = _PREPARED.get(_key(config))
-    if prepared is not None:
-        return prepared
     data = config.data
     source_data = _read_training_data(data)
     train, val = _train_and_val(source_data, data, config.train.seed)

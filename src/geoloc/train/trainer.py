@@ -32,7 +32,7 @@ from geoloc.eval.evaluate import evaluate
 from geoloc.train.batching import epoch_batches
 from geoloc.train.distributed import World, join_world
 from geoloc.train.loss import InfoNCE
-from geoloc.train.splits import carve_splits
+from geoloc.train.splits import Splits, carve_splits
 from geoloc.train.step import ContrastiveStep, PairEncoder
 
 CHECKPOINT = "checkpoints/latest"
@@ -119,10 +119,13 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path, world: World | None = None):
+    def __init__(
+        self, config: Config, run_dir: str | Path, world: World | None = None, splits: Splits | None = None
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.world = world or join_world()
+        self._given_splits = splits  # already carved (and checked) by the caller, else carved here
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, resume_from: Path | None) -> None:
@@ -176,7 +179,7 @@ class Trainer:
             self.world,
             chunk=config.train.grad_cache_chunk,
         )
-        self.splits = carve_splits(config)
+        self.splits = self._given_splits or carve_splits(config)
         texts, image_index = self.splits.train.texts_with_image_index()
         self.texts, self.image_index = texts, image_index
         groups = self.splits.train.groups
@@ -395,8 +398,11 @@ class Trainer:
         }
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    trainer = Trainer(config, run_dir)
+def train(
+    config: Config, run_dir: str | Path, resume: bool = False, splits: Splits | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a run; `splits` are the carved data when the caller has them already."""
+    trainer = Trainer(config, run_dir, splits=splits)
     try:
         return trainer.run(resume=resume)
     finally:
