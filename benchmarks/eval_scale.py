@@ -11,7 +11,7 @@ every image, once, in the same float32 blocks, with nothing else done), and repo
 
 - `scoring_s`: wall time of the whole scoring (both directions, all recalls);
 - `matmul_s`: wall time of the bare product, and `ratio` = scoring_s / matmul_s (target <= 2);
-- `peak_rss_gb`: the process's peak resident memory (`resource.getrusage`), embeddings included
+- `peak_rss_gb`: the process's peak resident memory (VmHWM), embeddings included
   (target <= 4 GB).
 
 Images are given to buildings at random (every building has at least one), so the groups are
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -38,9 +37,9 @@ DIM = 1024
 
 
 def peak_rss_gb() -> float:
-    # ru_maxrss is in kilobytes on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
+    from geoloc.train.throughput import peak_rss_bytes
+
+    return peak_rss_bytes() / 1e9
 
 
 def random_unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

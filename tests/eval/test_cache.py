@@ -51,3 +51,13 @@ def test_key_changes_with_weights_and_data(encoder: GeoEncoder, tiny_city: Path,
     tile = moved.records[0].image
     tile.write_bytes(tile.read_bytes() + b"\0")
     assert data_fingerprint(moved) != before_data
+
+
+def test_an_int8_encoder_has_its_own_fingerprint() -> None:
+    from geoloc.encoder.serving import load_for_serving
+    from geoloc.eval.cache import model_fingerprint
+
+    float32 = model_fingerprint(load_for_serving("tiny-smolvlm"))
+    int8 = model_fingerprint(load_for_serving("tiny-smolvlm", precision="int8"))
+    assert int8 != float32
+    assert int8 == model_fingerprint(load_for_serving("tiny-smolvlm", precision="int8"))  # stable

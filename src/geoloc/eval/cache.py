@@ -9,6 +9,7 @@ or tile never reuses stale vectors. Paths play no part: moving the data keeps th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,12 @@ def model_fingerprint(encoder: Any) -> str:
     digest.update(json.dumps(encoder.spec.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
+        if not isinstance(tensor, torch.Tensor) or tensor.is_quantized:
+            # int8 layers keep packed weights (not plain tensors): hash their serialised form.
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            digest.update(buffer.getvalue())
+            continue
         data = tensor.detach().to("cpu").contiguous()
         if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
             data = data.view(torch.int16)

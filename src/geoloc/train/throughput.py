@@ -48,6 +48,26 @@ class StepFigures:
         return asdict(self)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    Linux's VmHWM starts afresh at exec; ru_maxrss does not (a child started by a large parent
+    reports the parent's peak), so VmHWM is read where it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -153,9 +173,7 @@ def measure_training_step(
     if torch_device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(torch_device) / 2**30
     else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        peak = peak_rss_bytes() / 2**30
     if matmul is None:
         matmul = matmul_tflops(torch_device, torch.bfloat16 if bf16 else torch.float32)
     achieved = flops / step_s / 1e12
