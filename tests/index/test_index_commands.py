@@ -90,3 +90,22 @@ def test_command_line_errors_are_one_line(city_index: Path, tmp_path: Path, caps
         assert status == 2, argv
         assert err.startswith("geoloc: error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "i").exists()
+
+
+def test_index_build_skips_and_lists_bad_tiles_when_asked(tiny_city: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(tiny_city.parent, gallery)
+    rows = [json.loads(line) for line in (gallery / "manifest.jsonl").read_text().splitlines()]
+    (gallery / rows[3]["image"]).write_bytes(b"not an image at all")  # a corrupt tile
+    args = ["index", "build", "tiny-smolvlm", "--gallery", str(gallery), "--out", str(tmp_path / "idx")]
+    assert main([*args, "--no-cache"]) == 2
+    assert rows[3]["image"] in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
+
+    assert main([*args, "--no-cache", "--on-bad-record", "skip"]) == 0
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["count"] == len(rows) - 1
+    listed = [json.loads(line) for line in (tmp_path / "idx.skipped_records.jsonl").read_text().splitlines()]
+    assert len(listed) == 1 and rows[3]["image"] in json.dumps(listed[0])

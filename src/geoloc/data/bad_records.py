@@ -35,9 +35,9 @@ def skipped_entries(*datasets: Dataset) -> list[dict[str, str]]:
     return entries
 
 
-def write_skipped(folder: str | Path, entries: list[dict[str, str]]) -> Path:
-    """Write `entries` to `folder`/skipped_records.jsonl, atomically; return the file's path."""
-    path = Path(folder) / SKIPPED_FILE
+def write_skipped(folder: str | Path, entries: list[dict[str, str]], name: str = SKIPPED_FILE) -> Path:
+    """Write `entries` to `folder`/`name` (skipped_records.jsonl), atomically; return its path."""
+    path = Path(folder) / name
     write_text(path, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
     return path
 

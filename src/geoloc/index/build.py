@@ -56,6 +56,23 @@ def model_source(model: str | Path) -> str:
     return str(path.resolve()) if path.exists() else str(model)
 
 
+def _read_gallery(gallery: str | Path, split: str | None, on_bad_record: str, index: Path) -> Dataset:
+    """The gallery's records, every image decoded once; with "skip", bad ones are left out and
+    listed in `<index>.skipped_records.jsonl` beside the index folder."""
+    from geoloc.data.bad_records import report_skipped, skipped_entries, write_skipped
+    from geoloc.data.images import verify_images
+
+    if on_bad_record not in ("error", "skip"):
+        raise GeolocError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
+    dataset = verify_images(read_manifest(gallery, split, on_bad_record), on_bad_record)  # type: ignore[arg-type]
+    skipped = skipped_entries(dataset)
+    listed = None
+    if on_bad_record == "skip":
+        listed = write_skipped(index.parent, skipped, name=f"{index.name}.skipped_records.jsonl")
+    report_skipped(skipped, listed)
+    return dataset
+
+
 def build_index(
     model: str | Path,
     gallery: str | Path,
@@ -68,6 +85,7 @@ def build_index(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     encoder: Any = None,
+    on_bad_record: str = "error",
 ) -> dict[str, Any]:
     """Embed every tile of `gallery` with `model` into a new index folder `out`; return its manifest.
 
@@ -82,7 +100,7 @@ def build_index(
         raise GeolocError(
             f"{out}: exists and is not a geoloc index; refusing to replace it (choose another --out)"
         )
-    dataset = read_manifest(gallery, split=split)
+    dataset = _read_gallery(gallery, split, on_bad_record, out)
     if encoder is None:
         encoder = GeoEncoder.load(model, device=device, dtype=dtype)
     vectors, _ = encode_gallery(encoder, dataset, batch_size, cache_dir, use_cache)
@@ -107,6 +125,7 @@ def add_to_index(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     model: str | None = None,
+    on_bad_record: str = "error",
 ) -> int:
     """Embed the tiles of `gallery` with the index's own model and add them; return how many.
 
@@ -114,7 +133,7 @@ def add_to_index(
     """
     with index_lock(index_path):
         stored = read_index(index_path)
-        dataset = read_manifest(gallery, split=split)
+        dataset = _read_gallery(gallery, split, on_bad_record, Path(index_path))
         present = set(stored.tiles.key)
         clashes = [r.key for r in dataset.records if r.key in present]
         if clashes:

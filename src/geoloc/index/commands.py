@@ -44,6 +44,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        on_bad_record=args.on_bad_record,
     )
     count, dim = manifest["count"], manifest["dimension"]
     print(f"indexed {count} tiles ({settings.kind}, dimension {dim}) in {args.out}")
@@ -62,6 +63,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         model=args.model,
+        on_bad_record=args.on_bad_record,
     )
     print(f"added {added} tiles to {args.index}")
     return 0
@@ -155,6 +157,12 @@ def _add_encoding_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-cache", action="store_true", help="encode the tiles; neither read nor write the cache"
+    )
+    p.add_argument(
+        "--on-bad-record",
+        default="error",
+        choices=["error", "skip"],
+        help="skip: leave bad tiles out and list them in <INDEX>.skipped_records.jsonl beside the index",
     )
 
 
