@@ -36,6 +36,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     weights = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 4) * (rank + 1)
     (gathered * weights).sum().backward()
     torch.save({"gathered": gathered.detach(), "grad": local.grad}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # neither process tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
