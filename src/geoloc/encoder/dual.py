@@ -31,11 +31,14 @@ from geoloc import atomic
 from geoloc.encoder.families import BackboneFamily
 from geoloc.encoder.model import (
     DTYPES,
-    FORMAT_VERSION,
     SAVED_BACKBONE,
     SPEC_FILE,
     EncoderSpec,
+    attach_saved_adapter,
+    hub_processing,
+    read_saved_spec,
     resolve_device,
+    saved_backbone_source,
     saved_encoder_dir,
 )
 from geoloc.encoder.presets import DUAL_PRESETS, PRESETS, dual_preset_model, dual_preset_processing
@@ -381,39 +384,16 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> tuple[nn.Module, DualF
 def _load_processing(source: str | Path) -> tuple[Any, Any]:
     if str(source) in DUAL_PRESETS:
         return dual_preset_processing(str(source))
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    return (
-        AutoTokenizer.from_pretrained(source, trust_remote_code=False),
-        AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
-    )
+    return hub_processing(source)
 
 
 def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> DualEncoder:
-    try:
-        spec_data = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise GeolocError(f"{path / SPEC_FILE}: unreadable encoder description ({error})") from error
-    version = spec_data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise GeolocError(
-            f"{path}: saved with encoder format version {version}, this geoloc reads version {FORMAT_VERSION}"
-        )
-    spec = EncoderSpec.from_dict(spec_data)
-    backbone_source = str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
-    model, _ = _load_model(backbone_source, torch_dtype)
+    spec = read_saved_spec(path)
+    model, _ = _load_model(saved_backbone_source(path, spec), torch_dtype)
     tokenizer, image_processor = _load_processing(path)
-    if spec.tuning.strategy in ("lora", "dora"):
-        from peft import PeftModel
-
-        adapter = path / "adapter"
-        if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
-            raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
-        model.requires_grad_(False)
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    else:
-        model.requires_grad_(trainable and spec.tuning.strategy == "full")
-        for name in _LOSS_PARAMETERS:
+    model = attach_saved_adapter(model, path, spec, trainable)
+    if spec.tuning.strategy not in ("lora", "dora"):
+        for name in _LOSS_PARAMETERS:  # the model's own logit scale stays frozen
             parameter = getattr(model, name, None)
             if isinstance(parameter, nn.Parameter):
                 parameter.requires_grad_(False)

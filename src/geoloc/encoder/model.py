@@ -359,10 +359,8 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
         raise GeolocError(f"cannot load model {source!r}: {str(error).splitlines()[0]}") from error
 
 
-def _load_processing(source: str | Path) -> tuple[Any, Any]:
-    """(tokenizer, image processor) from a preset name, an HF id or a folder."""
-    if str(source) in PRESETS:
-        return preset_processing(str(source))
+def hub_processing(source: str | Path) -> tuple[Any, Any]:
+    """(tokenizer, image processor) of an HF id or a folder; never code shipped with them."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     return (
@@ -371,7 +369,15 @@ def _load_processing(source: str | Path) -> tuple[Any, Any]:
     )
 
 
-def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:
+def _load_processing(source: str | Path) -> tuple[Any, Any]:
+    """(tokenizer, image processor) from a preset name, an HF id or a folder."""
+    if str(source) in PRESETS:
+        return preset_processing(str(source))
+    return hub_processing(source)
+
+
+def read_saved_spec(path: Path) -> EncoderSpec:
+    """The spec of a saved encoder folder, refused unless its format version is this geoloc's."""
     try:
         spec_data = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -381,10 +387,16 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEnc
         raise GeolocError(
             f"{path}: saved with encoder format version {version}, this geoloc reads version {FORMAT_VERSION}"
         )
-    spec = EncoderSpec.from_dict(spec_data)
-    backbone_source = str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
-    model = _load_model(backbone_source, torch_dtype)
-    tokenizer, image_processor = _load_processing(path)
+    return EncoderSpec.from_dict(spec_data)
+
+
+def saved_backbone_source(path: Path, spec: EncoderSpec) -> str:
+    """Where a saved encoder's backbone comes from: the folder saved beside it, or its source."""
+    return str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
+
+
+def attach_saved_adapter(model: nn.Module, path: Path, spec: EncoderSpec, trainable: bool) -> nn.Module:
+    """A saved encoder's adapters on its backbone (safetensors only), and which weights train."""
     if spec.tuning.strategy in ("lora", "dora"):
         from peft import PeftModel
 
@@ -392,9 +404,16 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEnc
         if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
             raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
         model.requires_grad_(False)
-        model = PeftModel.from_pretrained(model, path / "adapter", is_trainable=trainable)
-    else:
-        model.requires_grad_(trainable and spec.tuning.strategy == "full")
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    model.requires_grad_(trainable and spec.tuning.strategy == "full")
+    return model
+
+
+def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:
+    spec = read_saved_spec(path)
+    model = _load_model(saved_backbone_source(path, spec), torch_dtype)
+    tokenizer, image_processor = _load_processing(path)
+    model = attach_saved_adapter(model, path, spec, trainable)
     encoder = GeoEncoder(model, tokenizer, image_processor, spec)
     pooling_file = path / "pooling.safetensors"
     if pooling_file.is_file():
