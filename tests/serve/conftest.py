@@ -6,7 +6,6 @@ processes and a tiny forward pass takes ten times longer.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -14,23 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+from torch_threads import one_thread, one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="session")

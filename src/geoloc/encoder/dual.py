@@ -18,31 +18,30 @@ pads every text to its full length (64) and passes no attention mask, as its pro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from geoloc import atomic
 from geoloc.encoder.families import BackboneFamily
 from geoloc.encoder.model import (
     DTYPES,
-    SAVED_BACKBONE,
     SPEC_FILE,
+    EncoderBase,
     EncoderSpec,
     attach_saved_adapter,
     hub_processing,
+    new_spec,
     read_saved_spec,
     resolve_device,
     saved_backbone_source,
     saved_encoder_dir,
 )
 from geoloc.encoder.presets import DUAL_PRESETS, PRESETS, dual_preset_model, dual_preset_processing
-from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters, matching_modules
+from geoloc.encoder.tuning import TuningConfig, apply_tuning, matching_modules
 from geoloc.errors import ConfigError, GeolocError
 
 
@@ -164,7 +163,7 @@ def _config_on_disk(source: str) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(EncoderBase):
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
         super().__init__()
         self.backbone = backbone
@@ -195,25 +194,6 @@ class DualEncoder(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def base_model(self) -> nn.Module:
-        """The transformers CLIPModel / SiglipModel, inside any adapter wrapper."""
-        from peft import PeftModel
-
-        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
-
-    @property
-    def config(self) -> Any:
-        return self.base_model.config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.backbone.parameters()).dtype
-
-    @property
     def image_size(self) -> int:
         size = self.config.vision_config.image_size
         return int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -222,13 +202,7 @@ class DualEncoder(nn.Module):
     def embedding_dim(self) -> int:
         return self.family.embedding_dim(self.config)
 
-    def parameter_counts(self) -> tuple[int, int]:
-        return count_parameters(self)
-
     # -- inputs ------------------------------------------------------------------------------
-    def _token_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids of raw texts, cut to fit the text tower; start / end tokens and template kept."""
         for i, text in enumerate(texts):
@@ -271,62 +245,7 @@ class DualEncoder(nn.Module):
             out = model.get_text_features(**inputs)
         return nn.functional.normalize(out.pooler_output.float(), dim=-1)
 
-    @torch.inference_mode()
-    def _encode(
-        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
-    ) -> np.ndarray:
-        was_training = self.training
-        self.eval()
-        batches = range(0, len(items), batch_size)
-        if show_progress is None:
-            show_progress = len(batches) > 20
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, unit="batch", desc="encoding")
-        out: list[np.ndarray] = []
-        try:
-            for start in batches:
-                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
-        finally:
-            self.train(was_training)
-        if not out:
-            return np.zeros((0, self.embedding_dim), np.float32)
-        return np.concatenate(out).astype(np.float32)
-
-    def encode_text(
-        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
-    ) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
-
-    def encode_images(
-        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
-    ) -> np.ndarray:
-        from geoloc.data.images import pil_from_any
-
-        def prepare(chunk: list[Any]) -> dict[str, torch.Tensor]:
-            return self.image_inputs([pil_from_any(item) for item in chunk])
-
-        return self._encode(list(images), prepare, batch_size, show_progress)
-
-    # -- saving and loading ------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write a folder GeoEncoder.load reads back (the same layout as GeoEncoder's), atomically."""
-        from peft import PeftModel
-
-        with atomic.atomic_dir(Path(path)) as tmp:
-            spec = self.spec.to_dict()
-            if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
-                self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
-                spec["backbone"] = SAVED_BACKBONE
-            if isinstance(self.backbone, PeftModel):
-                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            self.image_processor.save_pretrained(tmp)
-            atomic.write_json(tmp / SPEC_FILE, spec)
-
+    # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(
         cls,
@@ -344,12 +263,7 @@ class DualEncoder(nn.Module):
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)
         else:
-            spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
-            known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
-            for key, value in (spec_overrides or {}).items():
-                if key not in known:
-                    raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
-                setattr(spec, key, value)
+            spec = new_spec(source, spec_overrides)
             model, family = _load_model(str(source), torch_dtype)
             spec.family = family.name
             tokenizer, image_processor = _load_processing(str(source))

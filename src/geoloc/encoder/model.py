@@ -82,7 +82,127 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-class GeoEncoder(nn.Module):
+class EncoderBase(nn.Module):
+    """What every geoloc encoder shares (the MLLM GeoEncoder and the dual-encoder baseline): its
+    structure, batched encoding to unit vectors, and the saved-folder layout.
+
+    A subclass provides `text_inputs`, `image_inputs`, `forward` and `embedding_dim`; it may add
+    files to a save with `_save_extra`, and change how tile files are prepared with `_prepare_images`.
+    """
+
+    backbone: nn.Module
+    tokenizer: Any
+    image_processor: Any
+    spec: EncoderSpec
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers model, inside any adapter wrapper."""
+        from peft import PeftModel
+
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+
+    @property
+    def config(self) -> Any:
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def embedding_dim(self) -> int:
+        raise NotImplementedError
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self)
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # -- encoding ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _encode(
+        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
+    ) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        batches = range(0, len(items), batch_size)
+        if show_progress is None:
+            show_progress = len(batches) > 20
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, unit="batch", desc="encoding")
+        out: list[np.ndarray] = []
+        try:
+            for start in batches:
+                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
+        finally:
+            self.train(was_training)
+        if not out:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def encode_text(
+        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
+
+    def _prepare_images(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
+        from geoloc.data.images import pil_from_any
+
+        return self.image_inputs([pil_from_any(item) for item in chunk])
+
+    def encode_images(
+        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
+    ) -> np.ndarray:
+        return self._encode(list(images), self._prepare_images, batch_size, show_progress)
+
+    # -- saving --------------------------------------------------------------------------------
+    def _save_extra(self, folder: Path) -> None:
+        """Files a subclass adds to a saved folder (GeoEncoder: its pooling head)."""
+
+    def save(self, path: str | Path) -> None:
+        """Write a folder `GeoEncoder.load` reads back, atomically (all or nothing)."""
+        from peft import PeftModel
+
+        with atomic.atomic_dir(Path(path)) as tmp:
+            spec = self.spec.to_dict()
+            # A fully tuned backbone cannot be re-made from its source, so its weights are
+            # saved; otherwise only adapters are, and the base comes from its source (presets
+            # are deterministic, so they are a source too).
+            if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
+                self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
+                spec["backbone"] = SAVED_BACKBONE
+            if isinstance(self.backbone, PeftModel):
+                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
+            self._save_extra(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            atomic.write_json(tmp / SPEC_FILE, spec)
+
+
+def new_spec(source: str | Path, overrides: dict[str, Any] | None) -> EncoderSpec:
+    """The spec of an encoder built fresh from a backbone: frozen (zero-shot) unless the overrides
+    (pooling, templates, tuning, ...) say otherwise; unknown settings are refused."""
+    spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
+    known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
+        setattr(spec, key, value)
+    return spec
+
+
+class GeoEncoder(EncoderBase):
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
         super().__init__()
         self.backbone = backbone
@@ -112,35 +232,14 @@ class GeoEncoder(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def base_model(self) -> nn.Module:
-        """The transformers `*ForConditionalGeneration` model, inside any adapter wrapper."""
-        from peft import PeftModel
-
-        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
-
-    @property
-    def config(self) -> Any:
-        return self.base_model.config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.backbone.parameters()).dtype
+    def embedding_dim(self) -> int:
+        return self.config.text_config.hidden_size
 
     @property
     def image_size(self) -> int:
         return self.family.image_size(self.config)
 
-    def parameter_counts(self) -> tuple[int, int]:
-        return count_parameters(self)
-
     # -- inputs ------------------------------------------------------------------------------
-    def _token_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
         longest = max(len(s) for s in sequences)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -215,74 +314,21 @@ class GeoEncoder(nn.Module):
         pooled = self.pooler(hidden, mask)
         return nn.functional.normalize(pooled.float(), dim=-1)
 
-    @torch.inference_mode()
-    def _encode(
-        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
-    ) -> np.ndarray:
-        was_training = self.training
-        self.eval()
-        batches = range(0, len(items), batch_size)
-        if show_progress is None:
-            show_progress = len(batches) > 20
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, unit="batch", desc="encoding")
-        out: list[np.ndarray] = []
-        try:
-            for start in batches:
-                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
-        finally:
-            self.train(was_training)
-        dim = self.config.text_config.hidden_size
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
-
-    def encode_text(
-        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
-    ) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
-
-    def encode_images(
-        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
-    ) -> np.ndarray:
-        from geoloc.data.images import pil_from_any
-
-        def prepare(chunk: list[Any]) -> dict[str, torch.Tensor]:
-            if self.tile_features is not None and all(isinstance(i, (str, Path)) for i in chunk):
-                features = self.tile_features.features(chunk)
-                return self.image_token_inputs(len(chunk)) | {"image_features": features}
-            return self.image_inputs([pil_from_any(item) for item in chunk])
-
-        return self._encode(list(images), prepare, batch_size, show_progress)
+    def _prepare_images(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
+        if self.tile_features is not None and all(isinstance(i, (str, Path)) for i in chunk):
+            features = self.tile_features.features(chunk)
+            return self.image_token_inputs(len(chunk)) | {"image_features": features}
+        return super()._prepare_images(chunk)
 
     # -- saving and loading ------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write a folder `GeoEncoder.load` reads back, atomically (all or nothing)."""
-        from peft import PeftModel
+    def _save_extra(self, folder: Path) -> None:
+        pooler_state = self.pooler.state_dict()
+        if pooler_state:
+            from safetensors.torch import save_file
 
-        path = Path(path)
-        with atomic.atomic_dir(path) as tmp:
-            spec = self.spec.to_dict()
-            # A fully tuned backbone cannot be re-made from its source, so its weights are
-            # saved; otherwise only adapters are, and the base comes from its source (presets
-            # are deterministic, so they are a source too).
-            if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
-                self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
-                spec["backbone"] = SAVED_BACKBONE
-            if isinstance(self.backbone, PeftModel):
-                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
-            pooler_state = self.pooler.state_dict()
-            if pooler_state:
-                from safetensors.torch import save_file
-
-                save_file(
-                    {k: v.contiguous() for k, v in pooler_state.items()}, str(tmp / "pooling.safetensors")
-                )
-            self.tokenizer.save_pretrained(tmp)
-            self.image_processor.save_pretrained(tmp)
-            atomic.write_json(tmp / SPEC_FILE, spec)
+            save_file(
+                {k: v.contiguous() for k, v in pooler_state.items()}, str(folder / "pooling.safetensors")
+            )
 
     @classmethod
     def load(
@@ -309,13 +355,7 @@ class GeoEncoder(nn.Module):
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)
         else:
-            # A bare backbone is used as it is (zero-shot) unless a tuning is asked for.
-            spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
-            known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
-            for key, value in (spec_overrides or {}).items():
-                if key not in known:
-                    raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
-                setattr(spec, key, value)
+            spec = new_spec(source, spec_overrides)
             backbone = _load_model(str(source), torch_dtype)
             tokenizer, image_processor = _load_processing(str(source))
             spec.family = family_for_model_type(backbone.config.model_type).name
