@@ -51,6 +51,7 @@ from geoloc.data.records import (
     check_text,
     check_text_items,
     check_unique_fields,
+    image_field,
     json_kind,
     json_object,
     read_json_file,
@@ -209,14 +210,9 @@ def _parse_record(
 
 
 def _image_path(row: dict[str, Any], images_root: Path, real_images_root: Path) -> Path:
-    image = row.get("image")
-    if image is None:
-        raise BadRecord("missing the 'image' field" if "image" not in row else "'image' is null")
-    if not isinstance(image, str):
-        raise BadRecord(f"'image' must be a string (a path), got {json_kind(image)}")
-    if not image.strip():
-        raise BadRecord("'image' is empty")
-    return relative_image_path(image, images_root, real_images_root, f"the images folder {images_root}")
+    return relative_image_path(
+        image_field(row), images_root, real_images_root, f"the images folder {images_root}"
+    )
 
 
 def _captions(row: dict[str, Any]) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ from geoloc.data.records import (
     check_text,
     check_text_items,
     check_unique_fields,
+    image_field,
     json_kind,
     json_object,
     relative_image_path,
@@ -340,13 +341,7 @@ def _check_unique_columns(names: list[str], source: Path, what: str) -> None:
 
 
 def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
-    key = row.get("image")
-    if key is None:
-        raise BadRecord("missing the 'image' field" if "image" not in row else "'image' is null or empty")
-    if not isinstance(key, str):
-        raise BadRecord(f"'image' must be a string (a path), got {json_kind(key)}")
-    if not key.strip():
-        raise BadRecord("'image' is empty")
+    key = image_field(row)
     image = relative_image_path(key, folder, real_folder, "the manifest's folder")
     texts = _texts(row)
     lat, lon = _lat_lon(row)

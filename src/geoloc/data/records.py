@@ -63,6 +63,18 @@ def check_text_items(items: list[Any], name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def image_field(row: dict[str, Any]) -> str:
+    """A record's 'image' value: present, a string, not blank."""
+    key = row.get("image")
+    if key is None:
+        raise BadRecord("missing the 'image' field" if "image" not in row else "'image' is null or empty")
+    if not isinstance(key, str):
+        raise BadRecord(f"'image' must be a string (a path), got {json_kind(key)}")
+    if not key.strip():
+        raise BadRecord("'image' is empty")
+    return key
+
+
 def relative_image_path(key: str, folder: Path, real_folder: Path, folder_name: str) -> Path:
     """`folder / key`, refused when `key` is absolute or leads (by `..` or a symlink) outside.
 
