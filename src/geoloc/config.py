@@ -114,6 +114,9 @@ class TrainConfig:
     # "auto" caches whenever it can.
     tile_features: str = "auto"
     tile_feature_dir: str = ""  # default: $GEOLOC_CACHE/tile_features
+    # Several processes: "ddp" keeps a whole model in each; "fsdp" splits the frozen language
+    # model's weights across them (train/sharding.py), for backbones too large to replicate.
+    sharding: str = "ddp"
 
 
 @dataclass

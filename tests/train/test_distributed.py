@@ -96,3 +96,39 @@ def test_two_processes_match_one_process_with_the_whole_batch(tiny_city: Path, t
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
     assert max(float(t.abs().max()) for t in one.values()) > 0.01  # the adapters did move
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
+def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: Path, tmp_path: Path) -> None:
+    # An odd batch: the two shares (4 and 3 rows) are padded to equal ones, since every process
+    # must run the sharded layers in step; gradient caching (chunks of 2) on top.
+    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, batch_size=7)
+    two_logs, two = _train(
+        tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, grad_cache_chunk=2, sharding="fsdp"
+    )
+    for a, b in zip(one_logs, two_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
+    assert one.keys() == two.keys() and len(one) > 0
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+    # Each process holds half of the decoder layers' frozen weights.
+    from geoloc.encoder.model import GeoEncoder
+    from geoloc.train.sharding import decoder_layers
+
+    encoder = GeoEncoder.load(tmp_path / "one" / "final", trainable=True)
+    layers = decoder_layers(encoder)
+    frozen = sum(p.numel() * p.element_size() for x in layers for p in x.parameters() if not p.requires_grad)
+    whole, sharded = one_logs[0]["parameter_bytes_per_process"], two_logs[0]["parameter_bytes_per_process"]
+    assert sharded == pytest.approx(whole - frozen / 2, rel=1e-3)
+
+
+def test_fsdp_refuses_a_fully_tuned_backbone() -> None:
+    from geoloc.encoder.model import GeoEncoder
+    from geoloc.errors import ConfigError
+    from geoloc.train.sharding import check_shardable
+
+    encoder = GeoEncoder.load("tiny-smolvlm")
+    with pytest.raises(ConfigError, match="use ddp"):
+        check_shardable(encoder, "full", saves_backbone=False)
+    check_shardable(encoder, "lora", saves_backbone=False)  # adapters: accepted

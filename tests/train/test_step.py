@@ -106,3 +106,29 @@ def test_split_inputs_cuts_every_tensor_by_rows() -> None:
     assert [c["input_ids"].shape[0] for c in chunks] == [2, 2, 1]
     assert all(c["pixel_values"].shape[0] == c["input_ids"].shape[0] for c in chunks)
     assert torch.equal(torch.cat([c["input_ids"] for c in chunks]), inputs["input_ids"])
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_filler_rows_change_nothing(chunk: int) -> None:
+    # A share padded with filler rows (as FSDP needs) gives the unpadded share's loss and gradients.
+    encoder, loss_fn, text, image = _setup("tiny-smolvlm", dropout=0.0)
+    step = ContrastiveStep(
+        PairEncoder(encoder), loss_fn, contextlib.nullcontext, torch.device("cpu"), chunk=chunk
+    )
+    real = {k: v[:5] for k, v in text.items()}, {k: v[:5] for k, v in image.items()}
+    want_loss = step(*real)
+    want = _collect(encoder, loss_fn)
+    encoder.zero_grad(set_to_none=True)
+    loss_fn.zero_grad(set_to_none=True)
+    padded = [{k: torch.cat([v[:5], v[:1]]) for k, v in side.items()} for side in real]  # 6 rows
+    got_loss = step(*padded, real_rows=5)
+    assert got_loss == pytest.approx(want_loss, abs=1e-6)
+    _assert_same(_collect(encoder, loss_fn), want)
+
+
+def test_padded_shares_are_equal_and_mark_the_real_rows() -> None:
+    batch = [10, 11, 12, 13, 14]
+    shares = [World(rank=r, size=2).padded_slice_of(batch) for r in range(2)]
+    assert shares == [([10, 11, 12], 0, 3), ([13, 14, 13], 3, 2)]
+    # A batch smaller than the world: the empty share borrows a row, and counts none.
+    assert World(rank=1, size=2).padded_slice_of([7]) == ([7], 1, 0)

@@ -123,6 +123,13 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_city: Path, tmp_pat
         train(config, tmp_path / "run")
 
 
+def test_unknown_sharding_is_refused_by_name(tiny_city: Path, tmp_path: Path) -> None:
+    config = _config(tiny_city, epochs=1, batch_size=16, max_steps=1, sharding="zero3")
+    with pytest.raises(GeolocError, match="train.sharding must be ddp or fsdp, not 'zero3'"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+
+
 def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path) -> None:
     config = _config(tiny_city, epochs=1, batch_size=16, max_steps=2)
     config.tuning.strategy = "lora"

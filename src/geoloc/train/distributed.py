@@ -41,6 +41,17 @@ class World:
         length = base + (1 if self.rank < extra else 0)
         return batch[start : start + length], start
 
+    def padded_slice_of(self, batch: list[int]) -> tuple[list[int], int, int]:
+        """`slice_of`, padded to the largest share by repeating rows: (rows, offset, real rows).
+
+        With FSDP every process must run the same passes in step, so every process gets as many
+        rows as the largest share; only the first `real rows` count (see ContrastiveStep).
+        """
+        local, offset = self.slice_of(batch)
+        largest = -(-len(batch) // self.size)
+        filler = (local or batch)[:1] * (largest - len(local))
+        return local + filler, offset, len(local)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

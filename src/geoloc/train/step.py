@@ -57,12 +57,25 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _padded(grad: torch.Tensor, rows: int) -> torch.Tensor:
+    """`grad` with zero rows appended up to `rows` (the gradient of filler rows)."""
+    if grad.shape[0] == rows:
+        return grad
+    return torch.cat([grad, grad.new_zeros((rows - grad.shape[0], *grad.shape[1:]))])
+
+
 class ContrastiveStep:
     """Accumulates into `.grad` the gradient of the global batch's loss; returns that loss.
 
     `model` is a PairEncoder, wrapped in DistributedDataParallel when the world has several
     processes. DDP averages gradients over processes, so each process back-propagates its share
     of the loss times the world size: the average of those is the gradient of the global loss.
+    Parameters outside DDP (the learnable temperature, and the adapters when the language model
+    is sharded with FSDP instead) are averaged here, after the backward passes: `averaged`.
+
+    `real_rows`: when a process's share was padded with filler rows to match the other
+    processes' (so that every process runs the same passes, as FSDP needs), only the first
+    `real_rows` count; the fillers' embeddings are dropped, so they get no gradient.
     """
 
     def __init__(
@@ -73,11 +86,13 @@ class ContrastiveStep:
         device: torch.device,
         world: World | None = None,
         chunk: int = 0,
+        averaged: list[nn.Parameter] | None = None,
     ):
         self.model, self.loss_fn, self.autocast = model, loss_fn, autocast
         self.device = device
         self.world = world or World()
         self.chunk = chunk
+        self.averaged = [p for p in loss_fn.parameters() if p.requires_grad] + list(averaged or [])
 
     def _loss(self, text: torch.Tensor, image: torch.Tensor, offset: int, total_rows: int) -> torch.Tensor:
         text_all = gather_with_grad(text, self.world)
@@ -85,23 +100,29 @@ class ContrastiveStep:
         return self.loss_fn(text, image, text_all, image_all, offset=offset, total_rows=total_rows)
 
     def __call__(
-        self, text_inputs: Inputs, image_inputs: Inputs, offset: int = 0, total_rows: int = 0
+        self,
+        text_inputs: Inputs,
+        image_inputs: Inputs,
+        offset: int = 0,
+        total_rows: int = 0,
+        real_rows: int | None = None,
     ) -> float:
         """This process's rows of the batch; `offset` and `total_rows` place them in the global batch."""
         rows = next(iter(text_inputs.values())).shape[0]
-        total_rows = total_rows or rows
+        real = rows if real_rows is None else real_rows
+        total_rows = total_rows or real
         if 0 < self.chunk < rows:
-            loss = self._cached(text_inputs, image_inputs, offset, total_rows)
+            loss = self._cached(text_inputs, image_inputs, offset, total_rows, real)
         else:
             with self.autocast():
                 text, image = self.model(text_inputs, image_inputs)
-            loss = self._loss(text, image, offset, total_rows)
+            loss = self._loss(text[:real], image[:real], offset, total_rows)
             (loss * self.world.size).backward()
-        average_gradients([p for p in self.loss_fn.parameters() if p.requires_grad], self.world)
+        average_gradients(self.averaged, self.world)
         return float(sum_across(loss.detach(), self.world))
 
     def _cached(
-        self, text_inputs: Inputs, image_inputs: Inputs, offset: int, total_rows: int
+        self, text_inputs: Inputs, image_inputs: Inputs, offset: int, total_rows: int, real: int
     ) -> torch.Tensor:
         text_chunks = split_inputs(text_inputs, self.chunk)
         image_chunks = split_inputs(image_inputs, self.chunk)
@@ -114,11 +135,14 @@ class ContrastiveStep:
                     text, image = self.model(text_chunk, image_chunk)
                 texts.append(text)
                 images.append(image)
-        # 2. The loss on the whole batch, and its gradient with respect to the embeddings.
-        text = torch.cat(texts).requires_grad_()
-        image = torch.cat(images).requires_grad_()
+        # 2. The loss on the whole batch, and its gradient with respect to the embeddings
+        #    (zero for filler rows).
+        encoded = sum(t.shape[0] for t in texts)
+        text = torch.cat(texts)[:real].requires_grad_()
+        image = torch.cat(images)[:real].requires_grad_()
         loss = self._loss(text, image, offset, total_rows)
         (loss * self.world.size).backward()
+        text_grad, image_grad = _padded(text.grad, encoded), _padded(image.grad, encoded)
         # 3. Each chunk again with gradients, back-propagating its share of the cached gradient.
         #    Under DDP only the last backward synchronises gradients across processes.
         no_sync = getattr(self.model, "no_sync", None)
@@ -130,5 +154,5 @@ class ContrastiveStep:
             with sync:
                 with self.autocast():
                     text_part, image_part = self.model(text_chunk, image_chunk)
-                torch.autograd.backward([text_part, image_part], [text.grad[rows], image.grad[rows]])
+                torch.autograd.backward([text_part, image_part], [text_grad[rows], image_grad[rows]])
         return loss

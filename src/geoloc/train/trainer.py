@@ -25,13 +25,19 @@ from geoloc import atomic, faults
 from geoloc.config import Config, save_config
 from geoloc.data.images import load_image
 from geoloc.data.manifest import Dataset
-from geoloc.encoder.model import EncoderSpec, GeoEncoder, resolve_device
+from geoloc.encoder.model import SAVED_BACKBONE, EncoderSpec, GeoEncoder, resolve_device
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.batching import epoch_batches
 from geoloc.train.distributed import World, join_world
 from geoloc.train.loss import InfoNCE
+from geoloc.train.sharding import (
+    SHARDING_CHOICES,
+    check_shardable,
+    local_parameter_bytes,
+    shard_language_model,
+)
 from geoloc.train.splits import Splits, carve_splits
 from geoloc.train.step import ContrastiveStep, PairEncoder
 
@@ -135,8 +141,15 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.train.seed)
+        if config.train.sharding not in SHARDING_CHOICES:
+            raise ConfigError(
+                f"train.sharding must be {' or '.join(SHARDING_CHOICES)}, not {config.train.sharding!r}"
+            )
+        self.sharded = config.train.sharding == "fsdp" and self.world.distributed
+        # Sharded: built on the CPU and sharded before it moves, so it is never whole on a GPU.
+        load_device = "cpu" if self.sharded else str(self.device)
         if resume_from is not None:
-            self.encoder = GeoEncoder.load(resume_from / "encoder", device=str(self.device), trainable=True)
+            self.encoder = GeoEncoder.load(resume_from / "encoder", device=load_device, trainable=True)
         else:
             # Every model setting the encoder records in its spec comes from the config.
             spec_fields = {f.name for f in fields(EncoderSpec)} - {"backbone"}
@@ -146,7 +159,7 @@ class Trainer:
             overrides["tuning"] = config.tuning
             self.encoder = GeoEncoder.load(
                 config.model.backbone,
-                device=str(self.device),
+                device=load_device,
                 dtype=config.model.dtype,
                 spec_overrides=overrides,
             )
@@ -166,7 +179,16 @@ class Trainer:
             )
         self.params = [p for _, p in params]
         self.step_model: torch.nn.Module = PairEncoder(self.encoder)
-        if self.world.distributed:
+        averaged: list[torch.nn.Parameter] = []  # gradients averaged by the step, not by DDP
+        if self.sharded:
+            check_shardable(
+                self.encoder,
+                self.encoder.spec.tuning.strategy,
+                saves_backbone=self.encoder.spec.backbone == SAVED_BACKBONE,
+            )
+            shard_language_model(self.encoder, self.device)
+            averaged = [p for p in self.encoder.parameters() if p.requires_grad]
+        elif self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -178,6 +200,7 @@ class Trainer:
             self.device,
             self.world,
             chunk=config.train.grad_cache_chunk,
+            averaged=averaged,
         )
         self.splits = self._given_splits or carve_splits(config)
         texts, image_index = self.splits.train.texts_with_image_index()
@@ -189,6 +212,7 @@ class Trainer:
         )
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
+        self.parameter_bytes = local_parameter_bytes(self.encoder)
         self.optimizer = _optimizer(params, config)
         self.scheduler = _schedule(self.optimizer, self.total_steps, config)
         self.pixels = PixelCache(self.encoder, self.splits.train)
@@ -274,7 +298,11 @@ class Trainer:
     def train_step(self, batch: list[int]) -> float:
         """One optimizer step on a global batch; this process encodes its share of it."""
         self.encoder.train()
-        local, offset = self.world.slice_of(batch)
+        if self.sharded:  # every process runs the same passes: equal shares, padded
+            local, offset, real = self.world.padded_slice_of(batch)
+        else:
+            local, offset = self.world.slice_of(batch)
+            real = len(local)
         text_inputs = self.encoder.text_inputs([self.texts[i] for i in local])
         images = [self.image_index[i] for i in local]
         tokens = self.encoder.image_token_inputs(len(images))
@@ -285,7 +313,7 @@ class Trainer:
         else:
             image_inputs = tokens | self.pixels(images)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.contrastive_step(text_inputs, image_inputs, offset, len(batch))
+        loss = self.contrastive_step(text_inputs, image_inputs, offset, len(batch), real)
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         self.optimizer.step()
@@ -294,11 +322,18 @@ class Trainer:
         return loss
 
     def validate(self) -> dict[str, Any]:
-        """Validation R@1 on the first process (the others wait); keeps best/ up to date."""
-        if not self.world.is_main:
+        """Validation R@1 on the first process (the others wait); keeps best/ up to date.
+
+        A sharded language model runs only with every process in step, so then every process
+        encodes the whole validation set and the first one keeps the result.
+        """
+        if not self.world.is_main and not self.sharded:
             self.world.barrier()
             return {}
         metrics, _ = evaluate(self.encoder, self.splits.val, batch_size=64, show_progress=False)
+        if not self.world.is_main:
+            self.world.barrier()
+            return {}
         record = {"type": "val", "step": self.step, "epoch": self.epoch, **metrics}
         self._log(record)
         faults.point("validate")
@@ -363,6 +398,7 @@ class Trainer:
                             "temperature": self.loss_fn.temperature,
                             "pairs_per_s": rate,
                             "processes": self.world.size,
+                            "parameter_bytes_per_process": self.parameter_bytes,
                         }
                     )
                     window_pairs, window_start = 0, time.monotonic()
