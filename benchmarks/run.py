@@ -494,7 +494,7 @@ def quality(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 # -- 4. the other benchmark scripts --------------------------------------------------------------------
-OTHER_SCRIPTS = {"train_step.py": ["--steps", "1"], "eval_scale.py": ["--scale", "0.1"]}
+OTHER_SCRIPTS = {"train_step.py": ["--steps", "1", "--text-words", "64"], "eval_scale.py": ["--scale", "0.1"]}
 
 
 def other_benchmarks(timeout: float) -> dict[str, str]:
