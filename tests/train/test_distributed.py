@@ -52,9 +52,10 @@ def test_gathered_rows_hold_every_process_and_carry_gradients_back(tmp_path: Pat
     assert torch.equal(results[1]["grad"], summed[3:])
 
 
-def _train(
-    city: Path, out: Path, processes: int, **train: object
-) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def _launch(
+    city: Path, out: Path, processes: int, fault: str = "", resume: bool = False, **train: object
+) -> subprocess.CompletedProcess:
+    """`geoloc train` on the tiny model, under torchrun when `processes` > 1."""
     config = {
         "model": {"backbone": "tiny-smolvlm"},
         # No dropout: each process draws its own masks, so only a deterministic model can match.
@@ -74,12 +75,24 @@ def _train(
             str(TORCHRUN), "--standalone", "--nproc_per_node", str(processes),
             "-m", "geoloc", "train", str(path), "--out", str(out),
         ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    if resume:
+        command.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GEOLOC_FAULT": fault}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _results(out: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     adapter = load_file(str(out / "final" / "adapter" / "adapter_model.safetensors"))
     return [r for r in records if r["type"] == "train"], adapter
+
+
+def _train(
+    city: Path, out: Path, processes: int, **train: object
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    done = _launch(city, out, processes, **train)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _results(out)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
@@ -132,3 +145,21 @@ def test_fsdp_refuses_a_fully_tuned_backbone() -> None:
     with pytest.raises(ConfigError, match="use ddp"):
         check_shardable(encoder, "full", saves_backbone=False)
     check_shardable(encoder, "lora", saves_backbone=False)  # adapters: accepted
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
+def test_a_killed_fsdp_run_resumes_to_the_uninterrupted_result(tiny_city: Path, tmp_path: Path) -> None:
+    settings = {"batch_size": 7, "max_steps": 4, "save_every": 2}
+    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, **settings)
+    run = tmp_path / "fsdp"
+    # Both processes SIGKILL themselves in their third step, after the step-2 checkpoint.
+    killed = _launch(tiny_city, run, 2, fault="train.step:3", sharding="fsdp", **settings)
+    assert killed.returncode != 0 and not (run / "final").exists()
+    resumed = _launch(tiny_city, run, 2, resume=True, sharding="fsdp", **settings)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logs, adapter = _results(run)
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]  # steps 3 and 4 logged once, after the resume
+    for a, b in zip(one_logs, logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for name in one:
+        torch.testing.assert_close(adapter[name], one[name], atol=1e-5, rtol=0, msg=name)
