@@ -74,6 +74,13 @@ def join_world() -> World:
     )
 
 
+def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` with rows of zeros appended up to `rows` rows."""
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))])
+
+
 def gather_with_grad(local: torch.Tensor, world: World) -> torch.Tensor:
     """All processes' rows, in rank order; gradients flow back to the process that made each row.
 
@@ -88,12 +95,7 @@ def gather_with_grad(local: torch.Tensor, world: World) -> torch.Tensor:
     counts = [torch.zeros_like(count) for _ in range(world.size)]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
-    longest = max(sizes)
-    padded = local
-    if local.shape[0] < longest:
-        padding = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
-        padded = torch.cat([local, padding])
-    pieces = all_gather(padded)
+    pieces = all_gather(pad_rows(local, max(sizes)))
     return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)])
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.train.distributed import World, average_gradients, gather_with_grad, sum_across
+from geoloc.train.distributed import World, average_gradients, gather_with_grad, pad_rows, sum_across
 from geoloc.train.loss import InfoNCE
 
 Inputs = dict[str, torch.Tensor]
@@ -55,13 +55,6 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
-
-
-def _padded(grad: torch.Tensor, rows: int) -> torch.Tensor:
-    """`grad` with zero rows appended up to `rows` (the gradient of filler rows)."""
-    if grad.shape[0] == rows:
-        return grad
-    return torch.cat([grad, grad.new_zeros((rows - grad.shape[0], *grad.shape[1:]))])
 
 
 class ContrastiveStep:
@@ -142,7 +135,7 @@ class ContrastiveStep:
         image = torch.cat(images)[:real].requires_grad_()
         loss = self._loss(text, image, offset, total_rows)
         (loss * self.world.size).backward()
-        text_grad, image_grad = _padded(text.grad, encoded), _padded(image.grad, encoded)
+        text_grad, image_grad = pad_rows(text.grad, encoded), pad_rows(image.grad, encoded)
         # 3. Each chunk again with gradients, back-propagating its share of the cached gradient.
         #    Under DDP only the last backward synchronises gradients across processes.
         no_sync = getattr(self.model, "no_sync", None)
