@@ -83,6 +83,9 @@ def test_shipped_configs_load() -> None:
         else:
             assert config.data.root and not config.data.train, path
     recipe = load_config(CONFIGS / "paper-internvl3_5-1b.yaml")
+    sharded = load_config(CONFIGS / "scale-internvl3_5-8b-fsdp-geotext1652.yaml")
+    assert (sharded.train.sharding, sharded.train.gradient_checkpointing) == ("fsdp", True)
+    assert sharded.tuning == recipe.tuning  # the paper's adapters
     assert (recipe.tuning.strategy, recipe.tuning.rank, recipe.tuning.alpha) == ("dora", 16, 128.0)
     assert recipe.loss.temperature == 0.03 and recipe.loss.direction == "text_to_image"
 

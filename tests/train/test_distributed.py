@@ -116,9 +116,9 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
     # An odd batch: the two shares (4 and 3 rows) are padded to equal ones, since every process
     # must run the sharded layers in step; gradient caching (chunks of 2) on top.
     one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, batch_size=7)
-    two_logs, two = _train(
-        tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, grad_cache_chunk=2, sharding="fsdp"
-    )
+    # Gradient checkpointing too, as the shipped 8B configuration uses it with FSDP.
+    fsdp = {"sharding": "fsdp", "gradient_checkpointing": True, "grad_cache_chunk": 2}
+    two_logs, two = _train(tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, **fsdp)
     for a, b in zip(one_logs, two_logs, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
