@@ -163,3 +163,17 @@ def test_a_killed_fsdp_run_resumes_to_the_uninterrupted_result(tiny_city: Path, 
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     for name in one:
         torch.testing.assert_close(adapter[name], one[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
+def test_fsdp_process_with_an_empty_share_runs_in_step(tiny_city: Path, tmp_path: Path) -> None:
+    # 3 processes, batches of 2: one process never has a row of its own, only a filler row.
+    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, batch_size=2, max_steps=2)
+    three_logs, three = _train(
+        tiny_city, tmp_path / "three", processes=3, batch_size=2, max_steps=2, sharding="fsdp"
+    )
+    assert [r["processes"] for r in three_logs] == [3, 3]
+    for a, b in zip(one_logs, three_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for name in one:
+        torch.testing.assert_close(three[name], one[name], atol=1e-5, rtol=0, msg=name)
