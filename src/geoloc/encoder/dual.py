@@ -28,7 +28,6 @@ from torch import nn
 
 from geoloc.encoder.families import BackboneFamily
 from geoloc.encoder.model import (
-    DTYPES,
     SPEC_FILE,
     EncoderBase,
     EncoderSpec,
@@ -37,6 +36,7 @@ from geoloc.encoder.model import (
     new_spec,
     read_saved_spec,
     resolve_device,
+    resolve_dtype,
     saved_backbone_source,
     saved_encoder_dir,
 )
@@ -256,9 +256,7 @@ class DualEncoder(EncoderBase):
         trainable: bool = False,
     ) -> DualEncoder:
         """Load from a dual preset, an HF id or model folder, a saved dual encoder, or a run directory."""
-        if dtype not in DTYPES:
-            raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-        torch_dtype = DTYPES[dtype]
+        torch_dtype = resolve_dtype(dtype)
         saved = saved_encoder_dir(source)
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)

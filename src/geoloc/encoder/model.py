@@ -74,6 +74,13 @@ def _split_template(template: str, slot: str, what: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype a dtype name (float32, bfloat16, float16) stands for; an unknown one is refused."""
+    if dtype not in DTYPES:
+        raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,13 +351,11 @@ class GeoEncoder(EncoderBase):
         `spec_overrides` (pooling, templates, tuning, ...) apply when building a new encoder from
         a backbone; a saved encoder keeps the spec it was saved with.
         """
-        if dtype not in DTYPES:
-            raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        torch_dtype = resolve_dtype(dtype)
         from geoloc.encoder.dual import DualEncoder, dual_family  # imported here: dual imports this module
 
         if dual_family(source) is not None:  # a CLIP / SigLIP backbone: the two-tower baseline
             return DualEncoder.load(source, device, dtype, spec_overrides, trainable)  # type: ignore[return-value]
-        torch_dtype = DTYPES[dtype]
         saved = saved_encoder_dir(source)
         if saved is not None:
             encoder = _load_saved(saved, torch_dtype, trainable)
