@@ -37,6 +37,24 @@ def _group_ids(query_groups: Groups, gallery_groups: Groups) -> tuple[np.ndarray
     return q, g, len(table)
 
 
+def _correct_counts(
+    q_ids: np.ndarray, g_ids: np.ndarray, n_groups: int, query_groups: Groups, nouns: str, needs: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery items per group, correct gallery items per query); a query with none is refused,
+    since its rank would be undefined. `nouns` ("query/queries") and `needs` word the message."""
+    counts = np.bincount(g_ids, minlength=n_groups)
+    n_correct = counts[q_ids]
+    missing = np.flatnonzero(n_correct == 0)
+    if missing.size:
+        first = int(missing[0])
+        noun, plural = nouns.split("/")
+        raise ValueError(
+            f"{missing.size} of {len(q_ids)} {plural} have no {needs} "
+            f"(first: {noun} {first}, group {query_groups[first]!r})"
+        )
+    return counts, n_correct
+
+
 def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 2:
@@ -94,15 +112,9 @@ def best_correct_ranks(
     n_q, n_g = len(q_emb), len(g_emb)
     q_ids, g_ids, n_groups = _group_ids(query_groups, gallery_groups)
 
-    counts = np.bincount(g_ids, minlength=n_groups)
-    n_correct = counts[q_ids]
-    missing = np.flatnonzero(n_correct == 0)
-    if missing.size:
-        first = int(missing[0])
-        raise ValueError(
-            f"{missing.size} of {n_q} queries have no correct item in the gallery "
-            f"(first: query {first}, group {query_groups[first]!r})"
-        )
+    counts, n_correct = _correct_counts(
+        q_ids, g_ids, n_groups, query_groups, "query/queries", "correct item in the gallery"
+    )
     if n_q == 0:
         return np.zeros(0, dtype=np.int64)
 
@@ -183,15 +195,9 @@ def joint_ranks(
     t_emb, i_emb = embedding_pair(text_emb, image_emb, text_groups, image_groups, ("text", "image"), "groups")
     n_t, n_i = len(t_emb), len(i_emb)
     t_ids, i_ids, n_groups = _group_ids(text_groups, image_groups)
-    counts = np.bincount(i_ids, minlength=n_groups)
-    n_correct = counts[t_ids]
-    missing = np.flatnonzero(n_correct == 0)
-    if missing.size:
-        first = int(missing[0])
-        raise ValueError(
-            f"{missing.size} of {n_t} texts have no image of their group "
-            f"(first: text {first}, group {text_groups[first]!r})"
-        )
+    counts, n_correct = _correct_counts(
+        t_ids, i_ids, n_groups, text_groups, "text/texts", "image of their group"
+    )
     image_is_query = np.bincount(t_ids, minlength=n_groups)[i_ids] > 0
     if n_t == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(n_i, dtype=np.int64), image_is_query
