@@ -146,20 +146,9 @@ def _cvgtext_root(root: Path, rng: np.random.Generator) -> None:
 def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
     _cvgtext_root(tmp_path / "cvg", np.random.default_rng(0))
     out = tmp_path / "out"
-    code = main(
-        [
-            "eval",
-            "tiny-smolvlm",
-            "--benchmark",
-            "cvgtext",
-            "--root",
-            str(tmp_path / "cvg"),
-            "--city",
-            "NewYork",
-            "--out",
-            str(out),
-        ]
-    )
+    command = ["eval", "tiny-smolvlm", "--benchmark", "cvgtext", "--root", str(tmp_path / "cvg")]
+    command += ["--city", "NewYork"]
+    code = main([*command, "--out", str(out)])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "cvgtext"
@@ -179,21 +168,7 @@ def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
     # 30 tiles, so each query's 100-nearest gallery is the whole city: the full-city variant
     # must agree exactly, and be labelled as such.
     full = tmp_path / "full"
-    code = main(
-        [
-            "eval",
-            "tiny-smolvlm",
-            "--benchmark",
-            "cvgtext",
-            "--root",
-            str(tmp_path / "cvg"),
-            "--city",
-            "NewYork",
-            "--full-city",
-            "--out",
-            str(full),
-        ]
-    )
+    code = main([*command, "--full-city", "--out", str(full)])
     assert code == 0
     full_metrics = json.loads((full / "metrics.json").read_text())
     assert full_metrics["protocol"] == "cvgtext-full-city"

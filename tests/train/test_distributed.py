@@ -87,6 +87,19 @@ def _results(out: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     return [r for r in records if r["type"] == "train"], adapter
 
 
+def _assert_same_training(
+    want: tuple[list[dict], dict[str, torch.Tensor]], got: tuple[list[dict], dict[str, torch.Tensor]]
+) -> None:
+    """The same logged losses and temperatures, step by step, and the same final adapter weights."""
+    (want_logs, want_adapter), (got_logs, got_adapter) = want, got
+    for a, b in zip(want_logs, got_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
+    assert want_adapter.keys() == got_adapter.keys() and len(want_adapter) > 0
+    for name in want_adapter:
+        torch.testing.assert_close(got_adapter[name], want_adapter[name], atol=1e-5, rtol=0, msg=name)
+
+
 def _train(
     city: Path, out: Path, processes: int, **train: object
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -102,12 +115,7 @@ def test_two_processes_match_one_process_with_the_whole_batch(tiny_city: Path, t
     two_logs, two = _train(tiny_city, tmp_path / "two", processes=2, grad_cache_chunk=2)
     assert [r["processes"] for r in one_logs] == [1, 1, 1]
     assert [r["processes"] for r in two_logs] == [2, 2, 2]
-    for a, b in zip(one_logs, two_logs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
-    assert one.keys() == two.keys() and len(one) > 0
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+    _assert_same_training((one_logs, one), (two_logs, two))
     assert max(float(t.abs().max()) for t in one.values()) > 0.01  # the adapters did move
 
 
@@ -119,12 +127,7 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
     # Gradient checkpointing too, as the shipped 8B configuration uses it with FSDP.
     fsdp = {"sharding": "fsdp", "gradient_checkpointing": True, "grad_cache_chunk": 2}
     two_logs, two = _train(tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, **fsdp)
-    for a, b in zip(one_logs, two_logs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-6)
-    assert one.keys() == two.keys() and len(one) > 0
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+    _assert_same_training((one_logs, one), (two_logs, two))
     # Each process holds half of the decoder layers' frozen weights.
     from geoloc.encoder.model import GeoEncoder
     from geoloc.train.sharding import decoder_layers
@@ -159,10 +162,7 @@ def test_a_killed_fsdp_run_resumes_to_the_uninterrupted_result(tiny_city: Path, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     logs, adapter = _results(run)
     assert [r["step"] for r in logs] == [1, 2, 3, 4]  # steps 3 and 4 logged once, after the resume
-    for a, b in zip(one_logs, logs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    for name in one:
-        torch.testing.assert_close(adapter[name], one[name], atol=1e-5, rtol=0, msg=name)
+    _assert_same_training((one_logs, one), (logs, adapter))
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
@@ -173,7 +173,4 @@ def test_fsdp_process_with_an_empty_share_runs_in_step(tiny_city: Path, tmp_path
         tiny_city, tmp_path / "three", processes=3, batch_size=2, max_steps=2, sharding="fsdp"
     )
     assert [r["processes"] for r in three_logs] == [3, 3]
-    for a, b in zip(one_logs, three_logs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    for name in one:
-        torch.testing.assert_close(three[name], one[name], atol=1e-5, rtol=0, msg=name)
+    _assert_same_training((one_logs, one), (three_logs, three))
