@@ -125,22 +125,25 @@ def test_params_counts_the_paper_recipe(capsys) -> None:
 
 
 def _cvgtext_root(root: Path, rng: np.random.Generator) -> None:
-    """A CVG-Text city in the official layout: 30 locations, panoramas and single-view photos."""
+    """A CVG-Text city in the official layout: 30 locations, panoramas (`NewYork`) and single-view
+    photos (`NewYork-photos`), which together are the mixed version."""
     from PIL import Image
 
-    tiles = root / "NewYork-mixed-satellite"
-    tiles.mkdir(parents=True)
-    descriptions = {}
+    descriptions: dict[str, dict[str, str]] = {"NewYork": {}, "NewYork-photos": {}}
     for i in range(30):
         lat, lon = 40.70 + rng.uniform(0, 0.01), -74.0 + rng.uniform(0, 0.01)
+        version = "NewYork" if i % 2 else "NewYork-photos"
         name = (
             f"{lat:.8f},{lon:.8f}_2022-08_pano{i:03d}_d90_z3.jpg" if i % 2 else f"{lat:.8f},{lon:.8f}_{i}.jpg"
         )
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tiles / name)
-        descriptions[name] = f"a street with a {['red', 'blue', 'white'][i % 3]} building number {i}"
-    annotations = root / "CVG-text" / "NewYork-mixed"
-    annotations.mkdir(parents=True)
-    (annotations / "test.json").write_text(json.dumps(descriptions))
+        (root / f"{version}-satellite").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            root / f"{version}-satellite" / name
+        )
+        descriptions[version][name] = f"a street with a {['red', 'blue', 'white'][i % 3]} building number {i}"
+    for version, entries in descriptions.items():
+        (root / "CVG-text" / version).mkdir(parents=True)
+        (root / "CVG-text" / version / "test.json").write_text(json.dumps(entries))
 
 
 def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:

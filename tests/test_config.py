@@ -87,7 +87,9 @@ def test_shipped_configs_load() -> None:
     assert (sharded.train.sharding, sharded.train.gradient_checkpointing) == ("fsdp", True)
     assert sharded.tuning == recipe.tuning  # the paper's adapters
     assert (recipe.tuning.strategy, recipe.tuning.rank, recipe.tuning.alpha) == ("dora", 16, 128.0)
-    assert recipe.loss.temperature == 0.03 and recipe.loss.direction == "text_to_image"
+    # The released train.py's temperature at HEAD (its CLI default, which overrides its YAML).
+    assert recipe.loss.temperature == 0.02 and recipe.loss.direction == "text_to_image"
+    assert sharded.loss == recipe.loss
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -118,6 +120,31 @@ def test_benchmark_recipes_are_the_paper_recipe(backbone: str) -> None:
     assert count_for_config(geotext)["trainable"] == RECIPE_TRAINABLE[backbone]
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("benchmark", ["geotext1652", "cvgtext"])
+def test_released_recipes_differ_from_the_paper_configs_only_by_the_released_switches(
+    backbone: str, benchmark: str
+) -> None:
+    """configs/released-*.yaml: the paper config with geoloc's safeguards switched off, and
+    nothing else changed."""
+    paper = load_config(CONFIGS / f"paper-{backbone}-{benchmark}.yaml")
+    released = load_config(CONFIGS / f"released-{backbone}-{benchmark}.yaml")
+    assert (released.tuning, released.loss) == (paper.tuning, paper.loss)
+    assert released.loss.temperature == 0.02
+    switched = {
+        "model.dtype": "bfloat16",
+        "train.precision": "bf16",
+        "train.no_decay": "names",
+        "train.warmup": "released",
+        "data.val_fraction": 0.0,
+    }
+    for key, value in switched.items():
+        section, name = key.split(".")
+        assert getattr(getattr(released, section), name) == value, key
+        setattr(getattr(released, section), name, getattr(getattr(paper, section), name))
+    assert released == paper  # every other key is the paper config's
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -130,6 +157,9 @@ def test_benchmark_recipes_are_the_paper_recipe(backbone: str) -> None:
         ("data: {view: aerial}\n", "data.view"),
         ("data: {version: all}\n", "data.version"),
         ("data: {val_fraction: 1.5}\n", "data.val_fraction"),
+        ("data: {val_fraction: -0.1}\n", "must be at least 0 (0: train on everything)"),
+        ("train: {no_decay: 1d}\n", "train.no_decay: '1d' is not one of ndim, names"),
+        ("train: {warmup: floor}\n", "train.warmup: 'floor' is not one of ceil, released"),
         ("data: {max_val_images: 0}\n", "data.max_val_images"),
         ("train: {lr: 1.0e-4}\ntrain: {epochs: 2}\n", "key 'train' is given twice, line 2"),
         ("data: {root: a, root: b}\n", "key 'root' is given twice"),
@@ -150,3 +180,15 @@ def test_on_bad_record_override() -> None:
     assert load_config(None, ["data.on_bad_record=skip"]).data.on_bad_record == "skip"
     with pytest.raises(ConfigError, match="data.on_bad_record"):
         load_config(None, ["data.on_bad_record=maybe"])
+
+
+def test_val_fraction_zero_and_the_released_switches_are_accepted() -> None:
+    config = load_config(None, ["data.val_fraction=0", "train.no_decay=names", "train.warmup=released"])
+    assert (config.data.val_fraction, config.train.no_decay, config.train.warmup) == (
+        0.0,
+        "names",
+        "released",
+    )
+    default = load_config(None)
+    assert (default.data.val_fraction, default.train.no_decay, default.train.warmup) == (0.1, "ndim", "ceil")
+    assert default.loss.temperature == 0.02

@@ -36,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    temperature: float = 0.03
+    temperature: float = 0.02  # the released recipe's (train.py's CLI default at HEAD)
     learnable_temperature: bool = False
     direction: str = "text_to_image"  # text_to_image | symmetric
 
@@ -61,6 +61,8 @@ class DataConfig:
 
     Validation is never read from a test split: without a val split it is a seeded
     `val_fraction` of the training groups (buildings for GeoText-1652, locations for CVG-Text).
+    `val_fraction: 0` carves nothing: every training record trains (the released recipe), and
+    without a val split there is no validation, so the run's model is its final checkpoint.
     """
 
     benchmark: str = "manifest"  # manifest | geotext1652 | cvgtext
@@ -72,7 +74,7 @@ class DataConfig:
     view: str = "all"  # geotext1652: all | satellite | drone | ground (images that train)
     train_split: str = "train"
     val_split: str = "val"  # manifest: used when the data has it; else carved from the training rows
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: no carve, train on every record, keep the final checkpoint
     max_val_images: int = 1000
     on_bad_record: str = "error"  # error: stop on the first bad record; skip: leave it out, list it
 
@@ -81,10 +83,16 @@ class DataConfig:
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(f"data.{key}: {value!r} is not one of {', '.join(choices)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction: {self.val_fraction!r} must lie strictly between 0 and 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction: {self.val_fraction!r} must be at least 0 (0: train on everything) "
+                "and below 1"
+            )
         if self.max_val_images < 1:
             raise ConfigError(f"data.max_val_images: {self.max_val_images!r} must be at least 1")
+
+
+TRAIN_CHOICES = {"no_decay": ("ndim", "names"), "warmup": ("ceil", "released")}
 
 
 @dataclass
@@ -96,7 +104,14 @@ class TrainConfig:
     batch_size: int = 10
     lr: float = 3e-5
     weight_decay: float = 0.01
+    # Which parameters are exempt from weight decay: "ndim" every 1-D one (biases, norms, DoRA
+    # magnitude vectors); "names" only those whose names contain `bias` or `LayerNorm.weight`,
+    # as the released code does (so DoRA magnitudes ARE decayed there).
+    no_decay: str = "ndim"
     warmup_ratio: float = 0.01
+    # "ceil": ceil(total x ratio) warm-up steps (at least 1), the first at 1/warm-up of the lr;
+    # "released": int(total x ratio) steps (possibly 0) starting from factor 0, as released.
+    warmup: str = "ceil"
     min_lr_ratio: float = 1e-3
     grad_clip: float = 1.0
     precision: str = "auto"  # auto | float32 | bf16
@@ -117,6 +132,12 @@ class TrainConfig:
     # Several processes: "ddp" keeps a whole model in each; "fsdp" splits the frozen language
     # model's weights across them (train/sharding.py), for backbones too large to replicate.
     sharding: str = "ddp"
+
+    def __post_init__(self) -> None:
+        for key, choices in TRAIN_CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise ConfigError(f"train.{key}: {value!r} is not one of {', '.join(choices)}")
 
 
 @dataclass

@@ -82,27 +82,30 @@ def write_cvgtext_tree(
     official: bool = True,
     seed: int = 0,
 ) -> Path:
-    """One CVG-Text city as released: `<City>-mixed` JSON files {file_name: description} and the
-    satellite and OSM tiles, in the official arrangement (`CVG-text/`, tiles at the root) or the
-    other one (`annotation/`, `reference/`). Panorama and single-view names alternate."""
+    """One CVG-Text city as released: the `<City>` (panoramas) and `<City>-photos` (single-view)
+    versions, whose union is the mixed version, each with JSON files {file_name: description}
+    and satellite and OSM tiles, in the official arrangement (`CVG-text/`, tiles at the root) or
+    the other one (`annotation/`, `reference/`). Panorama and single-view names alternate."""
     rng = random.Random(seed)
-    folder = f"{city}-mixed"
-    annotations = root / ("CVG-text" if official else "annotation") / folder
+    annotation_root = root / ("CVG-text" if official else "annotation")
     tiles = root if official else root / "reference"
-    annotations.mkdir(parents=True, exist_ok=True)
     index = 0
     for split, count in (("train", n_train), ("test", n_test)):
-        entries = {}
+        entries: dict[str, dict[str, str]] = {city: {}, f"{city}-photos": {}}
         for _ in range(count):
             lat, lon = 40.70 + rng.uniform(0, 0.02), -74.01 + rng.uniform(0, 0.02)
-            name = cvgtext_name(lat, lon, index, panorama=index % 2 == 0)
+            panorama = index % 2 == 0
+            folder = city if panorama else f"{city}-photos"
+            name = cvgtext_name(lat, lon, index, panorama=panorama)
             for kind in ("satellite", "OSM"):
                 tile(tiles / f"{folder}-{kind}" / name, index)
-            entries[name] = (
+            entries[folder][name] = (
                 f"a street corner with a {'red green blue'.split()[index % 3]} shop, number {index}"
             )
             index += 1
-        (annotations / f"{split}.json").write_text(json.dumps(entries))
+        for folder, folder_entries in entries.items():
+            (annotation_root / folder).mkdir(parents=True, exist_ok=True)
+            (annotation_root / folder / f"{split}.json").write_text(json.dumps(folder_entries))
     return root
 
 

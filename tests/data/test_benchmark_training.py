@@ -25,12 +25,15 @@ def spoil_geotext_test_side(root: Path) -> set[str]:
 
 
 def spoil_cvgtext_test_side(root: Path) -> set[str]:
-    annotation = next(root.rglob("test.json"))
-    names = set(json.loads(annotation.read_text()))
+    """Empty every test tile and corrupt every test.json (both halves of the mixed version)."""
+    names: set[str] = set()
+    for annotation in root.rglob("test.json"):
+        names |= set(json.loads(annotation.read_text()))
+        annotation.write_text("{ not json")
+    assert names
     for name in names:
         for tile in root.rglob(name):
             tile.write_bytes(b"")
-    annotation.write_text("{ not json")
     return names
 
 
@@ -82,7 +85,7 @@ def test_cvgtext_splits_come_from_train_json_by_location(
     tmp_path: Path, official: bool, cvgtext_writer
 ) -> None:
     root = cvgtext_writer(tmp_path / "my_cvg_data", city="Tokyo", official=official)
-    train_names = set(json.loads(next(root.rglob("train.json")).read_text()))
+    train_names = {name for f in root.rglob("train.json") for name in json.loads(f.read_text())}
     test_names = spoil_cvgtext_test_side(root)
     data = {"benchmark": "cvgtext", "root": str(root), "city": "Tokyo", "target": "osm"}
     splits = carve_splits(load_config(benchmark_config(tmp_path, data)))

@@ -105,20 +105,34 @@ def test_parse_coordinates_rejects(name, message):
 
 
 def test_mixed_version_official_layout(tmp_path):
-    entries = {PANO_A: "A panorama with a tall tower.", PHOTO_A: "A photo of a red shop front."}
-    annotation = write_version(tmp_path, "NewYork-mixed", entries)
+    pano = write_version(tmp_path, "NewYork", {PANO_A: "A panorama with a tall tower."})
+    write_version(tmp_path, "NewYork-photos", {PHOTO_A: "A photo of a red shop front."})
     dataset = load_cvgtext(tmp_path, "NewYork")
-    assert dataset.source == annotation
+    assert dataset.source == pano
     assert [r.key for r in dataset.records] == [PANO_A, PHOTO_A]
     first = dataset.records[0]
-    assert first.image == tmp_path / "NewYork-mixed-satellite" / PANO_A
+    assert first.image == tmp_path / "NewYork-satellite" / PANO_A
     assert first.texts == ("A panorama with a tall tower.",)
     assert first.group == PANO_A
     assert first.lat == pytest.approx(40.75290377) and first.lon == pytest.approx(-73.97958215)
     assert first.split == "test"
     osm = load_cvgtext(tmp_path, "NewYork", target="osm")
-    assert osm.records[1].image == tmp_path / "NewYork-mixed-OSM" / PHOTO_A
+    assert osm.records[1].image == tmp_path / "NewYork-photos-OSM" / PHOTO_A
     assert [is_panorama(r.key) for r in dataset.records] == [True, False]
+
+
+def test_mixed_never_reads_a_mixed_folder(tmp_path):
+    """The official loader always reads <City> and <City>-photos for the mixed version: a
+    <City>-mixed folder beside them is ignored, and alone it is not enough."""
+    write_version(tmp_path, "NewYork-mixed", {PANO_B: "only in the mixed folder"})
+    with pytest.raises(DataError, match="needs both NewYork and NewYork-photos") as exc:
+        load_cvgtext(tmp_path, "NewYork")
+    assert "NewYork-mixed/test.json is not read" in str(exc.value)
+    write_version(tmp_path, "NewYork", {PANO_A: "pano"})
+    write_version(tmp_path, "NewYork-photos", {PHOTO_A: "photo"})
+    dataset = load_cvgtext(tmp_path, "NewYork")
+    assert [r.key for r in dataset.records] == [PANO_A, PHOTO_A]
+    assert dataset.records[0].image == tmp_path / "NewYork-satellite" / PANO_A
 
 
 def test_panorama_and_photos_versions_and_train_split(tmp_path):
@@ -133,7 +147,7 @@ def test_panorama_and_photos_versions_and_train_split(tmp_path):
     assert photos.records[0].image == tmp_path / "Tokyo-photos-satellite" / PHOTO_A
 
 
-def test_mixed_combines_panorama_and_photos_when_there_is_no_mixed_folder(tmp_path):
+def test_mixed_combines_panorama_and_photos(tmp_path):
     pano = write_version(tmp_path, "Brisbane", {PANO_A: "pano a", PANO_B: "pano b"})
     write_version(tmp_path, "Brisbane-photos", {PHOTO_A: "photo a", PHOTO_B: "photo b"})
     dataset = load_cvgtext(tmp_path, "Brisbane", target="osm")
@@ -172,7 +186,7 @@ def test_version_not_found_lists_what_is_there(tmp_path):
     with pytest.raises(DataError, match="CVG-Text NewYork panorama test not found") as exc:
         load_cvgtext(tmp_path, "NewYork", version="panorama")
     assert "versions present: Tokyo" in str(exc.value)
-    with pytest.raises(DataError, match="not both Tokyo and Tokyo-photos"):
+    with pytest.raises(DataError, match="needs both Tokyo and Tokyo-photos"):
         load_cvgtext(tmp_path, "Tokyo")
 
 

@@ -324,7 +324,7 @@ def test_geotext_official_quirks_change_the_numbers():
     assert correct["mean"] == 100.0
 
     quirks = geotext_metrics(
-        text_emb, image_emb, text_groups, image_groups, official_quirks=True, text_image_index=index
+        text_emb, image_emb, text_groups, image_groups, protocol="official-quirks", text_image_index=index
     )
     assert quirks["protocol"] == "geotext1652-official-quirks"
     assert quirks["text_to_image"] == {"R@1": 75.0, "R@5": 100.0, "R@10": 100.0}
@@ -336,14 +336,14 @@ def test_geotext_official_quirks_change_the_numbers():
 def test_geotext_quirks_need_consistent_text_image_index():
     text_emb, image_emb, text_groups, image_groups, index = geotext_quirk_example()
     with pytest.raises(ValueError, match="needs text_image_index"):
-        geotext_metrics(text_emb, image_emb, text_groups, image_groups, official_quirks=True)
+        geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="official-quirks")
     with pytest.raises(ValueError, match="but its image"):
         geotext_metrics(
             text_emb,
             image_emb,
             text_groups,
             image_groups,
-            official_quirks=True,
+            protocol="official-quirks",
             text_image_index=[0, 2, 2, 3],
         )
     with pytest.raises(ValueError, match="outside the images"):
@@ -352,8 +352,73 @@ def test_geotext_quirks_need_consistent_text_image_index():
             image_emb,
             text_groups,
             image_groups,
-            official_quirks=True,
+            protocol="official-quirks",
             text_image_index=[0, 1, 2, 4],
         )
     with pytest.raises(ValueError, match="text groups for"):
         geotext_metrics(text_emb, image_emb, text_groups[:3], image_groups)
+
+
+def test_geotext_record_layout_checks() -> None:
+    text_emb, image_emb, text_groups, image_groups, index = geotext_quirk_example()
+    # One record per image is the default layout: giving it explicitly changes nothing.
+    plain = geotext_metrics(
+        text_emb, image_emb, text_groups, image_groups, protocol="official-quirks", text_image_index=index
+    )
+    explicit = geotext_metrics(
+        text_emb,
+        image_emb,
+        text_groups,
+        image_groups,
+        protocol="official-quirks",
+        text_image_index=index,
+        record_images=[0, 1, 2, 3],
+        text_records=[0, 1, 2, 3],
+    )
+    assert explicit == plain
+    with pytest.raises(ValueError, match="give both or neither"):
+        geotext_metrics(
+            text_emb,
+            image_emb,
+            text_groups,
+            image_groups,
+            protocol="official-quirks",
+            text_image_index=index,
+            record_images=[0, 1, 2, 3],
+        )
+    with pytest.raises(ValueError, match="not its own image"):
+        geotext_metrics(
+            text_emb,
+            image_emb,
+            text_groups,
+            image_groups,
+            protocol="official-quirks",
+            text_image_index=index,
+            record_images=[0, 1, 2, 3],
+            text_records=[1, 0, 2, 3],
+        )
+    with pytest.raises(ValueError, match="unknown GeoText-1652 protocol"):
+        geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="leaderboard")
+    with pytest.raises(ValueError, match="protocol paper needs text_image_index"):
+        geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="paper")
+
+
+def test_geotext_paper_protocol_duplicates_images_per_caption() -> None:
+    """Two buildings; image A1 has six captions, B1 and B2 one each. Every text's best image is
+    of the other building, its second of its own: text -> image R@1 is 0 and R@5 100 under the
+    benchmark. With a gallery row per caption, B1's and B2's texts face six copies of A1 first,
+    so their first correct row is seventh: R@1 is still 0, R@5 drops to 6/8, R@10 is 100."""
+    image_emb = np.eye(3, dtype=np.float32)  # A1, B1, B2
+    image_groups = ["A", "B", "B"]
+    a_text, b_text = [0.2, 1, 0], [1, 0.1, 0.05]
+    text_emb = np.array([a_text] * 6 + [b_text] * 2, np.float32)
+    index = [0] * 6 + [1, 2]
+    text_groups = [image_groups[i] for i in index]
+    benchmark = geotext_metrics(text_emb, image_emb, text_groups, image_groups)
+    paper = geotext_metrics(
+        text_emb, image_emb, text_groups, image_groups, protocol="paper", text_image_index=index
+    )
+    assert paper["protocol"] == "geotext1652-paper"
+    assert paper["n_images"] == 8 and paper["n_texts"] == 8
+    assert benchmark["text_to_image"] == {"R@1": 0.0, "R@5": 100.0, "R@10": 100.0}
+    assert paper["text_to_image"] == {"R@1": 0.0, "R@5": 75.0, "R@10": 100.0}

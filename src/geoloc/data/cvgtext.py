@@ -1,7 +1,7 @@
 """CVG-Text: street-level scene descriptions to retrieve satellite or OSM tiles, in three cities.
 
-Versions (see docs/benchmarks.md): `<City>` holds panoramas, `<City>-photos` single-view photos and
-`<City>-mixed` both. Two arrangements of the same files are accepted:
+Versions (see docs/benchmarks.md): `<City>` holds panoramas, `<City>-photos` single-view photos, and
+"mixed" is both, read from those two folders. Two arrangements of the same files are accepted:
 
 - the official configuration's::
 
@@ -21,8 +21,9 @@ Rules of this loader:
 
 - For a version, the official arrangement is looked for first, then the other one; a version is
   found when its JSON file exists. The tiles are read from the same arrangement's folder.
-- version="mixed" reads `<City>-mixed` when it exists; otherwise it combines the panorama and the
-  photo versions (panorama records first), which must then both exist.
+- version="mixed" combines the panorama and the photo versions (panorama records first), which
+  must both exist. Like the official loader, it never reads a `<City>-mixed` folder, even where a
+  download has one.
 - A record: key = file name, image = its tile in the target folder, texts = (description,),
   group = file name, lat / lon from the file name, split = `split`.
 - Errors name the JSON file and the record by its key (`record <file name>`). A name whose
@@ -83,8 +84,8 @@ def _basename(file_name: str) -> str:
 
 
 def version_folder(city: str, version: str) -> str:
-    """The folder name of a city's version: `<City>`, `<City>-photos` or `<City>-mixed`."""
-    return {"panorama": city, "photos": f"{city}-photos", "mixed": f"{city}-mixed"}[version]
+    """The folder name of a city's panorama or photo version: `<City>` or `<City>-photos`."""
+    return {"panorama": city, "photos": f"{city}-photos"}[version]
 
 
 def load_cvgtext(
@@ -186,31 +187,31 @@ def _find_version(root: Path, folder: str, target: str, split: str) -> tuple[Pat
 
 
 def _find_parts(root: Path, city: str, version: str, target: str, split: str) -> list[tuple[Path, Path]]:
-    """The (annotation file, tile folder) pairs that make up the asked version."""
-    found = _find_version(root, version_folder(city, version), target, split)
-    if found is not None:
-        parts = [found]
-    elif version == "mixed":
-        halves = [_find_version(root, version_folder(city, v), target, split) for v in ("panorama", "photos")]
-        if any(half is None for half in halves):
-            looked = [
-                str(a)
-                for v in ("mixed", "panorama", "photos")
-                for a, _ in _arrangements(root, version_folder(city, v), target, split)
-            ]
-            raise DataError(
-                f"CVG-Text {city} mixed {split} not found: no {city}-mixed version, and not both "
-                f"{city} and {city}-photos (looked for {', '.join(looked)}){_known_cities(root)}",
-                path=root,
-            )
-        parts = [half for half in halves if half is not None]
-    else:
-        looked = [str(a) for a, _ in _arrangements(root, version_folder(city, version), target, split)]
+    """The (annotation file, tile folder) pairs that make up the asked version.
+
+    The mixed version is always the panorama and the photo versions together, as the official
+    loader reads it: a `<City>-mixed` folder, where a download has one, is not read.
+    """
+    halves = ("panorama", "photos") if version == "mixed" else (version,)
+    found = [_find_version(root, version_folder(city, v), target, split) for v in halves]
+    if any(part is None for part in found):
+        looked = [
+            str(a) for v in halves for a, _ in _arrangements(root, version_folder(city, v), target, split)
+        ]
+        what = f"both {city} and {city}-photos" if version == "mixed" else version_folder(city, version)
+        mixed_folder = _find_version(root, f"{city}-mixed", target, split)
+        note = (
+            f"; {mixed_folder[0]} is not read: the mixed version is {city} + {city}-photos, as in "
+            "the official loader"
+            if version == "mixed" and mixed_folder is not None
+            else ""
+        )
         raise DataError(
-            f"CVG-Text {city} {version} {split} not found (looked for {', '.join(looked)})"
-            f"{_known_cities(root)}",
+            f"CVG-Text {city} {version} {split} not found: needs {what} (looked for {', '.join(looked)})"
+            f"{note}{_known_cities(root)}",
             path=root,
         )
+    parts = [part for part in found if part is not None]
     for annotation, tiles in parts:
         if not tiles.is_dir():
             raise DataError(f"tile folder not found: {tiles}", path=annotation)

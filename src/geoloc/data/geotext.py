@@ -20,8 +20,9 @@ Rules of this loader:
 - `sentences` and `bboxes` are not used for retrieval; they are checked loosely: absent, null, or a
   list whose entries are null or a string (sentences) / null or a list of numbers (bboxes).
 - Several records with the same `image_id` are merged into one `Record` (key = image_id), their
-  texts concatenated in file order; they must name the same `image` path. Records keep the order in
-  which their image first appears; buildings need not be contiguous.
+  texts concatenated in file order; they must name the same `image` path. Records keep the order
+  in which their image first appears; buildings need not be contiguous. (The official evaluation
+  keeps one gallery image per record instead: `geotext_record_layout` gives that view.)
 - Records are named `record N` in errors, N being the index in the JSON list (from 0).
 - An `image` path must be relative and stay under `<root>/images` once `..` and symlinks are
   resolved; the file must exist (it is not decoded here).
@@ -131,30 +132,7 @@ def load_geotext(
         raise DataError(f"unknown GeoText-1652 view {view!r}: expected one of {', '.join(VIEWS)}")
     source = root / SPLIT_FILES[split]
     images_root = root / "images"
-    real_images_root = images_root.resolve()
-    rows = _read_list(source)
-
-    # image_id -> [image path, building, texts, index of its first record]
-    merged: dict[str, list[Any]] = {}
-    skipped: list[tuple[str, str]] = []
-    for index, row in enumerate(rows):
-        name = f"record {index}"
-        try:
-            image_id, building, image, texts = _parse_record(row, images_root, real_images_root)
-            entry = merged.get(image_id)
-            if entry is None:
-                merged[image_id] = [image, building, list(texts), index]
-            elif entry[0] != image:
-                raise BadRecord(
-                    f"image_id {image_id!r} is given image {row['image']!r} here but "
-                    f"{_relative(entry[0], images_root)!r} in record {entry[3]}"
-                )
-            else:
-                entry[2].extend(texts)
-        except BadRecord as exc:
-            if on_bad_record == "error":
-                raise DataError(str(exc), path=source, record=index) from None
-            skipped.append((name, str(exc)))
+    merged, skipped, _ = _merge_records(_read_list(source), source, on_bad_record)
 
     out_split = "train" if split == "train" else "test"
     records: list[Record] = []
@@ -174,6 +152,73 @@ def load_geotext(
         extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
         raise DataError(f"{what} in GeoText-1652 split {split!r}{extra}", path=source)
     return Dataset(records=records, source=source, skipped=skipped)
+
+
+def _merge_records(
+    rows: list[Any], source: Path, on_bad_record: str
+) -> tuple[dict[str, list[Any]], list[tuple[str, str]], list[tuple[str, int]]]:
+    """(merged, skipped, layout) of a split's records.
+
+    merged: image_id -> [image path, building, texts, index of its first record], in the order of
+    first appearance; skipped: ("record N", reason) of bad records (on_bad_record="skip"); layout:
+    (image_id, number of captions) of every good record, in file order.
+    """
+    images_root = source.parent / "images"
+    real_images_root = images_root.resolve()
+    merged: dict[str, list[Any]] = {}
+    skipped: list[tuple[str, str]] = []
+    layout: list[tuple[str, int]] = []
+    for index, row in enumerate(rows):
+        try:
+            image_id, building, image, texts = _parse_record(row, images_root, real_images_root)
+            entry = merged.get(image_id)
+            if entry is None:
+                merged[image_id] = [image, building, list(texts), index]
+            elif entry[0] != image:
+                raise BadRecord(
+                    f"image_id {image_id!r} is given image {row['image']!r} here but "
+                    f"{_relative(entry[0], images_root)!r} in record {entry[3]}"
+                )
+            else:
+                entry[2].extend(texts)
+            layout.append((image_id, len(texts)))
+        except BadRecord as exc:
+            if on_bad_record == "error":
+                raise DataError(str(exc), path=source, record=index) from None
+            skipped.append((f"record {index}", str(exc)))
+    return merged, skipped, layout
+
+
+def geotext_record_layout(dataset: Dataset) -> tuple[list[int], list[int]]:
+    """The official code's view of a loaded GeoText-1652 split: one gallery image per RECORD.
+
+    `load_geotext` merges the records that share an image; the official evaluation keeps one
+    gallery row per record instead. This reads the split's file again (`dataset.source`) and
+    returns (record_images, text_records): for every good record whose image is in `dataset`, in
+    file order, the index of its image in `dataset.records`; and for every text, in the order of
+    `dataset.texts_with_image_index()`, the index of its record. A merged image's texts are its
+    records' captions in file order, so each record's captions are a run of them.
+    """
+    _, _, layout = _merge_records(_read_list(dataset.source), dataset.source, "skip")
+    position = {record.key: i for i, record in enumerate(dataset.records)}
+    record_images: list[int] = []
+    runs: dict[str, list[tuple[int, int]]] = {}  # image_id -> (record, captions) of its records
+    for image_id, count in layout:
+        if image_id in position:  # else left out of the dataset (another view, an unreadable image)
+            runs.setdefault(image_id, []).append((len(record_images), count))
+            record_images.append(position[image_id])
+    text_records: list[int] = []
+    for record in dataset.records:
+        own = runs.get(record.key, [])
+        if sum(count for _, count in own) != len(record.texts):
+            raise DataError(
+                f"image {record.key!r} has {len(record.texts)} texts in the data set but "
+                f"{sum(count for _, count in own)} captions in the file: it changed since it was read",
+                path=dataset.source,
+            )
+        for r, count in own:
+            text_records.extend([r] * count)
+    return record_images, text_records
 
 
 def _relative(image: Path, images_root: Path) -> str:

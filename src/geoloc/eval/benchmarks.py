@@ -1,8 +1,9 @@
 """One entry point per evaluation protocol: which data to read and how to score it.
 
 - `manifest`: any data set in the generic manifest format, scored over the full gallery;
-- `geotext1652`: the GeoText-1652 joint pool with building-level hits (optionally with the
-  official code's off-by-one labels, for comparison with numbers it printed);
+- `geotext1652`: the GeoText-1652 joint pool with building-level hits (`protocol` "benchmark"),
+  or exactly as the official code scores it ("official-quirks": a gallery image per record,
+  off-by-one labels), or as the paper's own script did ("paper": a gallery row per caption);
 - `cvgtext`: per-query galleries of the 100 geographically nearest tiles, R@K and L@50/100/150,
   split panorama / single-view (or the full city gallery, labelled as such).
 """
@@ -15,7 +16,12 @@ from typing import Any
 from geoloc.data.manifest import Dataset
 from geoloc.errors import GeolocError
 from geoloc.eval.evaluate import Embeddings, format_table, score
-from geoloc.eval.protocols import cvgtext_metrics, format_cvgtext_table, geotext_metrics
+from geoloc.eval.protocols import (
+    GEOTEXT_PROTOCOLS,
+    cvgtext_metrics,
+    format_cvgtext_table,
+    geotext_metrics,
+)
 
 BENCHMARKS = ("manifest", "geotext1652", "cvgtext")
 
@@ -30,7 +36,7 @@ class BenchmarkRequest:
     version: str = "mixed"
     target: str = "satellite"
     view: str = "all"
-    official_quirks: bool = False
+    protocol: str = "benchmark"  # geotext1652: benchmark | official-quirks | paper
     full_city: bool = False
     on_bad_record: str = "error"  # error | skip: bad records are left out, in Dataset.skipped
 
@@ -38,6 +44,12 @@ class BenchmarkRequest:
 def load_benchmark(request: BenchmarkRequest) -> Dataset:
     if request.benchmark not in BENCHMARKS:
         raise GeolocError(f"unknown benchmark {request.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if request.protocol not in GEOTEXT_PROTOCOLS:
+        raise GeolocError(
+            f"unknown protocol {request.protocol!r}; choose one of: {', '.join(GEOTEXT_PROTOCOLS)}"
+        )
+    if request.protocol != "benchmark" and request.benchmark != "geotext1652":
+        raise GeolocError(f"protocol {request.protocol} is a GeoText-1652 protocol (--benchmark geotext1652)")
     on_bad = request.on_bad_record
     if request.benchmark == "manifest":
         if not request.data:
@@ -74,13 +86,20 @@ def score_benchmark(request: BenchmarkRequest, embeddings: Embeddings, dataset: 
     if request.benchmark == "geotext1652":
         groups = dataset.groups
         _, image_index = dataset.texts_with_image_index()
+        record_images = text_records = None
+        if request.protocol == "official-quirks":  # the official gallery: one image per record
+            from geoloc.data.geotext import geotext_record_layout
+
+            record_images, text_records = geotext_record_layout(dataset)
         return geotext_metrics(
             embeddings.text_emb,
             embeddings.image_emb,
             [groups[i] for i in image_index],
             groups,
-            official_quirks=request.official_quirks,
+            protocol=request.protocol,
             text_image_index=image_index,
+            record_images=record_images,
+            text_records=text_records,
         )
     if request.benchmark == "cvgtext":
         return cvgtext_metrics(

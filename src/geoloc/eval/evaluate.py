@@ -9,6 +9,7 @@ group. `embeddings.npz` (optional) holds image_emb, text_emb, image_keys, text_i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from geoloc import atomic
 from geoloc.data.manifest import Dataset
+from geoloc.errors import GeolocError
 from geoloc.eval.metrics import retrieval_metrics
 
 FULL_GALLERY = "full-gallery"
@@ -41,6 +43,44 @@ class Embeddings:
                     text_image_keys=np.array(self.text_image_keys, dtype=str),
                     texts=np.array(self.texts, dtype=str),
                 )
+
+
+RELEASED_EVAL_TEXT_TEMPLATE = "<|endoftext|>{text}"
+RELEASED_EVAL_IMAGE_TEMPLATE = "<|endoftext|>{image}"
+"""The released code's evaluation (and validation) collator prefixes `<|endoftext|>` to both the
+query and the tile, while its training collator does not: use these to score a model of the
+released recipe the way the paper scored it."""
+
+
+def with_templates(encoder: Any, text_template: str | None = None, image_template: str | None = None) -> Any:
+    """The same encoder (same weights, same modules) with other input templates, for one evaluation.
+
+    A saved encoder records the templates it was trained with in its spec, and loading uses them.
+    An evaluation may score it with others instead (`geoloc eval --text-template ...`): the
+    returned encoder's spec names the templates it uses, so the embedding cache keys them, and
+    the saved model on disk is untouched. None keeps a template as it is.
+    """
+    from geoloc.encoder.model import GeoEncoder
+
+    spec = encoder.spec
+    changed = dataclasses.replace(
+        spec,
+        text_template=spec.text_template if text_template is None else text_template,
+        image_template=spec.image_template if image_template is None else image_template,
+    )
+    if changed == spec:
+        return encoder
+    if not isinstance(encoder, GeoEncoder):
+        raise GeolocError(
+            "input templates can only be changed at evaluation for an MLLM encoder, "
+            f"not a {type(encoder).__name__}"
+        )
+    # A new GeoEncoder around the same backbone, tokenizer and pooling head: only the template
+    # token ids (made in __init__) differ.
+    other = GeoEncoder(encoder.backbone, encoder.tokenizer, encoder.image_processor, changed)
+    other.pooler = encoder.pooler
+    other.tile_features = encoder.tile_features
+    return other.train(encoder.training)
 
 
 def embed_dataset(

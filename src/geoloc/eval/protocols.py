@@ -2,7 +2,9 @@
 
 GeoText-1652 (`geotext_metrics`): one joint pool of every test image and every test caption; a hit
 is any item of the query's building; R@1/5/10 both ways and their mean, as in `metrics.py`
-(exact, chunked, ties in the query's favour).
+(exact, chunked, ties in the query's favour). Two more protocols reproduce other scorers exactly:
+the official code's (`official-quirks`: a gallery image per record, off-by-one labels) and the
+paper's own (`paper`: a gallery row per caption).
 
 CVG-Text (`cvgtext_metrics`), text -> image only: each text's gallery is the `nearest` (100) test
 images closest to its true location (the true image always included), ranked by similarity;
@@ -57,53 +59,104 @@ def official_building_labels(image_groups: Sequence[Hashable]) -> list[int]:
     return labels
 
 
+GEOTEXT_PROTOCOLS = ("benchmark", "official-quirks", "paper")
+_GEOTEXT_LABELS = {
+    "benchmark": "geotext1652",
+    "official-quirks": "geotext1652-official-quirks",
+    "paper": "geotext1652-paper",
+}
+
+
 def geotext_metrics(
     text_emb: np.ndarray,
     image_emb: np.ndarray,
     text_groups: Sequence[Hashable],
     image_groups: Sequence[Hashable],
-    official_quirks: bool = False,
+    protocol: str = "benchmark",
     text_image_index: Sequence[int] | None = None,
+    record_images: Sequence[int] | None = None,
+    text_records: Sequence[int] | None = None,
     chunk_size: int = 1024,
 ) -> dict[str, Any]:
     """GeoText-1652 retrieval in both directions over the joint pool, groups being buildings.
 
-    Returns ``{"protocol": "geotext1652", "text_to_image": {"R@1":..,"R@5":..,"R@10":..},
-    "image_to_text": {...}, "mean": .., "n_texts": .., "n_images": ..}`` (percentages).
+    Returns ``{"protocol": ..., "text_to_image": {"R@1":..,"R@5":..,"R@10":..},
+    "image_to_text": {...}, "mean": .., "n_texts": .., "n_images": ..}`` (percentages). Every
+    protocol ranks exactly, ties in the query's favour; they differ in the gallery and labels:
 
-    With `official_quirks`, the labels are those of the official code instead (protocol
-    "geotext1652-official-quirks"): images in the given order get `official_building_labels`, and
-    each text takes the label of ITS image, so `text_image_index` (the image index of every text,
-    as `Dataset.texts_with_image_index` gives it) is required; each text's group must equal its
-    image's group. Everything else (exact ranks, ties in the query's favour) is unchanged: only the
-    off-by-one labels are reproduced, for comparison with numbers printed by that code. Note that
-    the official code keeps one gallery image per record, while `load_geotext` merges records that
-    share an image.
+    - "benchmark" (protocol "geotext1652"): one row per image, a hit is any item of the query's
+      building;
+    - "official-quirks" ("geotext1652-official-quirks"): the official `itm_eval` exactly. Its
+      gallery holds one image per annotation RECORD in file order, so an image that several
+      records share is there several times; the records get `official_building_labels` (off by one
+      at each building change) and each text its record's label. `record_images` is the image of
+      each record and `text_records` the record of each text (`geotext_record_layout` reads them
+      from the file); without them each image is one record, which is the same when no image id
+      repeats. `text_image_index` (each text's image) is required either way;
+    - "paper" ("geotext1652-paper"): the paper's own eva_compute.py: one gallery row per CAPTION
+      (each text's image, so an image with three captions is there three times), buildings as
+      labels. Its text -> image R@1 equals the benchmark's; R@5 / R@10 do not, since copies of one
+      wrong image fill several of the first K places. Image -> text queries are the gallery rows,
+      so each image counts once per caption. Needs `text_image_index`.
+
+    Each text's group must equal its image's group.
     """
+    if protocol not in GEOTEXT_PROTOCOLS:
+        raise ValueError(
+            f"unknown GeoText-1652 protocol {protocol!r}; choose one of: {', '.join(GEOTEXT_PROTOCOLS)}"
+        )
     if len(text_groups) != len(text_emb):
         raise ValueError(f"{len(text_groups)} text groups for {len(text_emb)} text embeddings")
     if len(image_groups) != len(image_emb):
         raise ValueError(f"{len(image_groups)} image groups for {len(image_emb)} image embeddings")
-    if not official_quirks:
+    label = _GEOTEXT_LABELS[protocol]
+    if protocol == "benchmark":
         metrics = retrieval_metrics(text_emb, image_emb, text_groups, image_groups, chunk_size=chunk_size)
-        return {"protocol": "geotext1652", **metrics}
+        return {"protocol": label, **metrics}
 
     if text_image_index is None:
-        raise ValueError("official_quirks needs text_image_index: each text's labels follow its image's")
-    index = np.asarray(text_image_index, dtype=np.int64)
-    if index.shape != (len(text_groups),):
-        raise ValueError(f"text_image_index has {index.size} entries for {len(text_groups)} texts")
-    if index.size and (index.min() < 0 or index.max() >= len(image_groups)):
-        raise ValueError("text_image_index holds an index outside the images")
+        raise ValueError(f"protocol {protocol} needs text_image_index: each text's labels follow its image's")
+    index = _index_array(text_image_index, len(text_groups), len(image_groups), "text_image_index", "images")
     for t, i in enumerate(index):
         if text_groups[t] != image_groups[i]:
             raise ValueError(
                 f"text {t} has group {text_groups[t]!r} but its image {int(i)} has group {image_groups[i]!r}"
             )
-    image_labels = official_building_labels(image_groups)
-    text_labels = [image_labels[i] for i in index]
-    metrics = retrieval_metrics(text_emb, image_emb, text_labels, image_labels, chunk_size=chunk_size)
-    return {"protocol": "geotext1652-official-quirks", **metrics}
+    if protocol == "paper":
+        # Row t of the gallery is text t's image: duplicated images, true building labels.
+        rows = np.asarray(image_emb)[index]
+        metrics = retrieval_metrics(text_emb, rows, text_groups, list(text_groups), chunk_size=chunk_size)
+        return {"protocol": label, **metrics}
+
+    if (record_images is None) != (text_records is None):
+        raise ValueError("record_images and text_records go together: give both or neither")
+    if record_images is None:
+        records, of_text = np.arange(len(image_groups)), index
+    else:
+        records = np.asarray(record_images, dtype=np.int64)
+        if records.ndim != 1 or (records.size and (records.min() < 0 or records.max() >= len(image_groups))):
+            raise ValueError("record_images holds an index outside the images")
+        of_text = _index_array(text_records, len(text_groups), len(records), "text_records", "records")
+        if not np.array_equal(records[of_text], index):
+            bad = int(np.flatnonzero(records[of_text] != index)[0])
+            raise ValueError(
+                f"text {bad}'s record holds image {int(records[of_text[bad]])}, "
+                f"not its own image {int(index[bad])}"
+            )
+    record_labels = official_building_labels([image_groups[i] for i in records])
+    text_labels = [record_labels[r] for r in of_text]
+    gallery = np.asarray(image_emb)[records]
+    metrics = retrieval_metrics(text_emb, gallery, text_labels, record_labels, chunk_size=chunk_size)
+    return {"protocol": label, **metrics}
+
+
+def _index_array(values: Sequence[int], expected: int, bound: int, name: str, what: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.int64)
+    if array.shape != (expected,):
+        raise ValueError(f"{name} has {array.size} entries for {expected} texts")
+    if array.size and (array.min() < 0 or array.max() >= bound):
+        raise ValueError(f"{name} holds an index outside the {what}")
+    return array
 
 
 # --- CVG-Text --------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Where the records come from (`config.data.benchmark`):
 
 Without a validation split, a seeded `val_fraction` of the training GROUPS validates: GeoText-1652
 buildings, CVG-Text locations, manifest groups, so no place is both trained on and validated on.
+With `val_fraction: 0` nothing is carved: every training record trains, as in the released code,
+and without a val split the run has no validation at all (its model is the final checkpoint).
 Every kept image is then decoded once (`verify_images`), so a broken tile stops the run before
 its first step, or is skipped and listed with `data.on_bad_record: skip`.
 """
@@ -32,6 +34,7 @@ from geoloc.errors import ConfigError, DataError
 class Splits:
     train: Dataset
     val: Dataset
+    """Empty when nothing validates (`data.val_fraction: 0` and no val split)."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     """{"file", "record", "reason"} of every bad record left out (data.on_bad_record: skip)."""
 
@@ -45,7 +48,7 @@ def carve_splits(config: Config) -> Splits:
         raise DataError(
             f"no training records (split {data.train_split!r} or unlabelled)", path=source_data.source
         )
-    if not val:
+    if not val and data.val_fraction > 0:
         raise DataError(
             "cannot carve a validation split: the training records hold a single group",
             path=source_data.source,
@@ -94,7 +97,7 @@ def _train_and_val(dataset: Dataset, data: DataConfig, seed: int) -> tuple[list[
         val = [r for r in dataset.records if r.split == data.val_split and data.val_split != data.train_split]
     else:
         train, val = list(dataset.records), []
-    if not val:
+    if not val and data.val_fraction > 0:
         train, val = _carve_by_group(train, data.val_fraction, seed)
     return train, val
 

@@ -7,6 +7,8 @@ A run directory holds:
     best/                  the encoder with the best validation text->image R@1
     final/                 the encoder at the end of training
 Model selection uses a validation split carved from the training data, never the test split.
+With `data.val_fraction: 0` and no val split nothing validates: there is no best/, and a run
+directory loads as its final/ (the released recipe trains on everything and keeps the last).
 """
 
 from __future__ import annotations
@@ -82,10 +84,28 @@ def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([item[k] for item in items]) for k in items[0]}
 
 
+RELEASED_NO_DECAY = ("bias", "LayerNorm.weight")
+
+
+def decays(name: str, param: torch.nn.Parameter, rule: str) -> bool:
+    """Whether weight decay applies to a parameter under `train.no_decay`.
+
+    "ndim": every parameter of two or more dimensions decays; biases, norms and DoRA magnitude
+    vectors (all 1-D) do not, since decaying a magnitude pulls a pretrained weight's column norms
+    towards zero. "names": the released code's rule, by name only: everything decays except
+    parameters whose names contain `bias` or `LayerNorm.weight` (so DoRA magnitudes decay).
+    """
+    if rule == "ndim":
+        return param.ndim >= 2
+    if rule == "names":
+        return not any(part in name for part in RELEASED_NO_DECAY)
+    raise ConfigError(f"train.no_decay must be ndim or names, not {rule!r}")
+
+
 def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: Config) -> torch.optim.Optimizer:
-    # No weight decay on biases, norms and other 1-d parameters (the released recipe).
-    decay = [p for n, p in params if p.ndim >= 2]
-    no_decay = [p for n, p in params if p.ndim < 2]
+    rule = config.train.no_decay
+    decay = [p for n, p in params if decays(n, p, rule)]
+    no_decay = [p for n, p in params if not decays(n, p, rule)]
     groups = [
         {"params": decay, "weight_decay": config.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -93,19 +113,34 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: Config) -> 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.train.lr)
 
 
+def warmup_steps(total_steps: int, ratio: float, rule: str) -> int:
+    """Warm-up length under `train.warmup`: "ceil" rounds up (at least 1 when ratio > 0), so a
+    short run still warms up; "released" truncates, int(total x ratio), as the released code."""
+    if rule == "ceil":
+        return max(1, math.ceil(total_steps * ratio)) if ratio > 0 else 0
+    if rule == "released":
+        return int(total_steps * ratio)
+    raise ConfigError(f"train.warmup must be ceil or released, not {rule!r}")
+
+
+def lr_factor(step: int, total_steps: int, config: Config) -> float:
+    """The learning-rate multiplier of optimizer step `step` (from 0).
+
+    Warm-up rises linearly: under "ceil" from 1/warm-up at step 0 to 1 at its last step (no step
+    is wasted at lr 0); under "released" from 0 at step 0, reaching 1 once warm-up is over. Then
+    the factor falls linearly to `min_lr_ratio` at the last step.
+    """
+    train = config.train
+    warmup = warmup_steps(total_steps, train.warmup_ratio, train.warmup)
+    if step < warmup:
+        return (step + 1) / warmup if train.warmup == "ceil" else step / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    floor = train.min_lr_ratio
+    return max(floor, 1.0 - (1.0 - floor) * progress)
+
+
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, config: Config) -> Any:
-    warmup = (
-        max(1, math.ceil(total_steps * config.train.warmup_ratio)) if config.train.warmup_ratio > 0 else 0
-    )
-    floor = config.train.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return max(floor, 1.0 - (1.0 - floor) * progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
 
 
 def _uses_bf16(device: torch.device, precision: str) -> bool:
@@ -327,6 +362,8 @@ class Trainer:
         A sharded language model runs only with every process in step, so then every process
         encodes the whole validation set and the first one keeps the result.
         """
+        if not self.splits.val.records:  # data.val_fraction 0 without a val split: nothing to score
+            return {}
         if not self.world.is_main and not self.sharded:
             self.world.barrier()
             return {}
@@ -428,7 +465,8 @@ class Trainer:
         self.world.barrier()
         return {
             "steps": self.step,
-            "best_val_r1": self.best_r1,
+            # None when nothing validated: the run's model is then final/.
+            "best_val_r1": self.best_r1 if self.best_r1 >= 0 else None,
             "final_val": final,
             "stopped_early": stopped_early,
         }

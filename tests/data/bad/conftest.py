@@ -340,13 +340,15 @@ def _write_geotext(reader: str, root: Path, cases: list[str]) -> Written:
 
 
 def _write_cvgtext(reader: str, root: Path, cases: list[str]) -> Written:
-    tiles = root / "NewYork-mixed-satellite"
-    annotation = root / "CVG-text" / "NewYork-mixed" / "test.json"
+    # The panorama version: one annotation file (the mixed version reads two).
+    tiles = root / "NewYork-satellite"
+    annotation = root / "CVG-text" / "NewYork" / "test.json"
     annotation.parent.mkdir(parents=True)
     tiles.mkdir(parents=True)
     pairs: list[tuple[str, Any]] = []
     written = Written(
-        args=["--benchmark", "cvgtext", "--root", str(root), "--city", "NewYork"], data_file=annotation
+        args=["--benchmark", "cvgtext", "--root", str(root), "--city", "NewYork", "--version", "panorama"],
+        data_file=annotation,
     )
     for i in range(2):
         name = f"40.7{i}000000,-74.00000000_2022-08_good{i}_d10_z3.jpg"
