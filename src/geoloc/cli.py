@@ -75,6 +75,13 @@ def _default_eval_dir(model: str, split: str | None) -> Path:
     return Path(model) / name if saved_encoder_dir(model) is not None else Path(name)
 
 
+def _geotext_protocol(args: argparse.Namespace) -> str:
+    """--protocol, with --official-quirks as its older spelling."""
+    if args.official_quirks and args.protocol not in (None, "official-quirks"):
+        raise GeolocError(f"--official-quirks and --protocol {args.protocol} contradict each other")
+    return "official-quirks" if args.official_quirks else args.protocol or "benchmark"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
     from geoloc.data.bad_records import SKIPPED_FILE, report_skipped, skipped_entries, write_skipped
@@ -82,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc.encoder.model import GeoEncoder
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
-    from geoloc.eval.evaluate import embed_dataset
+    from geoloc.eval.evaluate import embed_dataset, with_templates
 
     request = BenchmarkRequest(
         benchmark=args.benchmark,
@@ -93,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         version=args.version,
         target=args.target,
         view=args.view,
-        official_quirks=args.official_quirks,
+        protocol=_geotext_protocol(args),
         full_city=args.full_city,
         on_bad_record=args.on_bad_record,
     )
@@ -104,6 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
     report_skipped(skipped, out / SKIPPED_FILE if args.on_bad_record == "skip" else None)
     encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
+    # The saved templates unless the evaluation sets its own (e.g. the released code's prefix).
+    encoder = with_templates(encoder, args.text_template, args.image_template)
     if args.no_cache:
         embeddings = embed_dataset(encoder, dataset, batch_size=args.batch_size)
     else:
@@ -112,6 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print("embeddings read from the cache (same model weights, same data)")
     metrics = score_benchmark(request, embeddings, dataset)
     metrics = {**metrics, "model": args.model, "data": str(dataset.source), "split": args.split}
+    metrics["templates"] = {"text": encoder.spec.text_template, "image": encoder.spec.image_template}
     if args.on_bad_record == "skip":
         metrics["skipped_records"] = len(skipped)
         write_skipped(out, skipped)
@@ -217,7 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--view", default="all", choices=["all", "satellite", "drone", "ground"], help="geotext1652"
     )
     p.add_argument(
-        "--official-quirks", action="store_true", help="geotext1652: the official off-by-one labels"
+        "--protocol",
+        choices=["benchmark", "official-quirks", "paper"],
+        help="geotext1652: benchmark (default; one row per image), official-quirks (the official "
+        "itm_eval exactly: one row per record, off-by-one labels), paper (one row per caption)",
+    )
+    p.add_argument("--official-quirks", action="store_true", help="geotext1652: --protocol official-quirks")
+    p.add_argument(
+        "--text-template",
+        help="score with this text template instead of the saved one, e.g. '<|endoftext|>{text}'",
+    )
+    p.add_argument(
+        "--image-template",
+        help="score with this tile template instead of the saved one, e.g. '<|endoftext|>{image}'",
     )
     p.add_argument("--full-city", action="store_true", help="cvgtext: the whole city as gallery")
     p.add_argument(
