@@ -162,3 +162,52 @@ def test_geoloc_train_on_geotext(geotext_root: Path, tmp_path: Path, capsys) -> 
     assert steps[0]["type"] == "train" and steps[-1]["type"] == "val"
     assert (run / "final" / "geoloc_encoder.json").is_file()
     assert not (run / "skipped_records.jsonl").exists()  # only written when skipping
+
+
+def test_val_fraction_zero_keeps_every_training_record(
+    geotext_root: Path, tmp_path: Path, cvgtext_writer
+) -> None:
+    """`data.val_fraction: 0` (the released recipe): every train.json record trains, nothing is
+    held out, and the test side (corrupted here) is never read."""
+    test_ids = spoil_geotext_test_side(geotext_root)
+    train_ids = {r["image_id"] for r in json.loads((geotext_root / "train.json").read_text())}
+    data = {"benchmark": "geotext1652", "root": str(geotext_root), "val_fraction": 0}
+    splits = carve_splits(load_config(benchmark_config(tmp_path, data)))
+    assert {r.key for r in splits.train.records} == train_ids and not train_ids & test_ids
+    assert len(splits.val) == 0
+    cvg = cvgtext_writer(tmp_path / "cvg", city="Tokyo")
+    train_names = {name for f in cvg.rglob("train.json") for name in json.loads(f.read_text())}
+    spoil_cvgtext_test_side(cvg)
+    data = {"benchmark": "cvgtext", "root": str(cvg), "city": "Tokyo", "val_fraction": 0}
+    splits = carve_splits(load_config(benchmark_config(tmp_path, data)))
+    assert {r.key for r in splits.train.records} == train_names and len(splits.val) == 0
+
+
+def test_geoloc_train_with_val_fraction_zero_trains_on_everything(
+    geotext_root: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """One epoch over every training text, no validation, no best/: the run's model is final/."""
+    from geoloc.encoder.model import saved_encoder_dir
+    from geoloc.train.trainer import Trainer
+
+    spoil_geotext_test_side(geotext_root)
+    trained: list[str] = []
+    original = Trainer.train_step
+
+    def recording_step(self, batch):
+        trained.extend(self.texts[i] for i in batch)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", recording_step)
+    data = {"benchmark": "geotext1652", "root": str(geotext_root), "val_fraction": 0}
+    config = benchmark_config(tmp_path, data)
+    run = tmp_path / "run"
+    overrides = ["--set", "train.max_steps=0", "--set", "train.batch_size=8", "--set", "train.epochs=1"]
+    assert main(["train", str(config), "--out", str(run), *overrides]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = json.loads((geotext_root / "train.json").read_text())
+    assert sorted(trained) == sorted(row["caption"] for row in rows)  # every caption, once
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {line["type"] for line in lines} == {"train"}
+    assert result["best_val_r1"] is None and result["final_val"] == {}
+    assert not (run / "best").exists() and saved_encoder_dir(run) == run / "final"
