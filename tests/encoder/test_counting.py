@@ -17,13 +17,15 @@ from torch import nn
 from geoloc.config import load_config
 from geoloc.encoder.counting import (
     HF_IDS,
-    REAL_CONFIG_DIR,
+    config_from_file,
     count_for_config,
     count_parameters_on_meta,
     format_counts,
+    real_config_file,
     resolve_config,
 )
 from geoloc.encoder.families import family_for_model_type
+from geoloc.encoder.model_files import write_model_files
 from geoloc.encoder.model import GeoEncoder
 from geoloc.encoder.presets import PRESETS, preset_processing
 from geoloc.encoder.tuning import TuningConfig, target_regex
@@ -43,8 +45,7 @@ FROZEN = TuningConfig(strategy="frozen")
 
 def _meta_model(name: str) -> nn.Module:
     """The plain real-shape model, built here on the meta device from the shipped config."""
-    config = json.loads((REAL_CONFIG_DIR / f"{name}.json").read_text())
-    config = transformers.CONFIG_MAPPING[config["model_type"]](**config)
+    config = config_from_file(real_config_file(name))
     family = family_for_model_type(config.model_type)
     with torch.device("meta"):
         return getattr(transformers, family.model_class)(config)
@@ -211,9 +212,15 @@ def test_meta_equals_a_real_encoder_on_presets(preset: str, pooling: str, tuning
 def test_a_config_json_file_or_folder_works(tmp_path) -> None:
     folder = tmp_path / "smolvlm"
     folder.mkdir()
-    shutil.copy(REAL_CONFIG_DIR / "smolvlm-500m.json", folder / "config.json")
+    shutil.copy(real_config_file("smolvlm-500m"), folder / "config.json")
     for source in (folder, folder / "config.json", str(folder)):
         assert count_parameters_on_meta(source, FROZEN)["total"] == PUBLISHED["smolvlm-500m"]
+    # A downloaded InternVL folder: its config.json, as the converter writes it, has no top-level
+    # tie_word_embeddings (InternVLConfig's default would tie, and miss the separate lm_head).
+    internvl = tmp_path / "InternVL3_5-1B-HF"
+    write_model_files("InternVL3_5-1B-HF", internvl)
+    assert "tie_word_embeddings" not in json.loads((internvl / "config.json").read_text())
+    assert count_parameters_on_meta(internvl, FROZEN)["total"] == PUBLISHED["internvl3_5-1b"]
     # A config written by transformers itself, here the tiny preset's.
     tokenizer, _ = preset_processing("tiny-internvl")
     PRESETS["tiny-internvl"].config(tokenizer).save_pretrained(tmp_path / "tiny")

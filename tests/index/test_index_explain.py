@@ -6,7 +6,7 @@ import pytest
 from geoloc.data.images import load_image
 from geoloc.encoder.model import GeoEncoder
 from geoloc.errors import GeolocError
-from geoloc.index.explain import MAX_JUDGED, Generator, chat_prompt, judge_hits, rerank, search_and_judge
+from geoloc.index.explain import MAX_JUDGED, Generator, judge_hits, rerank, search_and_judge, tile_prompt
 from geoloc.index.search import SearchIndex
 
 QUERY = "a red building with some trees in the top left"
@@ -65,19 +65,25 @@ def test_internvl_backbones_generate_too(tiny_city: Path) -> None:
     assert isinstance(generator.explain(tiles[0], QUERY, max_new_tokens=3), str)
 
 
-def test_chat_templates_in_either_content_style_are_used(search_index: SearchIndex) -> None:
-    tokenizer = search_index.encoder.tokenizer
-    assert chat_prompt(tokenizer, "Is it?") == "User:Is it?\nAssistant:"  # no template: plain layout
-    string_style = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    parts_style = (
-        "{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}{{ p['text'] }}{% endfor %}"
+def test_the_prompt_is_image_first_through_the_chat_template(search_index: SearchIndex) -> None:
+    encoder = search_index.encoder
+    tokenizer, family, config = encoder.tokenizer, encoder.family, encoder.config
+    placeholder = family.placeholder(config)
+    # No template (the tiny presets): a plain layout, the tile first.
+    assert tile_prompt(tokenizer, family, config, "Is it?") == f"User:{placeholder}\nIs it?\nAssistant:"
+    parts = (
+        "{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}"
+        "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}"
         "{% endfor %}<assistant>"
     )
+    text_only = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     original = tokenizer.chat_template
     try:
-        for template in (string_style, parts_style):
-            tokenizer.chat_template = template
-            assert chat_prompt(tokenizer, "Is it?") == "<user>Is it?<assistant>"
+        tokenizer.chat_template = parts
+        assert tile_prompt(tokenizer, family, config, "Is it?") == f"<user>{placeholder}Is it?<assistant>"
+        tokenizer.chat_template = text_only  # renders no image: refused, not silently text-only
+        with pytest.raises(GeolocError, match="does not render one image"):
+            tile_prompt(tokenizer, family, config, "Is it?")
     finally:
         tokenizer.chat_template = original
 

@@ -31,19 +31,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.encoder.families import family_for_model_type
+from geoloc.encoder.families import family_for_model_type, tie_as_written
+from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_MODELS
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
 from geoloc.errors import ConfigError, GeolocError
 
-REAL_CONFIG_DIR = Path(__file__).parent / "real_configs"
-REAL_CONFIGS: tuple[str, ...] = ("smolvlm-256m", "smolvlm-500m", "internvl3_5-1b")
-HF_IDS: dict[str, str] = {
-    "HuggingFaceTB/SmolVLM-256M-Instruct": "smolvlm-256m",
-    "HuggingFaceTB/SmolVLM-500M-Instruct": "smolvlm-500m",
-    "OpenGVLab/InternVL3_5-1B-HF": "internvl3_5-1b",
+# Short names of the shipped real configs (model_files/<folder>/config.json, as published).
+REAL_CONFIGS: dict[str, str] = {
+    "smolvlm-256m": "SmolVLM-256M-Instruct",
+    "smolvlm-500m": "SmolVLM-500M-Instruct",
+    "smolvlm2-256m": "SmolVLM2-256M-Video-Instruct",
+    "internvl3_5-1b": "InternVL3_5-1B-HF",
 }
+HF_IDS: dict[str, str] = {REAL_MODELS[folder]: name for name, folder in REAL_CONFIGS.items()}
+
+
+def real_config_file(name: str) -> Path:
+    """The shipped config.json of a real backbone, by its short name."""
+    return MODEL_FILES_DIR / REAL_CONFIGS[name] / "config.json"
 PARTS: tuple[str, ...] = ("vision", "llm", "other")
 _PEFT_PREFIX = "base_model.model."
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -66,9 +73,10 @@ def config_from_file(path: Path) -> Any:
     family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
     try:
         # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
-        return CONFIG_MAPPING[data["model_type"]](**data)
+        config = CONFIG_MAPPING[data["model_type"]](**data)
     except (KeyError, TypeError, ValueError) as error:
         raise GeolocError(f"{path}: invalid {data['model_type']} config ({error})") from error
+    return tie_as_written(config, data)
 
 
 def resolve_config(source: str | Path) -> tuple[str, Any]:
@@ -79,7 +87,7 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
         return text, PRESETS[text].config(tokenizer)
     name = HF_IDS.get(text, text)
     if name in REAL_CONFIGS:
-        return name, config_from_file(REAL_CONFIG_DIR / f"{name}.json")
+        return name, config_from_file(real_config_file(name))
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -87,6 +87,7 @@ _TWO_TOWERS = BackboneFamily(
     image_prefix="",
     image_token="",
     image_suffix="",
+    chat_image_mark="",
     visual_tokens=lambda config: 0,
 )
 # The contrastive scale (and SigLIP's bias) of the pretrained loss: the InfoNCE loss has its own.

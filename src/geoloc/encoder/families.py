@@ -32,6 +32,9 @@ class BackboneFamily:
     image_prefix: str
     image_token: str
     image_suffix: str
+    # What the backbone's chat template writes for an image part; its processor expands it to
+    # the full placeholder above.
+    chat_image_mark: str
     # config -> number of visual tokens one square, unsplit image becomes.
     visual_tokens: Callable[[Any], int]
     # Keyword arguments for the image processor call that switch off splitting / tiling.
@@ -97,6 +100,7 @@ SMOLVLM = BackboneFamily(
     image_prefix="<fake_token_around_image><global-img>",
     image_token="<image>",
     image_suffix="<fake_token_around_image>",
+    chat_image_mark="<image>",
     image_processor_kwargs={"do_image_splitting": False},
     pixels_have_image_axis=True,
     drops_all_zero_images=True,
@@ -116,6 +120,7 @@ INTERNVL = BackboneFamily(
     image_prefix="<img>",
     image_token="<IMG_CONTEXT>",
     image_suffix="</img>",
+    chat_image_mark="<IMG_CONTEXT>",
     image_processor_kwargs={"crop_to_patches": False},
     visual_tokens=_internvl_seq_len,
     image_feature_kwargs=lambda config: {
@@ -125,6 +130,20 @@ INTERNVL = BackboneFamily(
 )
 
 FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (SMOLVLM, SMOLVLM2, INTERNVL)}
+
+
+def tie_as_written(config: Any, written: dict[str, Any]) -> Any:
+    """`config` with the embedding tying its checkpoint really has.
+
+    InternVL's converter writes `tie_word_embeddings: false` inside `text_config` and nothing at
+    the top level, where InternVLConfig then defaults to True: built from that config, the model
+    would lack the checkpoint's separate lm_head (151,936 x 1,024 parameters in InternVL3.5-1B).
+    Where the top level is silent, the text tower's written setting is the checkpoint's.
+    """
+    text = written.get("text_config") or {}
+    if "tie_word_embeddings" not in written and "tie_word_embeddings" in text:
+        config.tie_word_embeddings = bool(text["tie_word_embeddings"])
+    return config
 
 
 def family_for_model_type(model_type: str) -> BackboneFamily:

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
-from geoloc.encoder.families import FAMILIES, BackboneFamily, family_for_model_type
+from geoloc.encoder.families import FAMILIES, BackboneFamily, family_for_model_type, tie_as_written
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
@@ -296,8 +296,8 @@ class GeoEncoder(EncoderBase):
         pixels["pixel_values"] = pixels["pixel_values"].to(self.dtype)
         core = self.base_model.model
         out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
-        features = out.pooler_output
-        return features.reshape(pixels["pixel_values"].shape[0], -1, features.shape[-1])
+        tiles = pixels["pixel_values"].shape[0]
+        return feature_grid(out, tiles, self.family.image_seq_len(self.config))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised embeddings of a prepared batch: text inputs, or image tokens plus pixels or
@@ -309,15 +309,22 @@ class GeoEncoder(EncoderBase):
             features = self.image_features(inputs)
         else:
             features = inputs.get("image_features")
+        # Positions count real tokens only, so a left-padded row sees the same positions as the
+        # right-padded one (without them, left padding shifts every rotary position).
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         if features is None:
-            hidden = core(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = core(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
         else:
             # The image placeholder tokens' embeddings are replaced by the tiles' features, as the
             # model itself does; both paths (pixels, cached features) go through this one line.
             embeds = core.get_input_embeddings()(ids)
             slots = (ids == self.config.image_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(slots, features.to(embeds.device, embeds.dtype))
-            hidden = core(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = core(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
         pooled = self.pooler(hidden, mask)
         return nn.functional.normalize(pooled.float(), dim=-1)
 
@@ -370,6 +377,30 @@ class GeoEncoder(EncoderBase):
         return encoder.to(resolve_device(device))
 
 
+def feature_grid(output: Any, tiles: int, tokens_per_tile: int) -> torch.Tensor:
+    """The projected features that `get_image_features` returned, as (tiles, tokens, hidden).
+
+    transformers releases return them in different shapes: a tensor of (tiles, tokens, hidden)
+    or (tiles * tokens, hidden), inside a ModelOutput or not, or (Idefics3 and SmolVLM from 5.24
+    on) a list of one (tokens, hidden) tensor per sample. Every form holds the same rows in the
+    same order, so they are flattened to rows and regrouped per tile.
+    """
+    features = getattr(output, "pooler_output", output)
+    if isinstance(features, torch.Tensor):
+        parts = [features]
+    elif isinstance(features, (list, tuple)) and all(isinstance(f, torch.Tensor) for f in features):
+        parts = list(features)
+    else:
+        raise GeolocError(f"unexpected image features from the backbone: {type(features).__name__}")
+    rows = torch.cat([part.reshape(-1, part.shape[-1]) for part in parts])
+    if rows.shape[0] != tiles * tokens_per_tile:
+        raise GeolocError(
+            f"the backbone gave {rows.shape[0]} image feature rows for {tiles} tiles; expected "
+            f"{tokens_per_tile} per tile"
+        )
+    return rows.reshape(tiles, tokens_per_tile, rows.shape[-1])
+
+
 def saved_encoder_dir(source: str | Path) -> Path | None:
     """The saved encoder that `source` names: itself, or a run directory's best/ or final/."""
     path = Path(source)
@@ -384,7 +415,7 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
     if source in PRESETS:
         return preset_model(source).to(torch_dtype)
     import transformers
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
     try:
         # Never run code shipped with a model (auto_map): refused without asking, not prompted.
@@ -395,10 +426,11 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
             f"a model folder or a reachable Hugging Face id ({error})"
         ) from error
     family = family_for_model_type(config.model_type)
+    config = tie_as_written(config, PretrainedConfig.get_config_dict(source)[0])
     model_class = getattr(transformers, family.model_class)
     try:  # safetensors only: a pickled pytorch_model.bin is never read
         return model_class.from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+            source, config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
         )
     except OSError as error:
         raise GeolocError(f"cannot load model {source!r}: {str(error).splitlines()[0]}") from error

@@ -36,6 +36,9 @@ class Preset:
     family: str
     build_config: Callable[[Any, int], Any]  # (tokenizer, image size) -> transformers config
     image_size: int
+    # For a real-size preset: the model_files folder whose config, tokenizer and image processor
+    # it uses (only its weights are random).
+    real_files: str = ""
 
     def config(self, tokenizer: Any) -> Any:
         return self.build_config(tokenizer, self.image_size)
@@ -126,41 +129,35 @@ def _internvl_config(tokenizer: Any, image_size: int) -> Any:
     )
 
 
-def _real_size_config(real_name: str, image_token: str) -> Callable[[Any, int], Any]:
-    """A shipped real config, with the tiny tokenizer's special-token ids written in."""
+def _real_preset(name: str, family: str, real_files: str, image_size: int) -> Preset:
+    """A real architecture with random weights: the shipped config.json as published."""
 
     def build(tokenizer: Any, image_size: int) -> Any:
-        # Imported here: counting imports this module.
-        from geoloc.encoder.counting import REAL_CONFIG_DIR, config_from_file
+        from geoloc.encoder.model_files import real_config  # imported here: it imports counting
 
-        config = config_from_file(REAL_CONFIG_DIR / f"{real_name}.json")
-        config.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        config.text_config.pad_token_id = tokenizer.pad_token_id
-        return config
+        return real_config(real_files)
 
-    return build
+    return Preset(name, family, build, image_size, real_files)
 
 
 PRESETS: dict[str, Preset] = {
     "tiny-smolvlm": Preset("tiny-smolvlm", "smolvlm", _smolvlm_config, 64),
     "tiny-internvl": Preset("tiny-internvl", "internvl", _internvl_config, 56),
     # Real-size architectures with random weights, for speed and memory benchmarks: every layer,
-    # width and image size of the published model; only the tokenizer is the tiny one.
-    "random-smolvlm-256m": Preset(
-        "random-smolvlm-256m", "smolvlm", _real_size_config("smolvlm-256m", "<image>"), 512
-    ),
-    "random-smolvlm-500m": Preset(
-        "random-smolvlm-500m", "smolvlm", _real_size_config("smolvlm-500m", "<image>"), 512
-    ),
-    "random-internvl3_5-1b": Preset(
-        "random-internvl3_5-1b", "internvl", _real_size_config("internvl3_5-1b", "<IMG_CONTEXT>"), 448
-    ),
+    # width and image size of the published model, and its real tokenizer and image processor.
+    "random-smolvlm-256m": _real_preset("random-smolvlm-256m", "smolvlm", "SmolVLM-256M-Instruct", 512),
+    "random-smolvlm-500m": _real_preset("random-smolvlm-500m", "smolvlm", "SmolVLM-500M-Instruct", 512),
+    "random-internvl3_5-1b": _real_preset("random-internvl3_5-1b", "internvl", "InternVL3_5-1B-HF", 448),
 }
 
 
 def preset_processing(name: str) -> tuple[Any, Any]:
-    """(tokenizer, image_processor) of a tiny preset."""
+    """(tokenizer, image_processor) of a preset: the real files' for a real-size one."""
     preset = PRESETS[name]
+    if preset.real_files:
+        from geoloc.encoder.model_files import real_processing
+
+        return real_processing(preset.real_files)
     extra = _SMOLVLM_TOKENS if preset.family == "smolvlm" else _INTERNVL_TOKENS
     return build_tokenizer(extra), _image_processor(preset)
 

@@ -29,8 +29,15 @@ def default_cache_dir() -> Path:
 
 
 def model_fingerprint(encoder: Any) -> str:
+    """A hash of what makes the vectors: every weight and the embedding settings of the spec.
+
+    The spec's `backbone` is left out: it says where the weights were read from, spelled as the
+    user typed it ("S", "./S", an absolute path, or "backbone" once saved), and the weights
+    themselves are hashed.
+    """
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(json.dumps(encoder.spec.to_dict(), sort_keys=True).encode())
+    settings = {k: v for k, v in encoder.spec.to_dict().items() if k != "backbone"}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         if not isinstance(tensor, torch.Tensor) or tensor.is_quantized:

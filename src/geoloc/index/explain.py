@@ -34,27 +34,29 @@ QUESTION = (
     'A person on the ground describes a place: "{text}"\n'
     "Is this satellite image of that place? Answer Yes or No, then say why."
 )
-_TILE_MARK = "<<geoloc-tile>>"  # stands for the tile in the chat prompt until the placeholder replaces it
+def tile_prompt(tokenizer: Any, family: Any, config: Any, question: str) -> str:
+    """One tile and `question` as a user turn, ending where the assistant answers.
 
-
-def chat_prompt(tokenizer: Any, user_text: str) -> str:
-    """`user_text` as a user turn in the model's chat format, ending where the assistant answers.
-
-    Chat templates take the content either as a string or as a list of typed parts; the one
-    whose rendering really contains the text is used. Without a template (the tiny presets), a
-    plain "User: ... Assistant:" layout.
+    The backbone's own chat template renders it in its native, image-first form (content parts
+    [image, text], as the model's processor would be given them); the one image mark the template
+    writes (SmolVLM `<image>`, InternVL `<IMG_CONTEXT>`) is then expanded to the tile's full
+    placeholder, as the processor expands it. Without a template (the tiny presets), a plain
+    "User: ... Assistant:" layout.
     """
-    if getattr(tokenizer, "chat_template", None):
-        for content in (user_text, [{"type": "text", "text": user_text}]):
-            try:
-                prompt = tokenizer.apply_chat_template(
-                    [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-                )
-            except Exception:  # noqa: BLE001 - templates raise jinja, type and key errors alike
-                continue
-            if isinstance(prompt, str) and user_text in prompt:
-                return prompt
-    return f"User:{user_text}\nAssistant:"
+    placeholder = family.placeholder(config)
+    if not getattr(tokenizer, "chat_template", None):
+        return f"User:{placeholder}\n{question}\nAssistant:"
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    mark = family.chat_image_mark
+    if not isinstance(prompt, str) or prompt.count(mark) != 1 or question not in prompt:
+        raise GeolocError(
+            f"the backbone's chat template does not render one image ({mark}) and the question; "
+            f"it gave {str(prompt)[:200]!r}"
+        )
+    return prompt.replace(mark, placeholder)
 
 
 class Generator:
@@ -88,9 +90,9 @@ class Generator:
             self.model.train(was_training)
 
     def prompt_ids(self, text: str) -> list[int]:
-        prompt = chat_prompt(self.encoder.tokenizer, _TILE_MARK + "\n" + QUESTION.format(text=text))
-        prompt = prompt.replace(_TILE_MARK, self.encoder.family.placeholder(self.encoder.config))
-        return self.encoder.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        encoder = self.encoder
+        prompt = tile_prompt(encoder.tokenizer, encoder.family, encoder.config, QUESTION.format(text=text))
+        return encoder.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _inputs(self, images: list[Image.Image], text: str) -> dict[str, torch.Tensor]:
         ids = torch.tensor([self.prompt_ids(text)] * len(images), dtype=torch.long)

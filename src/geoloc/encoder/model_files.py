@@ -1,0 +1,129 @@
+"""The real non-weight files of the backbones geoloc names, shipped with geoloc, and model folders
+built from them with random weights.
+
+`model_files/` holds, for each backbone, what a downloaded checkpoint holds besides its weights:
+config.json, the tokenizer, the processor settings and the chat template (see its README.md for
+where each file came from and how exact it is). The three SmolVLM folders share one SmolLM2
+tokenizer, and SmolVLM-500M shares everything but its config with SmolVLM-256M, so each file
+is stored once and `write_model_files` assembles the full folder.
+
+    write_model_files("SmolVLM-256M-Instruct", "models/smolvlm")          # the files, no weights
+    build_random_checkpoint("SmolVLM-256M-Instruct", "models/smolvlm")    # + random weights, 2 layers
+
+A folder built this way is what a user's download looks like, so `GeoEncoder.load(folder)` takes
+exactly the path it takes on real weights. Only the weights are random; the random-size presets
+(`random-smolvlm-256m`, ...) read the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geoloc.errors import GeolocError
+
+MODEL_FILES_DIR = Path(__file__).parent / "model_files"
+
+# Folder name -> the Hugging Face id whose files it holds.
+REAL_MODELS: dict[str, str] = {
+    "SmolVLM-256M-Instruct": "HuggingFaceTB/SmolVLM-256M-Instruct",
+    "SmolVLM-500M-Instruct": "HuggingFaceTB/SmolVLM-500M-Instruct",
+    "SmolVLM2-256M-Video-Instruct": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+    "InternVL3_5-1B-HF": "OpenGVLab/InternVL3_5-1B-HF",
+}
+# Where a folder's files that are not stored in it come from, nearest first (deduplication).
+_BASES: dict[str, tuple[str, ...]] = {
+    "SmolVLM-256M-Instruct": ("smollm2-tokenizer",),
+    "SmolVLM-500M-Instruct": ("SmolVLM-256M-Instruct", "smollm2-tokenizer"),
+    "SmolVLM2-256M-Video-Instruct": ("smollm2-tokenizer",),
+    "InternVL3_5-1B-HF": (),
+}
+
+
+def real_model_name(name_or_id: str) -> str:
+    """The folder name of a real backbone, given it or its Hugging Face id; refused if unknown."""
+    for name, hub_id in REAL_MODELS.items():
+        if name_or_id in (name, hub_id):
+            return name
+    raise GeolocError(f"no shipped model files for {name_or_id!r}; known: {', '.join(REAL_MODELS)}")
+
+
+def write_model_files(name: str, folder: str | Path) -> Path:
+    """Write a real backbone's non-weight files (config, tokenizer, processor) into `folder`."""
+    name = real_model_name(name)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (name, *_BASES[name]):
+        for path in sorted((MODEL_FILES_DIR / source).iterdir()):
+            if path.name != "PROVENANCE.md" and not (folder / path.name).exists():
+                shutil.copyfile(path, folder / path.name)
+    shutil.copyfile(MODEL_FILES_DIR / name / "PROVENANCE.md", folder / "PROVENANCE.md")
+    return folder
+
+
+def real_config(name: str) -> Any:
+    """The transformers config of a real backbone, read from its shipped config.json."""
+    from geoloc.encoder.counting import config_from_file  # imported here: counting imports presets
+
+    return config_from_file(MODEL_FILES_DIR / real_model_name(name) / "config.json")
+
+
+def real_processing(name: str) -> tuple[Any, Any]:
+    """(tokenizer, image processor) of a real backbone, from its shipped files."""
+    from geoloc.encoder.model import hub_processing  # imported here: model imports presets
+
+    with tempfile.TemporaryDirectory(prefix="geoloc-model-files-") as tmp:
+        return hub_processing(write_model_files(name, tmp))
+
+
+def shrink(config: Any, layers: int) -> Any:
+    """`config` with `layers` layers in each tower (every width, vocabulary and image size kept)."""
+    config.text_config.num_hidden_layers = layers
+    if getattr(config.text_config, "layer_types", None):
+        config.text_config.layer_types = config.text_config.layer_types[:layers]
+    if hasattr(config.text_config, "max_window_layers"):
+        config.text_config.max_window_layers = min(config.text_config.max_window_layers, layers)
+    config.vision_config.num_hidden_layers = layers
+    return config
+
+
+def build_random_checkpoint(
+    name: str, folder: str | Path, layers: int | None = 2, dtype: str = "float32", seed: int = 0
+) -> Path:
+    """A model folder as a download looks: the real files plus seeded random weights (safetensors).
+
+    `layers` shrinks both towers to that many layers for speed (None keeps the full depth); the
+    written config.json says so, and everything else in it is the real one.
+    """
+    import transformers
+
+    from geoloc.encoder.families import family_for_model_type
+    from geoloc.encoder.model import resolve_dtype
+
+    folder = write_model_files(name, folder)
+    config = real_config(name)
+    if layers is not None:
+        config = shrink(config, layers)
+    model_class = getattr(transformers, family_for_model_type(config.model_type).model_class)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config).to(resolve_dtype(dtype))
+    model.save_pretrained(folder, safe_serialization=True)
+    # save_pretrained rewrites config.json in this transformers' layout; keep the real file's
+    # layout (and so its quirks, such as InternVL's missing top-level tie_word_embeddings),
+    # with only the shrunk depth changed.
+    data = json.loads((MODEL_FILES_DIR / real_model_name(name) / "config.json").read_text(encoding="utf-8"))
+    if layers is not None:
+        data["text_config"]["num_hidden_layers"] = layers
+        if data["text_config"].get("layer_types"):
+            data["text_config"]["layer_types"] = data["text_config"]["layer_types"][:layers]
+        if "max_window_layers" in data["text_config"]:
+            data["text_config"]["max_window_layers"] = min(data["text_config"]["max_window_layers"], layers)
+        data.setdefault("vision_config", {})["num_hidden_layers"] = layers
+    (folder / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return folder
