@@ -18,6 +18,7 @@ from geoloc.errors import GeolocError
 # `func` (args -> exit status). The core commands below are defined in this file.
 COMMAND_MODULES: tuple[str, ...] = (
     "geoloc.index.commands",
+    "geoloc.geodata.commands",
     "geoloc.serve.commands",
     "geoloc.study.commands",
 )
@@ -37,8 +38,12 @@ def _quiet_libraries() -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from geoloc.data.synth import generate_city
 
-    manifest = generate_city(args.out, tiles=args.tiles, seed=args.seed, texts_per_tile=args.texts_per_tile)
+    manifest = generate_city(
+        args.out, tiles=args.tiles, seed=args.seed, texts_per_tile=args.texts_per_tile, geotiff=args.geotiff
+    )
     print(f"wrote {args.tiles} tiles and their descriptions: {manifest}")
+    if args.geotiff:
+        print(f"and the city as one UTM raster: {manifest.parent / 'city.tif'}")
     return 0
 
 
@@ -295,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--texts-per-tile", type=int, default=4)
+    p.add_argument(
+        "--geotiff", action="store_true", help="also write the city as one georeferenced raster (UTM), city.tif"
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on a synthetic city")

@@ -24,8 +24,13 @@ def test_search_ranks_tiles_by_cosine_with_the_index_model(
     assert np.allclose([h.score for h in hits], similarity[expected], atol=1e-5)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
     first = hits[0].to_dict()
-    assert set(first) == {"rank", "score", "key", "lat", "lon", "group"}
+    assert set(first) == {"rank", "score", "key", "lat", "lon", "group", "footprint"}
     assert first["lat"] is not None and first["lon"] is not None
+    # The gallery's footprint comes through the index: a closed ring around the tile's centre.
+    ring = first["footprint"]
+    assert ring[0] == ring[-1] and len(ring) == 5
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    assert min(lons) < first["lon"] < max(lons) and min(lats) < first["lat"] < max(lats)
 
 
 def test_several_queries_at_once_answer_as_one_at_a_time(search_index: SearchIndex) -> None:

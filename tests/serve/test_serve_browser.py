@@ -68,3 +68,91 @@ def test_query_shows_results_and_markers(live_server: str, served_index, tmp_pat
             browser.close()
     assert (tmp_path / "search.png").stat().st_size > 10_000
     print(f"screenshots: {tmp_path / 'search.png'} and {tmp_path / 'explain.png'}")
+
+
+def _launch(p, tmp_path: Path):
+    return p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"),
+        executable_path=str(CHROMIUM),
+        args=ARGS,
+        headless=True,
+        viewport={"width": 1200, "height": 760},
+    )
+
+
+def test_map_draws_footprints_tile_images_and_a_heat_map(
+    live_server: str, served_index, tmp_path: Path
+) -> None:
+    """The map at the places: footprints outlined, tile images over them, the gallery's heat map;
+    a click zooms to the result. Checked in the DOM and in the screenshot's pixels."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    query = "a red square building with a pond on its left"
+    hits = served_index.search(query, k=5)
+    with sync_playwright() as p:
+        browser = _launch(p, tmp_path)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(live_server + "/")
+            page.fill("#query", query)
+            page.fill("#k", "5")
+            page.click("#search-button")
+            page.wait_for_function("document.querySelectorAll('path.footprint').length === 5")
+            overlays = "[...document.querySelectorAll('img.tile-overlay')]"
+            page.wait_for_function(
+                f"{overlays}.length === 5 && {overlays}.every(i => i.complete && i.naturalWidth > 0)"
+            )
+            # One heat cell per gallery tile (40 tiles, each with its footprint), in several colours.
+            page.wait_for_function("document.querySelectorAll('path.heat-cell').length === 40")
+            fills = page.eval_on_selector_all("path.heat-cell", "els => els.map(e => e.getAttribute('fill'))")
+            assert len(set(fills)) > 10
+            assert "offline" in page.get_attribute("#map", "class")  # the grid background, no network
+            overview = tmp_path / "overview.png"
+            page.screenshot(path=str(overview))
+
+            zoom_before = page.evaluate("map.getZoom()")
+            page.click(".result >> nth=0")
+            page.wait_for_function(f"map.getZoom() > {zoom_before}")
+            page.wait_for_timeout(400)  # the zoom animation
+            centre = page.evaluate("[map.getCenter().lat, map.getCenter().lng]")
+            ring = hits[0].footprint
+            lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+            assert min(lats) <= centre[0] <= max(lats) and min(lons) <= centre[1] <= max(lons)
+            # Where the top tile's footprint is on the screen, in page pixels.
+            box = page.evaluate(
+                """([s, w, n, e]) => {
+                    const r = document.getElementById('map').getBoundingClientRect();
+                    const a = map.latLngToContainerPoint([n, w]), b = map.latLngToContainerPoint([s, e]);
+                    return [r.left + a.x, r.top + a.y, r.left + b.x, r.top + b.y];
+                }""",
+                [min(lats), min(lons), max(lats), max(lons)],
+            )
+            zoomed = tmp_path / "zoomed.png"
+            page.screenshot(path=str(zoomed))
+            assert errors == []
+        finally:
+            browser.close()
+
+    shot = np.asarray(Image.open(zoomed).convert("RGB")).astype(int)
+    left, top, right, bottom = (round(v) for v in box)
+    assert right - left > 100 and bottom - top > 100  # zoomed in: the tile is large on the screen
+    # The footprint's outline is drawn: magenta pixels along its edges.
+    edges = [shot[top - 3 : top + 4, left:right], shot[bottom - 3 : bottom + 4, left:right]]
+    edge = np.concatenate(edges, axis=1)
+    magenta = (edge[..., 0] > 200) & (edge[..., 1] < 90) & (edge[..., 2] > 200)
+    assert magenta.sum() > (right - left)  # most of both edges
+    # The tile's own image is laid over its footprint: inside the outline (away from the edge
+    # stroke and the numbered marker in the middle) the screenshot shows the tile's pixels.
+    inner = shot[top + 8 : bottom - 8, left + 8 : right - 8]
+    tile = Image.open(served_index.image_path(hits[0].key)).convert("RGB")
+    tile = np.asarray(tile.resize((right - left - 16, bottom - top - 16), Image.NEAREST)).astype(int)
+    h, w = inner.shape[:2]
+    keep = np.ones((h, w), bool)
+    keep[int(h * 0.35) : int(h * 0.65), int(w * 0.35) : int(w * 0.65)] = False  # the marker
+    difference = np.abs(inner - tile[:h, :w]).mean(axis=2)[keep]
+    assert np.median(difference) < 20, f"no tile image over its footprint ({np.median(difference)})"
+    print(f"screenshots: {overview} and {zoomed}")

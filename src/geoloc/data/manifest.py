@@ -13,6 +13,12 @@ A row, here as JSONL::
 - `group` (optional): rows of the same group are the same answer. A number is turned into a
   string. Without it each image is its own group (group = the image key).
 - `split` (optional): one of train / val / test.
+- `footprint` (optional): the tile's ground extent, a GeoJSON Polygon in WGS84 lon / lat with one
+  closed ring (`geoloc tiles` and `geoloc xyz` write it; see `geoloc.geodata.footprint`). In CSV,
+  the cell holds the same JSON.
+
+A gallery to search needs no descriptions: `read_manifest(..., require_texts=False)` accepts
+rows without `texts` (the index reads galleries so).
 
 Unknown fields are ignored, and a `null` (or, in CSV, an empty cell) counts as an absent field.
 A row that gives a field twice (a JSON object with a repeated name) is refused, as are a CSV
@@ -76,6 +82,8 @@ class Record:
     lat: float | None = None
     lon: float | None = None
     split: str | None = None
+    footprint: tuple[tuple[float, float], ...] | None = None
+    """The closed, counter-clockwise ring of (lon, lat) positions of the tile's ground extent."""
 
 
 @dataclass
@@ -133,6 +141,7 @@ def read_manifest(
     split: str | None = None,
     on_bad_record: Literal["error", "skip"] = "error",
     check_images: bool = True,
+    require_texts: bool = True,
 ) -> Dataset:
     """Read and validate a manifest; return its records (only those of `split` when given).
 
@@ -140,6 +149,7 @@ def read_manifest(
     are refused too. With `check_images`, the image files of the returned records must exist
     (they are not decoded here). With on_bad_record="skip", bad records are left out and listed
     in `Dataset.skipped`; problems with the file as a whole, or an empty result, still raise.
+    `require_texts=False` accepts rows without descriptions (a gallery to search).
     """
     if on_bad_record not in ("error", "skip"):
         raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
@@ -158,7 +168,7 @@ def read_manifest(
         try:
             if isinstance(row, BadRecord):
                 raise row
-            record = _parse_row(row, folder, real_folder)
+            record = _parse_row(row, folder, real_folder, require_texts)
             norm_key = os.path.normpath(record.key)
             if norm_key in first_seen:
                 first = first_seen[norm_key]
@@ -340,10 +350,11 @@ def _check_unique_columns(names: list[str], source: Path, what: str) -> None:
 # --- validation ---------------------------------------------------------------------------------
 
 
-def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
+def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path, require_texts: bool = True) -> Record:
     key = image_field(row)
     image = relative_image_path(key, folder, real_folder, "the manifest's folder")
-    texts = _texts(row)
+    no_texts = row.get("texts") is None and row.get("text") is None
+    texts = () if no_texts and not require_texts else _texts(row)
     lat, lon = _lat_lon(row)
     return Record(
         key=key,
@@ -353,7 +364,25 @@ def _parse_row(row: dict[str, Any], folder: Path, real_folder: Path) -> Record:
         lat=lat,
         lon=lon,
         split=_split(row.get("split")),
+        footprint=_footprint(row.get("footprint")),
     )
+
+
+def _footprint(value: Any) -> tuple[tuple[float, float], ...] | None:
+    from geoloc.geodata.footprint import parse_footprint
+
+    if value is None:
+        return None
+    if isinstance(value, str):  # a CSV cell, or a Parquet string column: the JSON of the polygon
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise BadRecord(f"'footprint' is not valid JSON: {exc.msg}") from None
+    try:
+        ring = parse_footprint(value)
+    except ValueError as exc:
+        raise BadRecord(f"'footprint' {exc}") from None
+    return tuple((lon, lat) for lon, lat in ring)
 
 
 def _texts(row: dict[str, Any]) -> tuple[str, ...]:

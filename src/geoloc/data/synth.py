@@ -10,10 +10,12 @@ attribute names a tile. The output is the generic manifest format (manifest.json
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -259,6 +261,80 @@ def describe(scene: Scene, rng: random.Random) -> str:
 # -- the city -----------------------------------------------------------------------------------
 ORIGIN = (40.7000, -74.0200)  # lat, lon of the city's north-west corner
 TILE_DEGREES = 0.0015  # about 150 m of latitude per tile
+# The city as one georeferenced raster (`geotiff=True`): UTM zone 18 north, the zone of its
+# origin, with each tile 150 m square on the ground.
+UTM_CRS = "EPSG:32618"
+TILE_METRES = 150.0
+RASTER_NAME = "city.tif"
+
+
+class _Layout:
+    """Where tile number i lies: its centre and footprint, on a lat/lon grid or in UTM."""
+
+    def __init__(self, columns: int, geotiff: bool):
+        self.columns = columns
+        self.geotiff = geotiff
+        if geotiff:
+            from pyproj import Transformer
+
+            self.to_wgs84 = Transformer.from_crs(UTM_CRS, "EPSG:4326", always_xy=True)
+            east, north = Transformer.from_crs("EPSG:4326", UTM_CRS, always_xy=True).transform(
+                ORIGIN[1], ORIGIN[0]
+            )
+            # Whole metres: a tidy geotransform, and the tile grid the cutter finds again.
+            self.west, self.north = round(east), round(north)
+
+    def place(self, i: int) -> tuple[float, float, list[list[float]]]:
+        """(lat, lon, footprint ring) of tile i."""
+        from geoloc.geodata.footprint import box_ring, make_ring
+
+        row, col = divmod(i, self.columns)
+        if not self.geotiff:
+            lon_step = TILE_DEGREES / math.cos(math.radians(ORIGIN[0]))
+            north, west = ORIGIN[0] - row * TILE_DEGREES, ORIGIN[1] + col * lon_step
+            ring = box_ring(west, north - TILE_DEGREES, west + lon_step, north)
+            # The centre as it was always computed, so the coordinates of a seeded city stay put.
+            lat = ORIGIN[0] - (row + 0.5) * TILE_DEGREES
+            lon = ORIGIN[1] + (col + 0.5) * TILE_DEGREES / math.cos(math.radians(ORIGIN[0]))
+            return lat, lon, ring
+        x0, y0 = self.west + col * TILE_METRES, self.north - row * TILE_METRES
+        corners = [
+            (x0, y0),
+            (x0, y0 - TILE_METRES),
+            (x0 + TILE_METRES, y0 - TILE_METRES),
+            (x0 + TILE_METRES, y0),
+        ]
+        ring = make_ring([self.to_wgs84.transform(x, y) for x, y in corners])
+        lon, lat = self.to_wgs84.transform(x0 + TILE_METRES / 2, y0 - TILE_METRES / 2)
+        return lat, lon, ring
+
+    def transform(self) -> Any:
+        from rasterio.transform import from_origin
+
+        return from_origin(self.west, self.north, TILE_METRES / TILE_PIXELS, TILE_METRES / TILE_PIXELS)
+
+
+def _open_raster(path: Path, layout: _Layout, tiles: int) -> Any:
+    import rasterio
+
+    rows = math.ceil(tiles / layout.columns)
+    return rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=layout.columns * TILE_PIXELS,
+        height=rows * TILE_PIXELS,
+        count=3,
+        dtype="uint8",
+        crs=UTM_CRS,
+        transform=layout.transform(),
+        nodata=0,  # the cells after the last tile; drawn scenes never hold a pure black pixel
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        photometric="RGB",
+    )
 
 
 def generate_city(
@@ -268,13 +344,21 @@ def generate_city(
     texts_per_tile: int = 4,
     val_share: float = 0.1,
     test_share: float = 0.1,
+    geotiff: bool = False,
 ) -> Path:
-    """Write `tiles` scenes and their descriptions under `out`; return the manifest's path."""
+    """Write `tiles` scenes and their descriptions under `out`; return the manifest's path.
+
+    With `geotiff`, the city is also written as one georeferenced raster, `out/city.tif`, in UTM
+    (tile i at column i % columns, row i // columns, TILE_METRES square), and the manifest's
+    coordinates and footprints are those of the raster. The scenes and descriptions are the same
+    either way, for the same seed.
+    """
     if tiles < 3:
         raise ValueError("a synthetic city needs at least 3 tiles (train, val and test)")
     out = Path(out)
     rng = random.Random(seed)
     columns = math.ceil(math.sqrt(tiles))
+    layout = _Layout(columns, geotiff)
     order = list(range(tiles))
     rng.shuffle(order)
     n_test = max(1, round(tiles * test_share))
@@ -282,35 +366,50 @@ def generate_city(
     split_of = {i: "test" for i in order[:n_test]} | {i: "val" for i in order[n_test : n_test + n_val]}
     rows = []
     (out / "tiles").mkdir(parents=True, exist_ok=True)
-    for i in range(tiles):
-        tile_rng = random.Random(rng.getrandbits(64))
-        scene = random_scene(tile_rng)
-        image = draw_scene(scene, tile_rng)
-        key = f"tiles/{i:06d}.png"
-        with atomic.atomic_path(out / key) as tmp:
-            image.save(tmp, format="PNG")
-        texts: list[str] = []
-        for _ in range(texts_per_tile * 3):
-            text = describe(scene, tile_rng)
-            if text not in texts:
-                texts.append(text)
-            if len(texts) == texts_per_tile:
-                break
-        row, col = divmod(i, columns)
-        lat = ORIGIN[0] - (row + 0.5) * TILE_DEGREES
-        lon = ORIGIN[1] + (col + 0.5) * TILE_DEGREES / math.cos(math.radians(ORIGIN[0]))
-        rows.append(
-            {
-                "image": key,
-                "texts": texts,
-                "lat": round(lat, 7),
-                "lon": round(lon, 7),
-                "group": f"{i:06d}",
-                "split": split_of.get(i, "train"),
-            }
-        )
+    with contextlib.ExitStack() as stack:
+        raster = None
+        if geotiff:
+            tmp = stack.enter_context(atomic.atomic_path(out / RASTER_NAME))
+            raster = stack.enter_context(_open_raster(tmp, layout, tiles))
+        for i in range(tiles):
+            tile_rng = random.Random(rng.getrandbits(64))
+            scene = random_scene(tile_rng)
+            image = draw_scene(scene, tile_rng)
+            key = f"tiles/{i:06d}.png"
+            with atomic.atomic_path(out / key) as tmp_png:
+                image.save(tmp_png, format="PNG")
+            if raster is not None:
+                _write_tile(raster, image, i, columns)
+            texts: list[str] = []
+            for _ in range(texts_per_tile * 3):
+                text = describe(scene, tile_rng)
+                if text not in texts:
+                    texts.append(text)
+                if len(texts) == texts_per_tile:
+                    break
+            lat, lon, ring = layout.place(i)
+            rows.append(
+                {
+                    "image": key,
+                    "texts": texts,
+                    "lat": round(lat, 7),
+                    "lon": round(lon, 7),
+                    "group": f"{i:06d}",
+                    "split": split_of.get(i, "train"),
+                    "footprint": {"type": "Polygon", "coordinates": [ring]},
+                }
+            )
     from geoloc.data.manifest import write_manifest
 
     manifest = out / "manifest.jsonl"
     write_manifest(manifest, rows)
     return manifest
+
+
+def _write_tile(raster: Any, image: Image.Image, i: int, columns: int) -> None:
+    import numpy as np
+    from rasterio.windows import Window
+
+    row, col = divmod(i, columns)
+    pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    raster.write(pixels, window=Window(col * TILE_PIXELS, row * TILE_PIXELS, TILE_PIXELS, TILE_PIXELS))

@@ -26,6 +26,7 @@ def tiles_of(dataset: Dataset) -> Tiles:
         lat=[r.lat for r in records],
         lon=[r.lon for r in records],
         group=[r.group for r in records],
+        footprint=[[list(p) for p in r.footprint] if r.footprint else None for r in records],
     )
 
 
@@ -42,7 +43,8 @@ def encode_gallery(
     gallery already evaluated is not encoded again. A cache miss also encodes the gallery's
     descriptions, to store a complete entry; `use_cache=False` encodes the tiles only.
     """
-    if not use_cache:
+    # A gallery without descriptions (tiles cut from a raster) has no complete cache entry to store.
+    if not use_cache or not any(r.texts for r in dataset.records):
         return encoder.encode_images([r.image for r in dataset.records], batch_size), False
     from geoloc.eval.cache import cached_embeddings
 
@@ -64,7 +66,11 @@ def _read_gallery(gallery: str | Path, split: str | None, on_bad_record: str, in
 
     if on_bad_record not in ("error", "skip"):
         raise GeolocError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
-    dataset = verify_images(read_manifest(gallery, split, on_bad_record), on_bad_record)  # type: ignore[arg-type]
+    # A gallery needs no descriptions: tiles cut from a raster have none.
+    dataset = verify_images(
+        read_manifest(gallery, split, on_bad_record, require_texts=False),  # type: ignore[arg-type]
+        on_bad_record,  # type: ignore[arg-type]
+    )
     skipped = skipped_entries(dataset)
     listed = None
     if on_bad_record == "skip":

@@ -103,7 +103,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         rows = [j.to_dict() for j in search_and_judge(index, args.text, args.k, rerank_results=True)]
     else:
         rows = [hit.to_dict() for hit in index.search(args.text, args.k)]
-    if args.json:
+    output = "json" if args.json else args.format
+    if output == "geojson":
+        from geoloc.geodata.geojson import feature_collection
+
+        collection = feature_collection(rows, query=args.text, k=args.k, rerank=args.rerank)
+        print(json.dumps(collection, indent=2))
+    elif output == "json":
         print(json.dumps({"query": args.text, "k": args.k, "rerank": args.rerank, "results": rows}, indent=2))
     else:
         _print_table(rows, ("judgement", "retrieval_rank") if args.rerank else ())
@@ -208,7 +214,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("index", help="the index folder")
     p.add_argument("text", help="the description, in quotes")
     p.add_argument("-k", type=int, default=10, help=f"how many tiles (1..{MAX_K}, default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "json", "geojson"],
+        help="table (default), json, or geojson: an RFC 7946 FeatureCollection of the tiles' footprints",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--rerank", action="store_true", help="re-order the top k by the generator's judgement")
     _add_model_options(p)
     p.set_defaults(func=cmd_search)

@@ -33,6 +33,8 @@ class Hit:
     lat: float | None
     lon: float | None
     group: str
+    footprint: list[list[float]] | None = None
+    """The tile's WGS84 outline, a closed counter-clockwise ring of [lon, lat], when known."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +103,7 @@ class SearchIndex:
                         tiles.lat[row],
                         tiles.lon[row],
                         tiles.group[row],
+                        tiles.footprint[row],  # type: ignore[index]
                     )
                 )
             results.append(hits)

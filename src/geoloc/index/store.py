@@ -3,7 +3,7 @@
     INDEX/
       manifest.json     what is inside, and exactly which model made the vectors (written last)
       vectors.npy       float32, one unit row per tile: the source of truth
-      metadata.parquet  one row per vector, same order: key, image, lat, lon, group
+      metadata.parquet  one row per vector, same order: key, image, lat, lon, group, footprint
       index.faiss       the IVF or HNSW structure (an exact index is rebuilt from vectors.npy)
 
 The folder is assembled under a temporary name and renamed into place, so an interrupted build
@@ -44,6 +44,8 @@ _SCHEMA = pa.schema(
         ("lat", pa.float64()),
         ("lon", pa.float64()),
         ("group", pa.string()),
+        # The tile's WGS84 outline: a closed ring of [lon, lat] (null when the gallery has none).
+        ("footprint", pa.list_(pa.list_(pa.float64()))),
     ]
 )
 
@@ -57,6 +59,12 @@ class Tiles:
     lat: list[float | None]
     lon: list[float | None]
     group: list[str]
+    footprint: list[list[list[float]] | None] | None = None
+    """Per tile, its closed [lon, lat] ring, or None; None for the whole column is all None."""
+
+    def __post_init__(self) -> None:
+        if self.footprint is None:
+            self.footprint = [None] * len(self.key)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -68,7 +76,7 @@ class Tiles:
         return Tiles(*(a + b for a, b in zip(self._columns(), other._columns(), strict=True)))
 
     def _columns(self) -> tuple[list[Any], ...]:
-        return (self.key, self.image, self.lat, self.lon, self.group)
+        return (self.key, self.image, self.lat, self.lon, self.group, self.footprint)  # type: ignore[return-value]
 
     def to_arrow(self) -> pa.Table:
         return pa.Table.from_arrays(
@@ -77,7 +85,8 @@ class Tiles:
 
     @classmethod
     def from_arrow(cls, table: pa.Table) -> Tiles:
-        return cls(*(table.column(name).to_pylist() for name in _SCHEMA.names))
+        # Indexes written before footprints were carried have no such column: no footprints.
+        return cls(*(table.column(n).to_pylist() if n in table.column_names else None for n in _SCHEMA.names))
 
 
 @dataclass

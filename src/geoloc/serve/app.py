@@ -1,59 +1,112 @@
 """The HTTP API and web page of a search index (FastAPI).
 
-    POST /search   {"text": "...", "k": 10, "rerank": false}  -> ranked tiles with score, key, lat, lon
+    POST /search   {"text": "...", "k": 10, "rerank": false, "format": "json"}  -> ranked tiles with
+                   score, key, lat, lon, footprint; "format": "geojson" -> an RFC 7946 FeatureCollection
     POST /explain  {"text": "...", "top": 5, "rerank": false}  -> the generator's verdict on each top tile
+    POST /heatmap  {"text": "...", "cells": 2500}  -> every tile's score, as cells on the map
     GET  /tiles/{key}  the image of one of the index's own tiles
     GET  /health       status, tile count, model
     GET  /             the web page (search box, thumbnails, map); /docs: the OpenAPI docs
 
-Input rules: a query is 1..MAX_QUERY_CHARS characters and not blank, k is 1..MAX_K, unknown
-fields and malformed JSON are refused with 422 and the reason, request bodies are capped at
-`max_body_bytes` (413), and /tiles serves only files the index lists.
+Input rules: a query is 1..MAX_QUERY_CHARS characters and not blank, k is 1..MAX_K (at most
+MAX_JUDGED with rerank), types are strict (no coercion), unknown fields and malformed JSON are
+refused with 422 and the reason, request bodies are capped at `max_body_bytes` (413), and /tiles
+serves only files the index lists. The OpenAPI schema states every one of these rules and every
+status code, and a schemathesis run in the tests holds the server to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import mimetypes
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geoloc.errors import GeolocError
+from geoloc.geodata.geojson import MEDIA_TYPE as GEOJSON_MEDIA_TYPE
+from geoloc.geodata.geojson import feature_collection
 from geoloc.index.explain import MAX_JUDGED, search_and_judge
+from geoloc.index.heatmap import heat_cells, score_gallery
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, Hit, SearchIndex
 from geoloc.serve.batcher import QueryBatcher
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 16 * 1024  # a query is at most MAX_QUERY_CHARS characters: 4 bytes each at worst, plus JSON
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# A query is at most MAX_QUERY_CHARS characters; JSON may escape each as a surrogate pair,
+# "\ud83d\ude00", 12 bytes: the limit must let every schema-valid body through.
+MAX_BODY_BYTES = 32 * 1024
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
+MAX_HEAT_CELLS = 10_000
+# "Not blank": at least one character that is not whitespace. The class lists exactly the
+# characters Python's str.isspace() calls whitespace, so the schema (read by other regex
+# engines) and the server agree on every string.
+NOT_BLANK = "[^\\t-\\r\\x1c- \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK)
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what the place looks like")
+    # Strict: JSON types are not coerced ("rerank": 0 is not false, "k": "5" is not 5).
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="what the place looks like; not blank",
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
 
     @field_validator("text")
     @classmethod
     def _not_blank(cls, text: str) -> str:
-        if not text.strip():
+        if not _NOT_BLANK.search(text):
             raise ValueError("the text is blank: describe the place in a few words")
         return text
 
 
-class SearchRequest(Query):
-    k: int = Field(10, ge=1, le=MAX_K, description="how many tiles")
+class _Counts(Query):
+    """A request with counts: JSON Schema's integer includes 12.0, so an integral float is one."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_floats(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields[info.field_name]
+        if field.annotation in (int, "int") and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+def _rerank_rule(schema: dict[str, Any]) -> None:
+    # The cross-field rule in the schema itself, so that clients (and schemathesis) know it.
+    schema["if"] = {"properties": {"rerank": {"const": True}}, "required": ["rerank"]}
+    schema["then"] = {"properties": {"k": {"maximum": MAX_JUDGED}}}
+
+
+class SearchRequest(_Counts):
+    model_config = ConfigDict(json_schema_extra=_rerank_rule)
+    k: int = Field(10, ge=1, le=MAX_K, description=f"how many tiles; at most {MAX_JUDGED} with rerank")
     rerank: bool = Field(
         False, description=f"re-order the top k (k <= {MAX_JUDGED}) by the generator's judgement"
+    )
+    format: Literal["json", "geojson"] = Field(
+        "json", description="json (default), or geojson: an RFC 7946 FeatureCollection of the footprints"
     )
 
     @model_validator(mode="after")
@@ -65,10 +118,111 @@ class SearchRequest(Query):
         return self
 
 
-class ExplainRequest(Query):
+class ExplainRequest(_Counts):
     top: int = Field(5, ge=1, le=20, description="how many top tiles to explain")
     rerank: bool = Field(False, description="order them by the generator's judgement")
     max_new_tokens: int = Field(48, ge=1, le=256, description="length of each explanation")
+
+
+class HeatmapRequest(_Counts):
+    cells: int = Field(2500, ge=1, le=MAX_HEAT_CELLS, description="at most this many cells")
+
+
+# -- responses: documented, so that the schema is the contract the server keeps --------------
+class Result(BaseModel):
+    rank: int
+    score: float = Field(description="cosine similarity of the query and the tile")
+    key: str
+    lat: float | None
+    lon: float | None
+    group: str
+    footprint: list[list[float]] | None = Field(
+        description="the tile's WGS84 outline: a closed, counter-clockwise ring of [lon, lat]"
+    )
+    tile_url: str
+    retrieval_rank: int | None = Field(None, description="with rerank or explain: the rank before")
+    judgement: float | None = Field(None, description="with rerank or explain: log P(Yes) - log P(No)")
+    explanation: str | None = Field(None, description="with explain: the generator's words")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    k: int
+    rerank: bool
+    took_ms: float
+    results: list[Result]
+
+
+class ExplainResponse(BaseModel):
+    query: str
+    top: int
+    rerank: bool
+    took_ms: float
+    results: list[Result]
+
+
+class Geometry(BaseModel):
+    type: Literal["Polygon", "Point"]
+    coordinates: list[list[list[float]]] | list[float]
+
+
+class Feature(BaseModel):
+    type: Literal["Feature"]
+    id: str
+    geometry: Geometry | None
+    properties: dict[str, Any]
+
+
+class FeatureCollection(BaseModel):
+    """RFC 7946. Foreign members say which query it answers."""
+
+    type: Literal["FeatureCollection"]
+    query: str
+    k: int
+    rerank: bool
+    took_ms: float
+    bbox: list[float] | None = Field(None, min_length=4, max_length=4)
+    features: list[Feature]
+
+
+class HeatCell(BaseModel):
+    south: float
+    west: float
+    north: float
+    east: float
+    score: float = Field(description="the best score of the tiles in the cell")
+    tiles: int
+
+
+class HeatmapResponse(BaseModel):
+    query: str
+    tiles: int = Field(description="gallery tiles with coordinates, all scored")
+    min: float | None
+    max: float | None
+    cells: list[HeatCell]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    tiles: int
+    model: str
+    fingerprint: str
+    index: str
+    searches: int
+
+
+class Problem(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "the request cannot be answered (the message says why)",
+        404: "no such tile in this index",
+        413: "the request body is larger than the server's limit",
+        422: "the body is not valid: malformed JSON, a wrong type, a value out of range, an unknown field",
+    }
+    return {code: {"model": Problem, "description": what[code]} for code in codes}
 
 
 def tile_url(key: str) -> str:
@@ -103,7 +257,7 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
     async def _user_error(request: Request, error: GeolocError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(error)})
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness, what is served, and how many searches have been answered."""
         return {
@@ -115,8 +269,19 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
             "searches": state["searches"],
         }
 
-    @app.post("/search")
-    async def search(request: SearchRequest) -> dict[str, Any]:
+    search_responses: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "the ranked tiles; with format geojson, an RFC 7946 FeatureCollection",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}},
+                GEOJSON_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/FeatureCollection"}},
+            },
+        },
+        **_errors(400, 413, 422),
+    }
+
+    @app.post("/search", response_model=None, responses=search_responses)
+    async def search(request: SearchRequest) -> JSONResponse:
         """The top k tiles for a description, best first."""
         start = time.perf_counter()
         results: list[Hit] | list[Any]
@@ -125,15 +290,18 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
         else:
             results = await asyncio.wrap_future(state["batcher"].submit(request.text, request.k))
         state["searches"] += 1
-        return {
+        answer = {
             "query": request.text,
             "k": request.k,
             "rerank": request.rerank,
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
-            "results": _rows(results),
         }
+        if request.format == "geojson":
+            collection = feature_collection(_rows(results), **answer)
+            return JSONResponse(collection, media_type=GEOJSON_MEDIA_TYPE)
+        return JSONResponse(answer | {"results": _rows(results)})
 
-    @app.post("/explain")
+    @app.post("/explain", response_model=ExplainResponse, responses=_errors(400, 413, 422))
     async def explain(request: ExplainRequest) -> dict[str, Any]:
         """The generator's judgement and explanation of each top tile (retrieval adapter off)."""
         start = time.perf_counter()
@@ -148,18 +316,57 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
             "results": _rows(judged),
         }
 
-    @app.get("/tiles/{key:path}")
+    @app.post("/heatmap", response_model=HeatmapResponse, responses=_errors(400, 413, 422))
+    async def heatmap(request: HeatmapRequest) -> dict[str, Any]:
+        """Every tile's score for a description, as cells on the map: where the place likely is."""
+        scores = await run_in_threadpool(score_gallery, index, request.text)
+        cells = heat_cells(index, scores, request.cells)
+        values = [cell["score"] for cell in cells]
+        return {
+            "query": request.text,
+            "tiles": sum(cell["tiles"] for cell in cells),
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "cells": cells,
+        }
+
+    tile_content = {
+        media: {"schema": {"type": "string", "format": "binary"}} for media in set(IMAGE_TYPES.values())
+    }
+
+    @app.get(
+        "/tiles/{key:path}",
+        response_class=FileResponse,
+        responses={200: {"description": "the tile's image", "content": tile_content}, **_errors(404)},
+    )
     async def tile(key: str) -> FileResponse:
         """The image of the tile `key`; only the index's own tiles are served."""
         path = index.image_path(key)
-        if path is None or path.suffix.lower() not in IMAGE_SUFFIXES:
+        media_type = IMAGE_TYPES.get(path.suffix.lower()) if path is not None else None
+        if path is None or media_type is None:
             raise HTTPException(status_code=404, detail="no such tile in this index")
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    def openapi() -> dict[str, Any]:
+        # FastAPI documents response models it serialises; the GeoJSON answer is documented here.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for extra in (SearchResponse, FeatureCollection):
+                definition = extra.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[extra.__name__] = definition
+            # A real key as the example, so that a client trying the API can fetch a tile.
+            if len(index):
+                for parameter in schema["paths"]["/tiles/{key}"]["get"].get("parameters", []):
+                    parameter["example"] = index.stored.tiles.key[0]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

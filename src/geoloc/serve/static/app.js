@@ -1,13 +1,22 @@
 // The geoloc search page: a query goes to POST /search (or /explain); the top tiles are listed
-// as thumbnails with their scores and shown as numbered markers on a Leaflet map.
+// as thumbnails with their scores and shown on a Leaflet map: numbered markers at their centres,
+// their footprints outlined, each tile's image laid over the map at its bounds, and a heat map
+// of every gallery tile's score (POST /heatmap) underneath. Clicking a result zooms to it.
 "use strict";
 
 const ONLINE_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
 const ONLINE_PROBE = "https://tile.openstreetmap.org/0/0/0.png";
 
-const map = L.map("map", { zoomControl: true }).setView([0, 0], 2);
+const map = L.map("map", { zoomControl: true, maxZoom: 21 }).setView([0, 0], 2);
+// Panes from bottom to top: heat cells, tile images, footprint outlines (overlayPane), markers.
+map.createPane("heat").style.zIndex = 350;
+map.createPane("tileImages").style.zIndex = 380;
+const heatLayer = L.layerGroup().addTo(map);
+const imageLayer = L.layerGroup().addTo(map);
+const footprintLayer = L.layerGroup().addTo(map);
 const markerLayer = L.layerGroup().addTo(map);
 let markers = {};
+let lastQuery = null;
 
 // The page works offline: a plain grid background, replaced by map tiles only if they load.
 function useOfflineBackground() {
@@ -82,10 +91,54 @@ function coords(r) {
   return r.lat === null || r.lon === null ? "no coordinates" : `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}`;
 }
 
+// A footprint ring is GeoJSON order, [lon, lat]; Leaflet wants [lat, lon].
+function ringLatLngs(ring) {
+  return ring.map(([lon, lat]) => [lat, lon]);
+}
+
+// Score in [0, 1] -> blue (unlikely) through green and yellow to red (likely).
+function heatColour(t) {
+  return `hsl(${Math.round(240 * (1 - t))}, 90%, 50%)`;
+}
+
+function showHeatmap(body) {
+  heatLayer.clearLayers();
+  const span = body.max - body.min || 1;
+  for (const cell of body.cells) {
+    const t = (cell.score - body.min) / span;
+    L.rectangle([[cell.south, cell.west], [cell.north, cell.east]], {
+      pane: "heat",
+      className: "heat-cell",
+      stroke: false,
+      fillColor: heatColour(t),
+      fillOpacity: 0.25 + 0.45 * t,
+      interactive: false,
+    }).addTo(heatLayer);
+  }
+}
+
+async function loadHeatmap(query) {
+  heatLayer.clearLayers();
+  if (!document.getElementById("heat").checked) return;
+  try {
+    const body = await post("/heatmap", { text: query, cells: 2500 });
+    if (query === lastQuery) showHeatmap(body);
+  } catch (error) {
+    setStatus(`heat map: ${error.message}`, true);
+  }
+}
+
+function zoomTo(r) {
+  if (r.footprint) map.fitBounds(L.latLngBounds(ringLatLngs(r.footprint)), { padding: [24, 24], maxZoom: 21 });
+  else map.setView([r.lat, r.lon], Math.max(map.getZoom(), 17));
+}
+
 function showResults(results) {
   const list = document.getElementById("results");
   list.replaceChildren();
   markerLayer.clearLayers();
+  footprintLayer.clearLayers();
+  imageLayer.clearLayers();
   markers = {};
   const points = [];
   for (const r of results) {
@@ -119,14 +172,24 @@ function showResults(results) {
       marker.on("click", () => highlight(r.key));
       markers[r.key] = marker;
       points.push([r.lat, r.lon]);
+      if (r.footprint) {
+        const ring = ringLatLngs(r.footprint);
+        // The tile's own image, stretched over its footprint's bounds, under its outline.
+        L.imageOverlay(r.tile_url, L.latLngBounds(ring), {
+          pane: "tileImages", className: "tile-overlay", alt: r.key,
+        }).addTo(imageLayer);
+        L.polygon(ring, { className: "footprint", color: "#ff00ff", weight: 3, fill: false })
+          .bindTooltip(`#${r.rank}`).addTo(footprintLayer);
+        points.push(...ring);
+      }
       li.addEventListener("click", () => {
-        map.panTo([r.lat, r.lon]);
+        zoomTo(r);
         marker.openPopup();
         highlight(r.key);
       });
     }
   }
-  if (points.length) map.fitBounds(points, { padding: [40, 40], maxZoom: 17 });
+  if (points.length) map.fitBounds(points, { padding: [40, 40], maxZoom: 18 });
 }
 
 async function run(kind) {
@@ -140,6 +203,8 @@ async function run(kind) {
       ? await post("/explain", { text: query, top: 5, rerank })
       : await post("/search", { text: query, k, rerank });
     showResults(body.results);
+    lastQuery = query;
+    loadHeatmap(query);
     setStatus(`${body.results.length} tiles in ${body.took_ms} ms${body.rerank ? ", re-ranked by the model" : ""}`);
   } catch (error) {
     setStatus(error.message, true);
@@ -151,3 +216,15 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   run("search");
 });
 document.getElementById("explain-button").addEventListener("click", () => run("explain"));
+document.getElementById("heat").addEventListener("change", () => {
+  if (lastQuery) loadHeatmap(lastQuery);
+});
+
+const legend = L.control({ position: "bottomright" });
+legend.onAdd = () => {
+  const div = L.DomUtil.create("div", "heat-legend");
+  div.innerHTML = `heat map: <span style="color:${heatColour(0)}">&#9632;</span> unlikely `
+    + `<span style="color:${heatColour(1)}">&#9632;</span> likely`;
+  return div;
+};
+legend.addTo(map);

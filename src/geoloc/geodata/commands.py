@@ -1,0 +1,92 @@
+"""CLI: `geoloc tiles RASTER --out DIR` (cut a georeferenced raster) and `geoloc xyz FOLDER`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from geoloc.errors import GeolocError
+
+
+def _numbers(text: str, what: str, kind: type = float) -> tuple[Any, ...]:
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise GeolocError(f"{what} must be comma-separated numbers, not {text!r}") from None
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from geoloc.geodata.raster import TilingSettings, cut_raster
+
+    settings = TilingSettings(
+        tile_m=args.tile_m,
+        overlap=args.overlap,
+        px=args.px,
+        bands=_numbers(args.bands, "--bands", int) if args.bands else None,
+        max_nodata=args.max_nodata,
+        scale=_numbers(args.scale, "--scale") if args.scale else None,  # type: ignore[arg-type]
+    )
+    if settings.scale is not None and len(settings.scale) != 2:
+        raise GeolocError(f"--scale is MIN,MAX, not {args.scale!r}")
+    result = cut_raster(args.raster, args.out, settings, show_progress=False if args.quiet else None)
+    red, green, blue = result.bands
+    width, height = result.window_px
+    resumed = f", {result.resumed} done by an earlier run" if result.resumed else ""
+    print(
+        f"cut {result.windows} windows of {width} x {height} pixels ({result.crs}; "
+        f"bands red={red} green={green} blue={blue}): {result.tiles} tiles written, "
+        f"{result.skipped_nodata} skipped as mostly nodata{resumed}; "
+        f"{result.windows_per_s:.1f} tiles/s"
+    )
+    print(f"manifest: {result.manifest}")
+    return 0
+
+
+def cmd_xyz(args: argparse.Namespace) -> int:
+    from geoloc.geodata.xyz import xyz_manifest
+
+    manifest = xyz_manifest(args.folder, tms=args.tms)
+    count = sum(1 for _ in manifest.open(encoding="utf-8"))
+    print(f"wrote the manifest of {count} tiles: {manifest}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "tiles", help="cut a georeferenced raster (GeoTIFF, COG) into a gallery of tiles and a manifest"
+    )
+    p.add_argument("raster", help="the raster: GeoTIFF, Cloud-Optimised GeoTIFF, or anything GDAL reads")
+    p.add_argument("--out", required=True, help="gallery folder: tiles/, manifest.jsonl, tiles.json")
+    p.add_argument("--tile-m", type=float, default=150.0, help="ground size of a tile, metres (default 150)")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=0.0,
+        help="share of a tile its neighbour overlaps, 0..0.9 (default 0)",
+    )
+    p.add_argument("--px", type=int, default=512, help="tile side in pixels, the model's size (default 512)")
+    p.add_argument(
+        "--bands",
+        help="raster bands for red,green,blue, e.g. 3,2,1 (one band: grey; "
+        "default: the raster's colour bands, else 1,2,3)",
+    )
+    p.add_argument(
+        "--max-nodata",
+        type=float,
+        default=0.5,
+        help="skip tiles with more nodata than this share (default 0.5)",
+    )
+    p.add_argument(
+        "--scale",
+        help="MIN,MAX raster values mapped to 0..255 (default: none for 8-bit rasters, "
+        "else each band's 2nd..98th percentile)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tiles)
+
+    p = subparsers.add_parser("xyz", help="write the manifest of a z/x/y.png folder of web-map tiles")
+    p.add_argument("folder", help="the folder holding z/x/y.png; manifest.jsonl is written in it")
+    p.add_argument(
+        "--tms", action="store_true", help="rows counted from the south (TMS, gdal2tiles' default)"
+    )
+    p.set_defaults(func=cmd_xyz)

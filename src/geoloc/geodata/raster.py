@@ -1,0 +1,432 @@
+"""Cut a georeferenced raster (GeoTIFF, COG, anything GDAL reads) into a gallery of PNG tiles.
+
+    result = cut_raster("area.tif", "gallery", TilingSettings(tile_m=150, overlap=0.5, px=512))
+
+Each tile covers `tile_m` x `tile_m` metres on the ground (measured geodesically at the
+raster's centre, so a Web-Mercator or lon/lat raster gets true metres too), neighbours overlap
+by `overlap` of a tile, and each is resampled to `px` x `px` pixels, the model's input size.
+The gallery's `manifest.jsonl` gives every tile its centre (lat / lon, WGS84), its footprint (a
+WGS84 polygon), the source CRS and its pixel window in the raster.
+
+Memory stays bounded whatever the raster's size: one window is read at a time (GDAL's block
+cache is capped too). Each PNG is written atomically and then logged in a progress file, so a
+run that is interrupted continues where it stopped when the same command is run again; the
+manifest appears only when every window is done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoloc import atomic
+from geoloc.errors import GeolocError
+from geoloc.geodata.footprint import make_ring, polygon
+
+STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
+PROGRESS_FILE = ".geoloc-tiles.progress.jsonl"  # one line per window done: what resuming reads
+SUMMARY_FILE = "tiles.json"
+STATE_VERSION = 1
+GDAL_CACHE_MB = 64  # GDAL's block cache; with one window at a time, this bounds the memory used
+MAX_PX = 4096
+SAMPLE_PX = 1024  # longest side of the decimated read that the automatic contrast stretch uses
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    tile_m: float = 150.0
+    """Ground size of a tile's side, in metres."""
+    overlap: float = 0.0
+    """Share of a tile that its neighbour overlaps, in [0, 0.9]."""
+    px: int = 512
+    """Side of the written PNG, in pixels."""
+    bands: tuple[int, ...] | None = None
+    """Raster bands (from 1) that become red, green, blue; one band gives grey. None: from the
+    raster's colour interpretation (red / green / blue bands), else bands 1, 2, 3."""
+    max_nodata: float = 0.5
+    """A tile with a larger share of nodata pixels is skipped (and counted)."""
+    scale: tuple[float, float] | None = None
+    """Raster values mapped to 0..255. None: none for 8-bit rasters, else each band's 2nd to
+    98th percentile, from a decimated read of the whole raster."""
+
+
+@dataclass
+class TilingResult:
+    manifest: Path
+    windows: int
+    tiles: int
+    skipped_nodata: int
+    resumed: int
+    """Windows already done by an earlier, interrupted run of the same cut."""
+    seconds: float
+    bands: list[int]
+    crs: str
+    window_px: tuple[int, int]
+
+    @property
+    def windows_per_s(self) -> float:
+        return (self.windows - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _open(raster: Path) -> Any:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if not raster.is_file():
+        raise GeolocError(f"{raster}: no such file")
+    try:
+        return rasterio.open(raster)
+    except RasterioIOError as error:
+        reason = str(error).splitlines()[0] if str(error) else "unreadable"
+        raise GeolocError(f"{raster}: not a raster GDAL can read ({reason})") from None
+
+
+def _check_settings(settings: TilingSettings) -> None:
+    if not (math.isfinite(settings.tile_m) and settings.tile_m > 0):
+        raise GeolocError(f"the tile size must be a positive number of metres, not {settings.tile_m}")
+    if not 0 <= settings.overlap <= 0.9:
+        raise GeolocError(f"the overlap is a share of a tile in [0, 0.9], not {settings.overlap}")
+    if not 8 <= settings.px <= MAX_PX:
+        raise GeolocError(f"the tile size in pixels must be 8 to {MAX_PX}, not {settings.px}")
+    if not 0 <= settings.max_nodata <= 1:
+        raise GeolocError(f"the nodata share is in [0, 1], not {settings.max_nodata}")
+    if settings.bands is not None and len(settings.bands) not in (1, 3):
+        raise GeolocError(f"give 3 bands (red, green, blue) or 1 (grey), not {len(settings.bands)}")
+    if settings.scale is not None and not settings.scale[0] < settings.scale[1]:
+        raise GeolocError(f"the scale range must be MIN,MAX with MIN < MAX, not {settings.scale}")
+
+
+def choose_bands(src: Any, bands: tuple[int, ...] | None, path: Path) -> list[int]:
+    """The raster bands that become red, green and blue (one band: grey, three times)."""
+    from rasterio.enums import ColorInterp
+
+    if bands is not None:
+        bad = [b for b in bands if not 1 <= b <= src.count]
+        if bad:
+            raise GeolocError(f"{path}: has {src.count} band(s); there is no band {bad[0]}")
+        return list(bands) * 3 if len(bands) == 1 else list(bands)
+    interp = list(src.colorinterp)
+    wanted = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(colour in interp for colour in wanted):
+        return [interp.index(colour) + 1 for colour in wanted]
+    colour_bands = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
+    if len(colour_bands) >= 3:
+        return colour_bands[:3]
+    return [colour_bands[0]] * 3 if colour_bands else [1, 1, 1]
+
+
+def _pixel_metres(src: Any, to_wgs84: Any) -> tuple[float, float]:
+    """Ground size of one pixel (across, down) in metres, measured geodesically at the centre."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    col, row = src.width / 2, src.height / 2
+    points = [src.transform * (c, r) for c, r in ((col, row), (col + 1, row), (col, row + 1))]
+    (lon0, lat0), (lon1, lat1), (lon2, lat2) = (to_wgs84.transform(x, y) for x, y in points)
+    across = geod.inv(lon0, lat0, lon1, lat1)[2]
+    down = geod.inv(lon0, lat0, lon2, lat2)[2]
+    return across, down
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every `stride`, plus one flush with the far edge."""
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
+@dataclass
+class _Plan:
+    """Everything decided before a pixel is read: the cut is refused here or not at all."""
+
+    raster: Path
+    crs: str
+    bands: list[int]
+    window_px: tuple[int, int]  # (width, height) of one tile in raster pixels
+    windows: list[tuple[int, int]]  # (col_off, row_off), row by row from the top left
+    pixel_m: tuple[float, float]
+    eight_bit: bool
+
+
+def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
+    """Check the raster and the settings; return the windows to cut. Nothing is written."""
+    from pyproj import CRS, Transformer
+
+    _check_settings(settings)
+    raster = Path(raster).absolute()
+    with _open(raster) as src:
+        if src.crs is None:
+            raise GeolocError(
+                f"{raster}: the raster has no CRS, so its tiles cannot be placed on the earth "
+                "(assign one, e.g. gdal_edit.py -a_srs EPSG:32618)"
+            )
+        if src.transform.is_identity:
+            raise GeolocError(f"{raster}: the raster has no geotransform, so its pixels have no place")
+        to_wgs84 = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True)
+        across_m, down_m = _pixel_metres(src, to_wgs84)
+        width_px, height_px = settings.tile_m / across_m, settings.tile_m / down_m
+        if min(width_px, height_px) < 1:
+            raise GeolocError(
+                f"{raster}: a tile of {settings.tile_m:g} m is smaller than one pixel of this raster "
+                f"({across_m:.3g} x {down_m:.3g} m); choose a larger --tile-m"
+            )
+        window = (max(1, round(width_px)), max(1, round(height_px)))
+        if window[0] > src.width or window[1] > src.height:
+            raise GeolocError(
+                f"{raster}: the raster ({src.width} x {src.height} pixels) is smaller than one tile of "
+                f"{settings.tile_m:g} m ({window[0]} x {window[1]} pixels); choose a smaller --tile-m"
+            )
+        strides = [max(1, round(size * (1 - settings.overlap))) for size in window]
+        cols = _starts(src.width, window[0], strides[0])
+        rows = _starts(src.height, window[1], strides[1])
+        return _Plan(
+            raster=raster,
+            crs=src.crs.to_string(),
+            bands=choose_bands(src, settings.bands, raster),
+            window_px=window,
+            windows=[(col, row) for row in rows for col in cols],
+            pixel_m=(across_m, down_m),
+            eight_bit=all(dtype == "uint8" for dtype in src.dtypes),
+        )
+
+
+def _stretch(src: Any, bands: list[int], settings: TilingSettings) -> list[list[float]] | None:
+    """Per band (low, high) raster values mapped to 0 and 255, or None to keep 8-bit values."""
+    if settings.scale is not None:
+        return [list(settings.scale) for _ in bands]
+    if all(src.dtypes[b - 1] == "uint8" for b in bands):
+        return None
+    factor = max(src.width, src.height) / SAMPLE_PX
+    shape = (max(1, round(src.height / max(factor, 1))), max(1, round(src.width / max(factor, 1))))
+    ranges = []
+    for band in bands:
+        sample = src.read(band, out_shape=shape, masked=True)  # decimated: bounded memory
+        values = sample.compressed()
+        if values.size == 0:
+            ranges.append([0.0, 255.0])
+            continue
+        low, high = np.percentile(values, [2, 98])
+        ranges.append([float(low), float(high) if high > low else float(low) + 1])
+    return ranges
+
+
+def _to_rgb(data: np.ndarray, scale: list[list[float]] | None) -> np.ndarray:
+    if scale is None:
+        return data.astype(np.uint8)
+    out = np.empty(data.shape, np.uint8)
+    for i, (low, high) in enumerate(scale):
+        band = (data[i].astype(np.float32) - low) * (255.0 / (high - low))
+        out[i] = np.clip(band, 0, 255).round().astype(np.uint8)
+    return out
+
+
+def _state(plan: _Plan, settings: TilingSettings, scale: list[list[float]] | None) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "raster": str(plan.raster),
+        "raster_bytes": plan.raster.stat().st_size,
+        "settings": {**asdict(settings), "bands": plan.bands},
+        "window_px": list(plan.window_px),
+        "windows": len(plan.windows),
+        "scale": scale,
+    }
+
+
+def _check_out(out: Path, state: dict[str, Any]) -> bool:
+    """Whether `out` holds an earlier run of this same cut (to resume); refuse any other folder."""
+    state_file = out / STATE_FILE
+    if state_file.is_file():
+        try:
+            earlier = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise GeolocError(f"{state_file}: unreadable ({error}); remove {out} to cut again") from None
+        # The stretch is decided by the first run and kept, so resumed tiles match the others.
+        same = {k: v for k, v in earlier.items() if k != "scale"} == {
+            k: v for k, v in state.items() if k != "scale"
+        }
+        if not same:
+            raise GeolocError(
+                f"{out}: holds tiles cut from another raster or with other settings; "
+                "choose another --out, or give the same raster and settings to resume"
+            )
+        state["scale"] = earlier.get("scale")
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GeolocError(f"{out}: exists and is not a folder of geoloc tiles; choose another --out")
+    return False
+
+
+def _done_windows(out: Path) -> dict[int, dict[str, Any]]:
+    """The windows an earlier run finished, by index; a torn last line is ignored."""
+    done: dict[int, dict[str, Any]] = {}
+    progress = out / PROGRESS_FILE
+    if not progress.is_file():
+        return done
+    for line in progress.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the line being written when the run was killed
+        row = entry.get("row")
+        if entry.get("status") == "nodata" or (row and (out / row["image"]).is_file()):
+            done[int(entry["i"])] = entry
+    return done
+
+
+def tile_row(
+    plan: _Plan, transform: Any, to_wgs84: Any, col_off: int, row_off: int, nodata_share: float
+) -> dict[str, Any]:
+    """The manifest row of one window: centre, WGS84 footprint, CRS and pixel window."""
+    width, height = plan.window_px
+    corners = [(col_off, row_off), (col_off, row_off + height), (col_off + width, row_off + height)]
+    corners.append((col_off + width, row_off))
+    ground = [to_wgs84.transform(*(transform * corner)) for corner in corners]
+    lon, lat = to_wgs84.transform(*(transform * (col_off + width / 2, row_off + height / 2)))
+    return {
+        "image": f"tiles/r{row_off:06d}_c{col_off:06d}.png",
+        "lat": round(lat, 9),
+        "lon": round(lon, 9),
+        "footprint": polygon(make_ring(ground)),
+        "crs": plan.crs,
+        "window": {"col_off": col_off, "row_off": row_off, "width": width, "height": height},
+        "source": plan.raster.name,
+        "nodata_share": round(nodata_share, 4),
+    }
+
+
+def _read_window(src: Any, plan: _Plan, col_off: int, row_off: int, px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window's chosen bands resampled to px x px, and its validity mask (True = data)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    window = Window(col_off, row_off, *plan.window_px)
+    # Averaging when shrinking keeps thin features (roads) visible; bilinear when enlarging.
+    resampling = Resampling.average if max(plan.window_px) > px else Resampling.bilinear
+    unique = sorted(set(plan.bands))
+    data = src.read(unique, window=window, out_shape=(len(unique), px, px), resampling=resampling)
+    mask = src.dataset_mask(window=window, out_shape=(px, px)) > 0
+    return data[[unique.index(b) for b in plan.bands]], mask
+
+
+def _windows_to_do(plan: _Plan, done: dict[int, dict[str, Any]]) -> Iterator[tuple[int, int, int]]:
+    for i, (col_off, row_off) in enumerate(plan.windows):
+        if i not in done:
+            yield i, col_off, row_off
+
+
+def cut_raster(
+    raster: str | Path,
+    out: str | Path,
+    settings: TilingSettings | None = None,
+    show_progress: bool | None = None,
+) -> TilingResult:
+    """Cut `raster` into tiles under `out`; return what was done. See the module's docstring."""
+    import rasterio
+    from PIL import Image
+    from pyproj import CRS, Transformer
+    from tqdm import tqdm
+
+    settings = settings or TilingSettings()
+    plan = plan_cut(raster, settings)
+    out = Path(out).absolute()
+    started = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(plan.raster) as src:
+        state = _state(plan, settings, None)
+        resuming = _check_out(out, state)
+        if not resuming:
+            state["scale"] = _stretch(src, plan.bands, settings)
+            (out / "tiles").mkdir(parents=True, exist_ok=True)
+            atomic.write_json(out / STATE_FILE, state)
+        done = _done_windows(out) if resuming else {}
+        resumed = len(done)
+        scale = state["scale"]
+        to_wgs84 = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True)
+        if show_progress is None:
+            show_progress = sys.stderr.isatty()
+        with open(out / PROGRESS_FILE, "a", encoding="utf-8") as progress:
+            bar = tqdm(
+                _windows_to_do(plan, done),
+                total=len(plan.windows),
+                initial=len(done),
+                unit="tile",
+                desc=f"cutting {plan.raster.name}",
+                disable=not show_progress,
+            )
+            for i, col_off, row_off in bar:
+                data, mask = _read_window(src, plan, col_off, row_off, settings.px)
+                nodata_share = 1.0 - float(mask.mean())
+                if nodata_share > settings.max_nodata:
+                    entry: dict[str, Any] = {"i": i, "status": "nodata"}
+                else:
+                    rgb = _to_rgb(data, scale)
+                    rgb[:, ~mask] = 0  # nodata pixels black, not whatever value marks them
+                    row = tile_row(plan, src.transform, to_wgs84, col_off, row_off, nodata_share)
+                    with atomic.atomic_path(out / row["image"]) as tmp:
+                        Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(
+                            tmp, format="PNG", compress_level=3
+                        )
+                    entry = {"i": i, "status": "tile", "row": row}
+                # After the PNG: a logged tile is always on disk.
+                progress.write(json.dumps(entry) + "\n")
+                progress.flush()
+                done[i] = entry
+    seconds = time.perf_counter() - started
+    return _finish(out, plan, settings, done, scale, seconds, resumed)
+
+
+def _finish(
+    out: Path,
+    plan: _Plan,
+    settings: TilingSettings,
+    done: dict[int, dict[str, Any]],
+    scale: list[list[float]] | None,
+    seconds: float,
+    resumed: int,
+) -> TilingResult:
+    from geoloc.data.manifest import write_manifest
+
+    rows = [done[i]["row"] for i in sorted(done) if done[i]["status"] == "tile"]
+    skipped = sum(1 for entry in done.values() if entry["status"] == "nodata")
+    if not rows:
+        raise GeolocError(
+            f"{plan.raster}: every one of its {len(plan.windows)} tiles is more than "
+            f"{settings.max_nodata:.0%} nodata; nothing to index"
+        )
+    manifest = out / "manifest.jsonl"
+    write_manifest(manifest, rows)
+    result = TilingResult(
+        manifest=manifest,
+        windows=len(plan.windows),
+        tiles=len(rows),
+        skipped_nodata=skipped,
+        resumed=resumed,
+        seconds=seconds,
+        bands=plan.bands,
+        crs=plan.crs,
+        window_px=plan.window_px,
+    )
+    summary = {
+        "raster": str(plan.raster),
+        "crs": plan.crs,
+        "bands": {"red": plan.bands[0], "green": plan.bands[1], "blue": plan.bands[2]},
+        "scale": scale,
+        "tile_m": settings.tile_m,
+        "overlap": settings.overlap,
+        "px": settings.px,
+        "window_px": list(plan.window_px),
+        "pixel_m": [round(v, 4) for v in plan.pixel_m],
+        "windows": result.windows,
+        "tiles": result.tiles,
+        "skipped_nodata": skipped,
+    }
+    atomic.write_json(out / SUMMARY_FILE, summary)
+    return result
