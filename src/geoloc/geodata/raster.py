@@ -123,13 +123,21 @@ def choose_bands(src: Any, bands: tuple[int, ...] | None, path: Path) -> list[in
     return [colour_bands[0]] * 3 if colour_bands else [1, 1, 1]
 
 
+def pixel_to_crs(transform: Any, col: float, row: float) -> tuple[float, float]:
+    """The CRS coordinates of pixel position (col, row) under an affine geotransform."""
+    return (
+        transform.a * col + transform.b * row + transform.c,
+        transform.d * col + transform.e * row + transform.f,
+    )
+
+
 def _pixel_metres(src: Any, to_wgs84: Any) -> tuple[float, float]:
     """Ground size of one pixel (across, down) in metres, measured geodesically at the centre."""
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
     col, row = src.width / 2, src.height / 2
-    points = [src.transform * (c, r) for c, r in ((col, row), (col + 1, row), (col, row + 1))]
+    points = [pixel_to_crs(src.transform, c, r) for c, r in ((col, row), (col + 1, row), (col, row + 1))]
     (lon0, lat0), (lon1, lat1), (lon2, lat2) = (to_wgs84.transform(x, y) for x, y in points)
     across = geod.inv(lon0, lat0, lon1, lat1)[2]
     down = geod.inv(lon0, lat0, lon2, lat2)[2]
@@ -289,8 +297,8 @@ def tile_row(
     width, height = plan.window_px
     corners = [(col_off, row_off), (col_off, row_off + height), (col_off + width, row_off + height)]
     corners.append((col_off + width, row_off))
-    ground = [to_wgs84.transform(*(transform * corner)) for corner in corners]
-    lon, lat = to_wgs84.transform(*(transform * (col_off + width / 2, row_off + height / 2)))
+    ground = [to_wgs84.transform(*pixel_to_crs(transform, *corner)) for corner in corners]
+    lon, lat = to_wgs84.transform(*pixel_to_crs(transform, col_off + width / 2, row_off + height / 2))
     return {
         "image": f"tiles/r{row_off:06d}_c{col_off:06d}.png",
         "lat": round(lat, 9),

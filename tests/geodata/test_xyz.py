@@ -1,0 +1,93 @@
+"""A manifest straight from a z/x/y.png folder: footprints from the tile math."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mercantile
+import pytest
+from PIL import Image
+
+from geoloc.cli import main
+from geoloc.data.manifest import read_manifest
+from geoloc.geodata.footprint import signed_area
+
+
+def _tile(folder: Path, z: int, x: int, y: int, suffix: str = ".png") -> None:
+    path = folder / str(z) / str(x) / f"{y}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (256, 256), (x % 256, y % 256, z)).save(path)
+
+
+@pytest.fixture
+def xyz_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "xyz"
+    # Four tiles of lower Manhattan at zoom 17, and one at zoom 16.
+    for x, y in ((38589, 49284), (38590, 49284), (38589, 49285), (38590, 49285)):
+        _tile(folder, 17, x, y)
+    _tile(folder, 16, 19294, 24642, ".jpg")
+    (folder / "README.txt").write_text("tiles from somewhere\n")  # files beside z/ are not tiles
+    return folder
+
+
+def test_manifest_from_tile_math(xyz_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["xyz", str(xyz_folder)]) == 0
+    assert "5 tiles" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (xyz_folder / "manifest.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == [
+        "16/19294/24642.jpg",
+        "17/38589/49284.png",
+        "17/38589/49285.png",
+        "17/38590/49284.png",
+        "17/38590/49285.png",
+    ]
+    for row in rows:
+        z, x, y = (row["tile"][name] for name in "zxy")
+        box = mercantile.bounds(x, y, z)
+        ring = row["footprint"]["coordinates"][0]
+        assert ring[0] == ring[-1] and signed_area(ring) > 0
+        assert {tuple(p) for p in ring} == {
+            (round(box.west, 9), round(box.south, 9)),
+            (round(box.west, 9), round(box.north, 9)),
+            (round(box.east, 9), round(box.south, 9)),
+            (round(box.east, 9), round(box.north, 9)),
+        }
+        assert box.west < row["lon"] < box.east and box.south < row["lat"] < box.north
+        assert row["crs"] == "EPSG:3857"
+    # Lower Manhattan, and a gallery geoloc reads as it is.
+    assert rows[1]["lat"] == pytest.approx(40.705, abs=0.005)
+    assert rows[1]["lon"] == pytest.approx(-74.01, abs=0.005)
+    gallery = read_manifest(xyz_folder, require_texts=False)
+    assert len(gallery) == 5 and all(r.footprint for r in gallery.records)
+
+
+def test_tms_rows_count_from_the_south(tmp_path: Path) -> None:
+    from geoloc.geodata.xyz import xyz_rows
+
+    folder = tmp_path / "tms"
+    _tile(folder, 17, 38589, 2**17 - 1 - 49284)
+    (row,) = xyz_rows(folder, tms=True)
+    assert row["tile"] == {"z": 17, "x": 38589, "y": 49284}
+    assert row["lat"] == pytest.approx(40.70, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "z, x, y, reason",
+    [
+        ("17", "38589", "north", "row 'north' is not a number"),
+        ("17", "col7", "49284", "column 'col7' is not a number"),
+        ("zoom", "38589", "49284", "zoom level 'zoom' is not a number"),
+        ("2", "4", "0", "does not exist"),
+    ],
+)
+def test_bad_names_are_refused_and_nothing_written(
+    xyz_folder: Path, capsys: pytest.CaptureFixture[str], z: str, x: str, y: str, reason: str
+) -> None:
+    bad = xyz_folder / z / x / f"{y}.png"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(bad)
+    assert main(["xyz", str(xyz_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and reason in err and str(xyz_folder) in err
+    assert not (xyz_folder / "manifest.jsonl").exists()
