@@ -94,3 +94,80 @@ def _print_examples(test: Any, embeddings: Any) -> None:
             mark = "  <- the described tile" if record.key == truth else ""
             where = f"lat {record.lat:.5f}, lon {record.lon:.5f}"
             print(f"  {rank}. {record.key}  {where}  score {scores[j]:.3f}{mark}")
+
+
+# -- the real path: one georeferenced raster -> tiles -> index -> search -> map ------------------
+DEFAULT_MAP_MODEL = Path("demo_out/run")  # what `make demo` trains; untrained tiny-smolvlm otherwise
+
+
+def run_map_demo(
+    out: Path,
+    model: str | None = None,
+    tiles: int = 1200,
+    seed: int = 0,
+    serve: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> int:
+    """The synthetic city as one UTM GeoTIFF, cut, indexed and searched in words, then served.
+
+    With the default model, the run `make demo` trained (if it is there) has seen the training
+    tiles of this same city (same seed and size), so the test descriptions find their places.
+    """
+    import json
+
+    from pyproj import Geod
+
+    from geoloc.geodata.geojson import feature_collection
+    from geoloc.geodata.raster import TilingSettings, cut_raster
+    from geoloc.index.build import build_index
+    from geoloc.index.search import SearchIndex
+
+    if model is None:
+        model = str(DEFAULT_MAP_MODEL) if (DEFAULT_MAP_MODEL / "config.yaml").exists() else "tiny-smolvlm"
+    if out.exists():
+        shutil.rmtree(out)
+    print(f"1/4 writing the synthetic city ({tiles} tiles) as one UTM raster ...")
+    manifest = generate_city(out / "city", tiles=tiles, seed=seed, geotiff=True)
+    raster = manifest.parent / "city.tif"
+    print(f"    {raster}")
+    print("2/4 cutting it into 150 m tiles of 128 pixels (geoloc tiles) ...")
+    cut = cut_raster(raster, out / "gallery", TilingSettings(tile_m=150, overlap=0.0, px=128))
+    print(
+        f"    {cut.tiles} tiles, {cut.skipped_nodata} empty windows skipped, "
+        f"{cut.windows_per_s:.0f} tiles/s: {cut.manifest}"
+    )
+    print(f"3/4 indexing the tiles with {model} ...")
+    encoder = GeoEncoder.load(model)
+    build_index(model, cut.manifest, out / "index", encoder=encoder)
+    index = SearchIndex.open(out / "index", encoder=encoder)
+    if model == "tiny-smolvlm":
+        print(
+            "    (an untrained model: its rankings are close to chance; run `make demo` first to train one)"
+        )
+
+    print("4/4 searching in words for three described test tiles ...")
+    geod = Geod(ellps="WGS84")
+    described = [r for r in read_manifest(manifest, split="test").records][:3]
+    for n, record in enumerate(described, 1):
+        text = record.texts[0]
+        hits = index.search(text, k=5)
+        print(f'Query {n}: "{text}"  (described tile at {record.lat:.5f}, {record.lon:.5f})')
+        for hit in hits[:3]:
+            metres = geod.inv(record.lon, record.lat, hit.lon, hit.lat)[2]
+            mark = "  <- the described place" if metres < 1.0 else ""
+            print(f"  {hit.rank}. {hit.key}  score {hit.score:.3f}  {metres:,.0f} m away{mark}")
+        if n == 1:
+            collection = feature_collection([hit.to_dict() for hit in hits], query=text, k=5)
+            (out / "results.geojson").write_text(json.dumps(collection, indent=2) + "\n", encoding="utf-8")
+    print(f"GeoJSON of the first query's top 5 (opens in QGIS or geojson.io): {out / 'results.geojson'}")
+    if not serve:
+        print(f"to see them on the map: geoloc serve {out / 'index'}")
+        return 0
+    import uvicorn
+
+    from geoloc.serve.app import create_app
+
+    print(f"serving the map on http://{host}:{port}/ : search e.g. {described[0].texts[0]!r}  (Ctrl-C stops)")
+    uvicorn.run(create_app(index), host=host, port=port, log_level="warning")
+    return 0
