@@ -123,3 +123,9 @@ def cvgtext_root(tmp_path: Path) -> Path:
 def cvgtext_writer():
     """`write_cvgtext_tree`, for tests that need another city or arrangement."""
     return write_cvgtext_tree
+
+
+@pytest.fixture
+def geotext_writer():
+    """`write_geotext_tree`, for tests that need other sizes or seeds."""
+    return write_geotext_tree

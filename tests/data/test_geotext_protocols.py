@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_geotext_tree
 
 from geoloc.cli import main
 from geoloc.data.geotext import geotext_record_layout, load_geotext
@@ -166,8 +165,10 @@ def assert_same_recalls(got: dict, expected: dict) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("repeated_id", [False, True])
-def test_three_protocols_match_naive_references(tmp_path: Path, seed: int, repeated_id: bool) -> None:
-    root = write_geotext_tree(tmp_path / "GeoText1652", train_buildings=2, test_buildings=12, seed=seed)
+def test_three_protocols_match_naive_references(
+    tmp_path: Path, seed: int, repeated_id: bool, geotext_writer
+) -> None:
+    root = geotext_writer(tmp_path / "GeoText1652", train_buildings=2, test_buildings=12, seed=seed)
     if repeated_id:
         repeat_an_image_id(root)
     records = naive_records(root)
@@ -193,10 +194,10 @@ def test_three_protocols_match_naive_references(tmp_path: Path, seed: int, repea
     assert benchmark["n_images"] == n_records - int(repeated_id)
 
 
-def test_repeated_image_id_one_gallery_row_per_record(tmp_path: Path) -> None:
+def test_repeated_image_id_one_gallery_row_per_record(tmp_path: Path, geotext_writer) -> None:
     """With a repeated image_id the official code keeps one gallery image per record: geoloc's
     official-quirks does too, and merging the two records into one image gives other numbers."""
-    root = write_geotext_tree(tmp_path / "GeoText1652", train_buildings=2, test_buildings=12, seed=0)
+    root = geotext_writer(tmp_path / "GeoText1652", train_buildings=2, test_buildings=12, seed=0)
     image_id = repeat_an_image_id(root)
     dataset = load_geotext(root, split="test")
     record_images, text_records = geotext_record_layout(dataset)
@@ -228,10 +229,10 @@ def test_repeated_image_id_one_gallery_row_per_record(tmp_path: Path) -> None:
     assert merged["mean"] != pytest.approx(official["mean"], abs=1e-6)
 
 
-def test_record_layout_follows_the_loaded_view(tmp_path: Path) -> None:
+def test_record_layout_follows_the_loaded_view(tmp_path: Path, geotext_writer) -> None:
     """With --view satellite only satellite images are in the data set: the official gallery
     keeps their records only, and each text still maps to its own image."""
-    root = write_geotext_tree(tmp_path / "GeoText1652", train_buildings=2, test_buildings=4)
+    root = geotext_writer(tmp_path / "GeoText1652", train_buildings=2, test_buildings=4)
     dataset = load_geotext(root, split="test", view="satellite")
     record_images, text_records = geotext_record_layout(dataset)
     assert sorted(record_images) == list(range(len(dataset)))
@@ -239,10 +240,10 @@ def test_record_layout_follows_the_loaded_view(tmp_path: Path) -> None:
     assert [record_images[r] for r in text_records] == image_index
 
 
-def test_eval_command_paper_protocol_and_templates(tmp_path: Path) -> None:
+def test_eval_command_paper_protocol_and_templates(tmp_path: Path, geotext_writer) -> None:
     """geoloc eval --protocol paper, with the released evaluation's template prefix: the metrics
     name both, and equal the naive reference on the saved embeddings."""
-    root = write_geotext_tree(tmp_path / "GeoText1652", train_buildings=2, test_buildings=4)
+    root = geotext_writer(tmp_path / "GeoText1652", train_buildings=2, test_buildings=4)
     out = tmp_path / "out"
     command = ["eval", "tiny-smolvlm", "--benchmark", "geotext1652", "--root", str(root), "--no-cache"]
     command += ["--protocol", "paper", "--text-template", "<|endoftext|>{text}"]
@@ -257,8 +258,8 @@ def test_eval_command_paper_protocol_and_templates(tmp_path: Path) -> None:
     assert_same_recalls(metrics, naive_protocol(naive_records(root), image_vec, text_vec, "paper"))
 
 
-def test_protocol_flags_are_checked(tmp_path: Path, capsys) -> None:
-    root = write_geotext_tree(tmp_path / "GeoText1652", train_buildings=2, test_buildings=2)
+def test_protocol_flags_are_checked(tmp_path: Path, capsys, geotext_writer) -> None:
+    root = geotext_writer(tmp_path / "GeoText1652", train_buildings=2, test_buildings=2)
     base = ["eval", "tiny-smolvlm", "--benchmark", "geotext1652", "--root", str(root), "--no-cache"]
     assert main([*base, "--official-quirks", "--protocol", "paper", "--out", str(tmp_path / "a")]) == 2
     assert "contradict" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_warmup_first_steps_match_the_reference(rule: str, total: int, ratio: fl
 
 
 def test_warmup_rules_differ_as_described() -> None:
-    # 20 epochs of 16,400 steps (GeoText-1652 at batch 10), 1 %: 3,280 steps both ways.
+    # A long run, 1 %: 3,280 steps both ways.
     assert warmup_steps(328_000, 0.01, "released") == warmup_steps(328_000, 0.01, "ceil") == 3280
     # A short run: the released rule truncates to 1 step (at lr 0) or to none at all.
     assert (warmup_steps(150, 0.01, "released"), warmup_steps(150, 0.01, "ceil")) == (1, 2)
