@@ -2,6 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The compatibility pass: a second environment with the newest releases of the libraries whose
+# behaviour geoloc depends on most (torch stays the pinned CPU build; everything else as pinned).
+NEWEST := .venv-newest
+NEWEST_BIN := $(NEWEST)/bin
+NEWEST_LIBS := transformers peft accelerate tokenizers
+UNPINNED := transformers|peft|accelerate|tokenizers|huggingface_hub|safetensors
+# What the compatibility pass runs: everything that touches a model, and the real-file tests.
+COMPAT_TESTS := tests/encoder tests/train tests/eval tests/index tests/test_real_models_cli.py tests/test_versions.py
 
 .PHONY: demo test lint clean
 
@@ -14,16 +22,34 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+$(NEWEST_BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(NEWEST)
+	$(NEWEST_BIN)/pip install --quiet --upgrade pip
+	$(NEWEST_BIN)/pip install --quiet torch==2.13.0
+	grep -v -E '^($(UNPINNED))==' constraints.txt > $(NEWEST)/others.txt
+	$(NEWEST_BIN)/pip install --quiet -c $(NEWEST)/others.txt -e ".[dev]"
+	$(NEWEST_BIN)/pip install --quiet -c $(NEWEST)/others.txt --upgrade $(NEWEST_LIBS)
+	touch $@
+
 demo: $(BIN)/.installed
 	$(BIN)/geoloc demo
 
-test: $(BIN)/.installed
+# The two passes run side by side, one torch thread each: on 2 cores that takes about as long
+# as the longer one alone (two 2-thread processes would oversubscribe the cores).
+test: $(BIN)/.installed $(NEWEST_BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest
+	@echo "compatibility pass, on the newest releases:" \
+	  $$($(NEWEST_BIN)/pip list --format=freeze 2>/dev/null | grep -i -E '^($(UNPINNED))==' | tr '\n' ' ')
+	@OMP_NUM_THREADS=1 $(NEWEST_BIN)/pytest -p no:cacheprovider --basetemp=$(NEWEST)/pytest-tmp $(COMPAT_TESTS) > $(NEWEST)/pytest.log 2>&1 & \
+	compat=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/pytest; main=$$?; \
+	wait $$compat; newest=$$?; \
+	echo "== compatibility pass ($(NEWEST)/pytest.log) =="; cat $(NEWEST)/pytest.log; \
+	test $$main = 0 && test $$newest = 0
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_out runs
+	rm -rf $(VENV) $(NEWEST) demo_out runs

@@ -28,3 +28,20 @@ def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from geoloc.data.synth import generate_city
 
     return generate_city(tmp_path_factory.mktemp("tiny") / "city", tiles=40, seed=2)
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory):
+    """`real_model(name)`: a model folder as a download looks (the real config, tokenizer and
+    processor files, shrunk to 2 layers per tower, random weights), built once per session."""
+    from geoloc.encoder.model_files import build_random_checkpoint
+
+    built: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("real-models")
+
+    def folder(name: str) -> Path:
+        if name not in built:
+            built[name] = build_random_checkpoint(name, root / name, layers=2)
+        return built[name]
+
+    return folder

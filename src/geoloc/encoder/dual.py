@@ -43,6 +43,7 @@ from geoloc.encoder.model import (
 from geoloc.encoder.presets import DUAL_PRESETS, PRESETS, dual_preset_model, dual_preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, matching_modules
 from geoloc.errors import ConfigError, GeolocError
+from geoloc.versions import warn_if_untested
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ class DualEncoder(EncoderBase):
         trainable: bool = False,
     ) -> DualEncoder:
         """Load from a dual preset, an HF id or model folder, a saved dual encoder, or a run directory."""
+        warn_if_untested()
         torch_dtype = resolve_dtype(dtype)
         saved = saved_encoder_dir(source)
         if saved is not None:

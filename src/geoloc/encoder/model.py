@@ -28,6 +28,7 @@ from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
 from geoloc.errors import ConfigError, GeolocError
+from geoloc.versions import warn_if_untested
 
 SPEC_FILE = "geoloc_encoder.json"
 SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
@@ -358,6 +359,7 @@ class GeoEncoder(EncoderBase):
         `spec_overrides` (pooling, templates, tuning, ...) apply when building a new encoder from
         a backbone; a saved encoder keeps the spec it was saved with.
         """
+        warn_if_untested()
         torch_dtype = resolve_dtype(dtype)
         from geoloc.encoder.dual import DualEncoder, dual_family  # imported here: dual imports this module
 
