@@ -89,6 +89,7 @@ def test_nodata_borders_are_skipped_and_counted(tmp_path: Path) -> None:
     out = tmp_path / "strict"
     with pytest.raises(GeolocError, match="more than 10% nodata"):
         cut_raster(path, out, TilingSettings(tile_m=100, px=200, max_nodata=0.1))
+    assert not out.exists()
 
 
 def test_rgba_alpha_is_the_mask_and_not_a_colour(tmp_path: Path) -> None:

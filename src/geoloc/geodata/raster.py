@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -388,7 +389,12 @@ def cut_raster(
                 progress.flush()
                 done[i] = entry
     seconds = time.perf_counter() - started
-    return _finish(out, plan, settings, done, scale, seconds, resumed)
+    try:
+        return _finish(out, plan, settings, done, scale, seconds, resumed)
+    except GeolocError:
+        if not resuming:  # every window was nodata: leave nothing behind of this run
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _finish(
