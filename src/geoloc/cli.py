@@ -146,7 +146,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from geoloc.data.manifest import read_manifest
     from geoloc.encoder.model import GeoEncoder
     from geoloc.eval.gallery import embed_gallery
-    from geoloc.train.distributed import join_world
+    from geoloc.world import join_world
 
     world = join_world()
     try:

@@ -2,8 +2,11 @@
 
     config = load_config("configs/demo.yaml", overrides=["train.lr=1e-4", "tuning.rank=8"])
 
-Unknown keys and wrong types are refused with the file and key named; the resolved config is
-saved in every run directory, so a run can be repeated exactly.
+A config file may extend another: `base: paper-internvl3_5-1b.yaml` (relative to the file) reads
+that one first, then merges this file's sections into it key by key, so a variant states only
+what it changes. Unknown keys, wrong types and choices outside a field's `Literal` are refused
+when the config is read, naming the file, the key and the valid choices, before any data is
+touched. The resolved config is saved in every run directory, so a run can be repeated exactly.
 """
 
 from __future__ import annotations
@@ -13,41 +16,49 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import ConfigError
+
+# The choice fields. Each is checked against its Literal when the config is read (`_coerce`),
+# so code further on can rely on the value being one of these.
+PaddingSide = Literal["left", "right"]
+WeightsDtype = Literal["float32", "bfloat16"]
+LossDirection = Literal["text_to_image", "symmetric"]
+BenchmarkName = Literal["manifest", "geotext1652", "cvgtext"]
+CvgTextVersion = Literal["mixed", "panorama", "photos"]
+CvgTextTarget = Literal["satellite", "osm"]
+GeoTextView = Literal["all", "satellite", "drone", "ground"]
+OnBadRecord = Literal["error", "skip"]
+NoDecayRule = Literal["ndim", "names"]
+WarmupRule = Literal["ceil", "released"]
+TrainPrecision = Literal["auto", "float32", "bf16"]
+TileFeatures = Literal["auto", "cache", "compute"]
+Sharding = Literal["ddp", "fsdp"]
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "tiny-smolvlm"  # preset, HF id or local model folder
-    pooling: str = "eos"  # eos | mean | query
+    pooling: PoolingName = "eos"
     query_tokens: int = 4
     query_heads: int = 4
     text_template: str = "{text}"
     image_template: str = "{image}"
     max_text_tokens: int = 300
-    padding_side: str = "right"
-    dtype: str = "float32"  # weights' dtype: float32 | bfloat16
+    padding_side: PaddingSide = "right"
+    dtype: WeightsDtype = "float32"  # the weights' dtype
 
 
 @dataclass
 class LossConfig:
     temperature: float = 0.02  # the released recipe's (train.py's CLI default at HEAD)
     learnable_temperature: bool = False
-    direction: str = "text_to_image"  # text_to_image | symmetric
-
-
-DATA_CHOICES = {
-    "benchmark": ("manifest", "geotext1652", "cvgtext"),
-    "version": ("mixed", "panorama", "photos"),
-    "target": ("satellite", "osm"),
-    "view": ("all", "satellite", "drone", "ground"),
-    "on_bad_record": ("error", "skip"),
-}
+    direction: LossDirection = "text_to_image"
 
 
 @dataclass
@@ -65,24 +76,20 @@ class DataConfig:
     without a val split there is no validation, so the run's model is its final checkpoint.
     """
 
-    benchmark: str = "manifest"  # manifest | geotext1652 | cvgtext
+    benchmark: BenchmarkName = "manifest"
     train: str = ""  # manifest only: a manifest file or a folder with manifest.jsonl
     root: str = ""  # geotext1652 / cvgtext: the benchmark's root folder
     city: str = ""  # cvgtext: NewYork, Brisbane, Tokyo
-    version: str = "mixed"  # cvgtext: mixed | panorama | photos
-    target: str = "satellite"  # cvgtext: satellite | osm
-    view: str = "all"  # geotext1652: all | satellite | drone | ground (images that train)
+    version: CvgTextVersion = "mixed"  # cvgtext: the queries
+    target: CvgTextTarget = "satellite"  # cvgtext: the tiles
+    view: GeoTextView = "all"  # geotext1652: the images that train
     train_split: str = "train"
     val_split: str = "val"  # manifest: used when the data has it; else carved from the training rows
     val_fraction: float = 0.1  # 0: no carve, train on every record, keep the final checkpoint
     max_val_images: int = 1000
-    on_bad_record: str = "error"  # error: stop on the first bad record; skip: leave it out, list it
+    on_bad_record: OnBadRecord = "error"  # error: stop on the first bad record; skip: leave it out, list it
 
     def __post_init__(self) -> None:
-        for key, choices in DATA_CHOICES.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise ConfigError(f"data.{key}: {value!r} is not one of {', '.join(choices)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(
                 f"data.val_fraction: {self.val_fraction!r} must be at least 0 (0: train on everything) "
@@ -90,9 +97,6 @@ class DataConfig:
             )
         if self.max_val_images < 1:
             raise ConfigError(f"data.max_val_images: {self.max_val_images!r} must be at least 1")
-
-
-TRAIN_CHOICES = {"no_decay": ("ndim", "names"), "warmup": ("ceil", "released")}
 
 
 @dataclass
@@ -107,14 +111,14 @@ class TrainConfig:
     # Which parameters are exempt from weight decay: "ndim" every 1-D one (biases, norms, DoRA
     # magnitude vectors); "names" only those whose names contain `bias` or `LayerNorm.weight`,
     # as the released code does (so DoRA magnitudes ARE decayed there).
-    no_decay: str = "ndim"
+    no_decay: NoDecayRule = "ndim"
     warmup_ratio: float = 0.01
     # "ceil": ceil(total x ratio) warm-up steps (at least 1), the first at 1/warm-up of the lr;
     # "released": int(total x ratio) steps (possibly 0) starting from factor 0, as released.
-    warmup: str = "ceil"
+    warmup: WarmupRule = "ceil"
     min_lr_ratio: float = 1e-3
     grad_clip: float = 1.0
-    precision: str = "auto"  # auto | float32 | bf16
+    precision: TrainPrecision = "auto"  # auto: bf16 autocast on a GPU that supports it
     gradient_checkpointing: bool = False
     device: str = "auto"
     log_every: int = 10
@@ -127,17 +131,11 @@ class TrainConfig:
     # Tile vision features: "cache" computes each tile's once and keeps it on disk (only when the
     # vision tower and projector are not adapted), "compute" runs the vision tower every step,
     # "auto" caches whenever it can.
-    tile_features: str = "auto"
+    tile_features: TileFeatures = "auto"
     tile_feature_dir: str = ""  # default: $GEOLOC_CACHE/tile_features
     # Several processes: "ddp" keeps a whole model in each; "fsdp" splits the frozen language
     # model's weights across them (train/sharding.py), for backbones too large to replicate.
-    sharding: str = "ddp"
-
-    def __post_init__(self) -> None:
-        for key, choices in TRAIN_CHOICES.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise ConfigError(f"train.{key}: {value!r} is not one of {', '.join(choices)}")
+    sharding: Sharding = "ddp"
 
 
 @dataclass
@@ -157,6 +155,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if isinstance(annotation, str):
         annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, annotation)
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
@@ -230,13 +233,18 @@ def _field_type(path: list[str]) -> Any:
     return node
 
 
+def _is_text(annotation: Any) -> bool:
+    """A plain string field, or a choice among strings: YAML must not turn `off` into False."""
+    return annotation is str or typing.get_origin(annotation) is Literal
+
+
 def config_from_dict(
     data: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
 ) -> Config:
     data = dict(data or {})
     for text in overrides or []:
         path, value = parse_override(text)
-        if _field_type(path) is str:
+        if _is_text(_field_type(path)):
             value = text.split("=", 1)[1]  # a string field takes the text as written, braces and all
         node = data
         for part in path[:-1]:
@@ -244,7 +252,23 @@ def config_from_dict(
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {part} is not a section")
         node[path[-1]] = value
-    return _build(Config, data, "") if not isinstance(data, Config) else data
+    config = _build(Config, data, "") if not isinstance(data, Config) else data
+    _check_targets(config.tuning.targets)
+    return config
+
+
+def _check_targets(targets: str) -> None:
+    """tuning.targets names target sets joined with '+', or is a custom 're:<regex>'."""
+    from geoloc.encoder.tuning import TARGET_SETS
+
+    if targets.startswith("re:"):
+        return
+    unknown = [name for name in targets.split("+") if name not in TARGET_SETS]
+    if unknown:
+        raise ConfigError(
+            f"tuning.targets: {unknown[0]!r} is not one of {', '.join(TARGET_SETS)} "
+            "(join several with '+', or give 're:<regex>')"
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -271,20 +295,58 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem}, line {mark.line + 1}, column {mark.column + 1}"
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """One config file's own YAML mapping (its `base` not yet followed)."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error})") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(error)})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's sections with its `base` chain resolved, as plain data (not yet checked).
+
+    `base` names another config file, relative to this one; its sections are read first (and
+    its own base before them), then this file's are merged over them. A chain that comes back
+    to a file already in it is refused.
+    """
+    path = Path(path)
+    chain = (*_chain, path.resolve())
+    if chain[-1] in _chain:
+        names = " -> ".join(str(p) for p in chain)
+        raise ConfigError(f"{path}: 'base' goes round in a cycle: {names}")
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected the file name of another config, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} is not a file")
+    return merge_sections(read_config_data(base_path, chain), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from error
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{path}: not UTF-8 text ({error})") from error
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(error)})") from error
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data: Any = read_config_data(path) if path is not None else {}
     try:
         return config_from_dict(data, overrides)
     except ConfigError as error:

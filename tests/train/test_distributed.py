@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
 
-from geoloc.train.distributed import World, gather_with_grad
+from geoloc.train.distributed import gather_with_grad
+from geoloc.world import World
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

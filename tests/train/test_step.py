@@ -9,10 +9,10 @@ import torch
 
 from geoloc.encoder.model import GeoEncoder
 from geoloc.encoder.tuning import TuningConfig
-from geoloc.train.distributed import World
 from geoloc.train.loss import InfoNCE
 from geoloc.train.step import ContrastiveStep, PairEncoder, split_inputs
 from geoloc.train.throughput import synthetic_batch
+from geoloc.world import World
 
 
 def _setup(preset: str, dropout: float) -> tuple[GeoEncoder, InfoNCE, dict, dict]:

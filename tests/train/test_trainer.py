@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from geoloc.config import config_from_dict, load_config
 from geoloc.data.manifest import read_manifest
 from geoloc.encoder.model import GeoEncoder
-from geoloc.errors import GeolocError
+from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train import trainer as trainer_module
 from geoloc.train.splits import carve_splits
@@ -123,11 +123,73 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_city: Path, tmp_pat
         train(config, tmp_path / "run")
 
 
-def test_unknown_sharding_is_refused_by_name(tiny_city: Path, tmp_path: Path) -> None:
-    config = _config(tiny_city, epochs=1, batch_size=16, max_steps=1, sharding="zero3")
-    with pytest.raises(GeolocError, match="train.sharding must be ddp or fsdp, not 'zero3'"):
-        train(config, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+def test_unknown_sharding_is_refused_when_the_config_is_read(tiny_city: Path) -> None:
+    with pytest.raises(ConfigError, match="train.sharding: 'zero3' is not one of ddp, fsdp"):
+        _config(tiny_city, epochs=1, batch_size=16, max_steps=1, sharding="zero3")
+
+
+class _FakeCuda:
+    """Two CUDA devices' generators, standing in for torch.cuda on a CPU-only machine."""
+
+    def __init__(self) -> None:
+        self.states = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+        self.restored: list[torch.Tensor] | None = None
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self._set)
+
+    def _set(self, states: list[torch.Tensor]) -> None:
+        self.restored = [s.clone() for s in states]
+
+
+def test_rng_state_holds_the_cpu_and_every_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    state = trainer_module.rng_state()
+    assert torch.equal(state["cpu"], torch.get_rng_state())
+    assert [s.tolist() for s in state["cuda"]] == [s.tolist() for s in fake.states]
+    torch.rand(3)  # the CPU generator moves on
+    trainer_module.set_rng_state(state)
+    assert torch.equal(torch.get_rng_state(), state["cpu"])
+    assert [s.tolist() for s in fake.restored] == [s.tolist() for s in fake.states]
+
+
+def test_rng_state_on_other_devices_warns_and_keeps_the_cpu_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    state = trainer_module.rng_state()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match="2 CUDA device"):
+        trainer_module.set_rng_state(state)
+    assert fake.restored is None and torch.equal(torch.get_rng_state(), state["cpu"])
+
+
+def test_checkpoint_restores_every_devices_random_state(
+    tiny_city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only the CPU generator was saved, so LoRA dropout on a GPU differed after --resume."""
+    config = _config(tiny_city, epochs=1, batch_size=16, max_steps=1)
+    trainer = trainer_module.Trainer(config, tmp_path / "run")
+    trainer.run()
+    fake = _FakeCuda()
+    with monkeypatch.context() as patched:
+        fake.install(patched)
+        trainer.save_checkpoint()  # as a GPU run would write it
+    checkpoint = tmp_path / "run" / CHECKPOINT
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    assert [s.tolist() for s in state["rng_per_process"][0]["cuda"]] == [s.tolist() for s in fake.states]
+
+    resumed = trainer_module.Trainer(config, tmp_path / "run")
+    resumed._build(checkpoint)
+    with monkeypatch.context() as patched:
+        fake.install(patched)
+        resumed._restore(checkpoint)
+    assert fake.restored is not None
+    assert [s.tolist() for s in fake.restored] == [s.tolist() for s in fake.states]
+    assert torch.equal(torch.get_rng_state(), state["rng_per_process"][0]["cpu"])
 
 
 def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path) -> None:

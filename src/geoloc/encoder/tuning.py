@@ -26,7 +26,7 @@ PAPER_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "down_proj")
 
 @dataclass
 class TuningConfig:
-    strategy: str = "lora"
+    strategy: Strategy = "lora"
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.05

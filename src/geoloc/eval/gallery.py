@@ -69,7 +69,7 @@ def embed_gallery(
 ) -> EmbedResult:
     """Embed `dataset`'s tiles into `out`, this process's shards first, then merge (first process)."""
     from geoloc.eval.cache import model_fingerprint
-    from geoloc.train.distributed import World
+    from geoloc.world import World
 
     world = world or World()
     if shard_size < 1:

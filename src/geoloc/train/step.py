@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.train.distributed import World, average_gradients, gather_with_grad, pad_rows, sum_across
+from geoloc.train.distributed import average_gradients, gather_with_grad, pad_rows, sum_across
 from geoloc.train.loss import InfoNCE
+from geoloc.world import World
 
 Inputs = dict[str, torch.Tensor]
 

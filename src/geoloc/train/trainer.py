@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from geoloc import atomic, faults
-from geoloc.config import Config, save_config
+from geoloc.config import Config, NoDecayRule, TrainPrecision, WarmupRule, save_config
 from geoloc.data.images import load_image
 from geoloc.data.manifest import Dataset
 from geoloc.encoder.model import SAVED_BACKBONE, EncoderSpec, GeoEncoder, resolve_device
@@ -32,16 +33,11 @@ from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.batching import epoch_batches
-from geoloc.train.distributed import World, join_world
 from geoloc.train.loss import InfoNCE
-from geoloc.train.sharding import (
-    SHARDING_CHOICES,
-    check_shardable,
-    local_parameter_bytes,
-    shard_language_model,
-)
+from geoloc.train.sharding import check_shardable, local_parameter_bytes, shard_language_model
 from geoloc.train.splits import Splits, carve_splits
 from geoloc.train.step import ContrastiveStep, PairEncoder
+from geoloc.world import World, join_world
 
 CHECKPOINT = "checkpoints/latest"
 TRAINER_STATE = "trainer_state.pt"
@@ -87,7 +83,7 @@ def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 RELEASED_NO_DECAY = ("bias", "LayerNorm.weight")
 
 
-def decays(name: str, param: torch.nn.Parameter, rule: str) -> bool:
+def decays(name: str, param: torch.nn.Parameter, rule: NoDecayRule) -> bool:
     """Whether weight decay applies to a parameter under `train.no_decay`.
 
     "ndim": every parameter of two or more dimensions decays; biases, norms and DoRA magnitude
@@ -95,11 +91,9 @@ def decays(name: str, param: torch.nn.Parameter, rule: str) -> bool:
     towards zero. "names": the released code's rule, by name only: everything decays except
     parameters whose names contain `bias` or `LayerNorm.weight` (so DoRA magnitudes decay).
     """
-    if rule == "ndim":
-        return param.ndim >= 2
     if rule == "names":
         return not any(part in name for part in RELEASED_NO_DECAY)
-    raise ConfigError(f"train.no_decay must be ndim or names, not {rule!r}")
+    return param.ndim >= 2  # "ndim"; the config reader refused any other rule
 
 
 def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: Config) -> torch.optim.Optimizer:
@@ -113,14 +107,12 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: Config) -> 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.train.lr)
 
 
-def warmup_steps(total_steps: int, ratio: float, rule: str) -> int:
+def warmup_steps(total_steps: int, ratio: float, rule: WarmupRule) -> int:
     """Warm-up length under `train.warmup`: "ceil" rounds up (at least 1 when ratio > 0), so a
     short run still warms up; "released" truncates, int(total x ratio), as the released code."""
-    if rule == "ceil":
-        return max(1, math.ceil(total_steps * ratio)) if ratio > 0 else 0
     if rule == "released":
         return int(total_steps * ratio)
-    raise ConfigError(f"train.warmup must be ceil or released, not {rule!r}")
+    return max(1, math.ceil(total_steps * ratio)) if ratio > 0 else 0  # "ceil"
 
 
 def lr_factor(step: int, total_steps: int, config: Config) -> float:
@@ -143,20 +135,42 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, config: Config
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
 
 
-def _uses_bf16(device: torch.device, precision: str) -> bool:
+def _uses_bf16(device: torch.device, precision: TrainPrecision) -> bool:
     if precision == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    elif precision in ("bf16", "bfloat16"):
-        use_bf16 = True
-    elif precision == "float32":
-        use_bf16 = False
-    else:
-        raise GeolocError(f"unknown precision {precision!r}; choose auto, float32 or bf16")
-    return use_bf16
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def _autocast(device: torch.device, precision: TrainPrecision) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, precision))
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random state: the CPU generator and every visible CUDA device's.
+
+    Dropout (LoRA's included) on a GPU draws from that device's generator, not the CPU's, so an
+    exact resume on GPUs needs both.
+    """
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`. The CUDA states go back only onto as many devices as were saved:
+    a run resumed elsewhere (on the CPU, or other GPUs) continues, but not bit for bit."""
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda") or []
+    if not cuda:
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available != len(cuda):
+        warnings.warn(
+            f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) but {available} "
+            "are visible: the resumed run's dropout will not repeat the interrupted one's",
+            stacklevel=2,
+        )
+        return
+    torch.cuda.set_rng_state_all(cuda)
 
 
 class Trainer:
@@ -176,10 +190,6 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.train.seed)
-        if config.train.sharding not in SHARDING_CHOICES:
-            raise ConfigError(
-                f"train.sharding must be {' or '.join(SHARDING_CHOICES)}, not {config.train.sharding!r}"
-            )
         self.sharded = config.train.sharding == "fsdp" and self.world.distributed
         # Sharded: built on the CPU and sharded before it moves, so it is never whole on a GPU.
         load_device = "cpu" if self.sharded else str(self.device)
@@ -258,10 +268,6 @@ class Trainer:
     def _feature_store(self) -> TileFeatureStore | None:
         """Tile features from disk when the vision side is frozen (train.tile_features)."""
         train = self.config.train
-        if train.tile_features not in ("auto", "cache", "compute"):
-            raise ConfigError(
-                f"train.tile_features must be auto, cache or compute, not {train.tile_features!r}"
-            )
         if not isinstance(self.encoder, GeoEncoder):  # a dual encoder has no LLM to feed features to
             if train.tile_features == "cache":
                 raise ConfigError("train.tile_features=cache is for MLLM backbones, not dual encoders")
@@ -288,12 +294,13 @@ class Trainer:
         return store
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loss": self.loss_fn.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "rng_per_process": rng_states,  # every process's rng_state(), in rank order
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -303,12 +310,14 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        # Every process holds the same weights and optimizer state: the first one writes.
+        # Every process holds the same weights and optimizer state: the first one writes. The
+        # random state differs per process (each draws dropout on its own GPU): all are kept.
+        rng_states = self.world.gather_objects(rng_state())
         if self.world.is_main:
             with atomic.atomic_dir(self.run_dir / CHECKPOINT) as tmp:
                 self.encoder.save(tmp / "encoder")
                 faults.point("checkpoint.write")
-                torch.save(self._state(), tmp / TRAINER_STATE)
+                torch.save(self._state(rng_states), tmp / TRAINER_STATE)
         self.world.barrier()
 
     def _restore(self, checkpoint: Path) -> None:
@@ -316,7 +325,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loss_fn.load_state_dict(state["loss"])
-        torch.set_rng_state(state["torch_rng"])
+        per_process = state.get("rng_per_process")
+        if per_process:  # a checkpoint from before every device's state was kept has only the CPU's
+            set_rng_state(per_process[min(self.world.rank, len(per_process) - 1)])
+        else:
+            torch.set_rng_state(state["torch_rng"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best_r1 = state["batch_in_epoch"], state["best_r1"]
         self.elapsed = state["elapsed"]
