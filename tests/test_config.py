@@ -192,3 +192,107 @@ def test_val_fraction_zero_and_the_released_switches_are_accepted() -> None:
     default = load_config(None)
     assert (default.data.val_fraction, default.train.no_decay, default.train.warmup) == (0.1, "ndim", "ceil")
     assert default.loss.temperature == 0.02
+
+
+def test_shipped_configs_resolve_exactly_as_before_they_extended_one_another() -> None:
+    """tests/resolved_configs.json was written from the configs as they were before `base:`."""
+    import json
+
+    before = json.loads((Path(__file__).parent / "resolved_configs.json").read_text())
+    shipped = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    assert shipped == sorted(before)
+    for name in shipped:
+        assert load_config(CONFIGS / name).to_dict() == before[name], name
+    # The variants state only what they change.
+    for name in shipped:
+        if name != "paper-internvl3_5-1b.yaml" and name.startswith(("paper-", "released-", "scale-")):
+            assert "\nbase: " in (CONFIGS / name).read_text(), name
+
+
+def test_base_is_read_relative_to_the_file_and_merged_key_by_key(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "root.yaml").write_text(
+        "model: {backbone: tiny-internvl, pooling: mean}\ntrain: {lr: 1.0e-4, epochs: 3}\n"
+    )
+    (tmp_path / "recipes" / "middle.yaml").write_text("base: root.yaml\ntrain: {epochs: 5}\n")
+    (tmp_path / "run.yaml").write_text("base: recipes/middle.yaml\nmodel: {pooling: eos}\n")
+    config = load_config(tmp_path / "run.yaml", ["train.batch_size=4"])
+    assert (config.model.backbone, config.model.pooling) == ("tiny-internvl", "eos")
+    assert (config.train.lr, config.train.epochs, config.train.batch_size) == (1e-4, 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "'base' goes round in a cycle"),
+        ({"a.yaml": "base: a.yaml\n"}, "'base' goes round in a cycle"),
+        ({"a.yaml": "base: missing.yaml\n"}, "missing.yaml is not a file"),
+        ({"a.yaml": "base: [b.yaml]\n"}, "base: expected the file name of another config"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "train: {epochs: many}\n"}, "train.epochs: expected int"),
+    ],
+)
+def test_bad_bases_are_refused_in_one_line(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(tmp_path / "a.yaml")
+    assert "\n" not in str(info.value) and "a.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "choices"),
+    [
+        ("model.pooling", "eos, mean, query"),
+        ("model.padding_side", "left, right"),
+        ("model.dtype", "float32, bfloat16"),
+        ("tuning.strategy", "frozen, lora, dora, full"),
+        ("loss.direction", "text_to_image, symmetric"),
+        ("data.benchmark", "manifest, geotext1652, cvgtext"),
+        ("train.precision", "auto, float32, bf16"),
+        ("train.tile_features", "auto, cache, compute"),
+        ("train.sharding", "ddp, fsdp"),
+        ("tuning.targets", "llm-attn, llm-attn-mlp, vision-attn, paper"),
+    ],
+)
+def test_every_choice_is_checked_when_the_config_is_read(key: str, choices: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: 'cahce' is not one of {choices}"):
+        load_config(None, [f"{key}=cahce"])
+
+
+def test_a_mistyped_choice_stops_train_before_any_image_is_decoded(
+    tiny_city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: train.tile_features was checked by the trainer, after every image was decoded."""
+    from geoloc import cli
+    from geoloc.train import splits
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were decoded before the config was checked")
+
+    monkeypatch.setattr(splits, "verify_images", no_decoding)
+    status = cli.main(
+        [
+            "train",
+            str(CONFIGS / "synthetic-tiny.yaml"),
+            "--set",
+            f"data.train={tiny_city}",
+            "--set",
+            "train.tile_features=cahce",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert status == 2
+    assert "train.tile_features: 'cahce' is not one of auto, cache, compute" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_reads_the_shipped_recipe() -> None:
+    from geoloc import demo
+
+    manifest = Path("city/manifest.jsonl")
+    expected = load_config(
+        CONFIGS / "synthetic-tiny.yaml", [f"data.train={manifest}", "train.max_minutes=2.5", "train.seed=3"]
+    )
+    assert demo.demo_config(manifest, 2.5, 3) == expected
+    assert not isinstance(demo.DEMO_CONFIG, dict)  # no copy of the recipe in the code

@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import shutil
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geoloc.config import config_from_dict
+from geoloc.config import Config, load_config
 from geoloc.data.manifest import read_manifest
 from geoloc.data.synth import generate_city
 from geoloc.encoder.model import GeoEncoder
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.trainer import train
 
-DEMO_CONFIG: dict[str, Any] = {
-    "model": {"backbone": "tiny-smolvlm", "pooling": "eos"},
-    "tuning": {"strategy": "full"},
-    "loss": {"temperature": 0.05, "direction": "symmetric"},
-    "train": {
-        "epochs": 8,
-        "batch_size": 32,
-        "lr": 1.0e-3,
-        "warmup_ratio": 0.05,
-        "eval_every": 200,
-        "save_every": 200,
-        "log_every": 20,
-    },
-}
+DEMO_CONFIG = "configs/synthetic-tiny.yaml"
+"""The demo's recipe, inside the package so that an installed geoloc has it; the repository's
+configs/synthetic-tiny.yaml extends it, so the two cannot drift apart."""
+
+
+def demo_config(manifest: Path, minutes: float, seed: int) -> Config:
+    """The demo's training config: the packaged recipe on `manifest`, within `minutes`."""
+    overrides = [f"data.train={manifest}", f"train.max_minutes={minutes}", f"train.seed={seed}"]
+    with resources.as_file(resources.files("geoloc").joinpath(DEMO_CONFIG)) as path:
+        return load_config(path, overrides)
 
 
 def _row(name: str, metrics: dict[str, Any]) -> str:
@@ -58,8 +55,7 @@ def run_demo(out: Path, tiles: int = 1200, minutes: float = 2.5, seed: int = 0) 
         f"3/4 training tiny-smolvlm for at most {minutes:g} min: full fine-tuning, because a model "
         "trained from scratch has no pretrained weights for adapters to adapt ..."
     )
-    data = {**DEMO_CONFIG, "data": {"train": str(manifest)}}
-    config = config_from_dict(data, [f"train.max_minutes={minutes}", f"train.seed={seed}"])
+    config = demo_config(manifest, minutes, seed)
     run_dir = out / "run"
     result = train(config, run_dir)
 

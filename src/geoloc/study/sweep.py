@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from geoloc import atomic
-from geoloc.config import Config, config_from_dict
+from geoloc.config import Config, config_from_dict, read_config_data
 from geoloc.errors import ConfigError, GeolocError
 
 SWEEP_FILE = "sweep.json"  # written in the output folder: marks it as a sweep for `geoloc report`
@@ -165,8 +165,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TOP_KEYS)}")
     base: dict[str, Any] = {}
-    if spec.get("base"):
-        base = _read_yaml((path.parent / str(spec["base"])), "base config")
+    if spec.get("base"):  # a training config, itself perhaps extending another
+        base = read_config_data(path.parent / str(spec["base"]))
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: 'set' must map config keys to values")
