@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.loading import load_encoder
 from geoloc.train.throughput import PAPER_TUNING, format_table, matmul_tflops, measure_training_step
 
 MODELS = ("random-smolvlm-256m", "random-smolvlm-500m", "random-internvl3_5-1b")
@@ -38,7 +38,7 @@ def main() -> int:
     print(f"{name}: bf16 8192^3 matrix product {matmul:.0f} TFLOP/s", flush=True)
     rows, started = [], time.perf_counter()
     for model in args.models.split(","):
-        encoder = GeoEncoder.load(
+        encoder = load_encoder(
             model, device="cuda", dtype="bfloat16", spec_overrides={"tuning": PAPER_TUNING}
         )
         for batch in (int(b) for b in args.batches.split(",")):

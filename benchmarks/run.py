@@ -52,7 +52,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from geoloc.encoder.model import GeoEncoder  # noqa: E402
+from geoloc.encoder.loading import load_encoder  # noqa: E402
+from geoloc.encoder.mllm import GeoEncoder  # noqa: E402
 from geoloc.encoder.serving import QueryEncoder, load_for_serving, merge_adapters, to_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,8 +478,8 @@ def quality(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             f"train.seed={args.seed}",
         ],
     )
-    unmerged = embed_dataset(GeoEncoder.load(lora_run), test, batch_size=64)
-    merged_encoder = merge_adapters(GeoEncoder.load(lora_run))
+    unmerged = embed_dataset(load_encoder(lora_run), test, batch_size=64)
+    merged_encoder = merge_adapters(load_encoder(lora_run))
     merged = embed_dataset(merged_encoder, test, batch_size=64)
     out |= {
         "lora_unmerged": r1(unmerged.image_emb, unmerged.text_emb),

@@ -18,7 +18,7 @@ import numpy as np
 from geoloc.config import Config, load_config
 from geoloc.data.manifest import read_manifest
 from geoloc.data.synth import generate_city
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.loading import load_encoder
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.trainer import train
 
@@ -48,7 +48,7 @@ def run_demo(out: Path, tiles: int = 1200, minutes: float = 2.5, seed: int = 0) 
     test = read_manifest(manifest, split="test")
 
     print("2/4 scoring the untrained tiny backbone (random weights) on the test tiles ...")
-    untrained = GeoEncoder.load("tiny-smolvlm")
+    untrained = load_encoder("tiny-smolvlm")
     before, _ = evaluate(untrained, test, batch_size=64, show_progress=False)
 
     print(
@@ -60,7 +60,7 @@ def run_demo(out: Path, tiles: int = 1200, minutes: float = 2.5, seed: int = 0) 
     result = train(config, run_dir)
 
     print("4/4 scoring the best checkpoint (chosen on the validation split) on the test tiles ...")
-    trained = GeoEncoder.load(run_dir)
+    trained = load_encoder(run_dir)
     after, embeddings = evaluate(trained, test, batch_size=64, show_progress=False)
 
     n_images = after["n_images"]
@@ -134,7 +134,7 @@ def run_map_demo(
         f"{cut.windows_per_s:.0f} tiles/s: {cut.manifest}"
     )
     print(f"3/4 indexing the tiles with {model} ...")
-    encoder = GeoEncoder.load(model)
+    encoder = load_encoder(model)
     build_index(model, cut.manifest, out / "index", encoder=encoder)
     index = SearchIndex.open(out / "index", encoder=encoder)
     if model == "tiny-smolvlm":

@@ -25,7 +25,7 @@ from geoloc.encoder.counting import (
     resolve_config,
 )
 from geoloc.encoder.families import family_for_model_type
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.model_files import write_model_files
 from geoloc.encoder.presets import PRESETS, preset_processing
 from geoloc.encoder.tuning import TuningConfig, target_regex

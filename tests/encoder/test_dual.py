@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from geoloc.cli import main
+from geoloc.encoder.base import SPEC_FILE
 from geoloc.encoder.dual import DualEncoder, dual_target_regex
-from geoloc.encoder.model import SPEC_FILE, GeoEncoder
+from geoloc.encoder.loading import load_encoder
 from geoloc.encoder.presets import dual_preset_model
 from geoloc.encoder.tuning import TuningConfig, matching_modules
 from geoloc.errors import ConfigError
@@ -28,7 +29,7 @@ def _tiles() -> list[Image.Image]:
 def lora_encoder(request: pytest.FixtureRequest) -> DualEncoder:
     # gaussian init: the adapters change the output from the start, so saving them is tested.
     tuning = TuningConfig("lora", rank=4, alpha=8.0, dropout=0.0, init="gaussian", targets="paper")
-    return GeoEncoder.load(request.param, spec_overrides={"tuning": tuning})
+    return load_encoder(request.param, spec_overrides={"tuning": tuning})
 
 
 def test_presets_load_through_geoencoder_and_embed(lora_encoder: DualEncoder) -> None:
@@ -79,36 +80,36 @@ def test_saved_lora_encoder_reloads_to_the_same_embeddings(lora_encoder: DualEnc
     lora_encoder.save(tmp_path / "model")
     spec = json.loads((tmp_path / "model" / SPEC_FILE).read_text())
     assert spec["family"] == lora_encoder.spec.family and (tmp_path / "model" / "adapter").is_dir()
-    again = GeoEncoder.load(tmp_path / "model")
+    again = load_encoder(tmp_path / "model")
     assert isinstance(again, DualEncoder)
     np.testing.assert_allclose(again.encode_text(TEXTS), lora_encoder.encode_text(TEXTS), atol=1e-5)
     np.testing.assert_allclose(again.encode_images(_tiles()), lora_encoder.encode_images(_tiles()), atol=1e-5)
 
 
 def test_full_tuning_saves_the_weights_and_leaves_the_logit_scale_frozen(tmp_path: Path) -> None:
-    encoder = GeoEncoder.load("tiny-clip", spec_overrides={"tuning": TuningConfig("full")})
+    encoder = load_encoder("tiny-clip", spec_overrides={"tuning": TuningConfig("full")})
     total, trainable = encoder.parameter_counts()
     assert trainable == total - 1  # everything but CLIP's own logit scale (InfoNCE has its own)
     with torch.no_grad():
         encoder.base_model.text_projection.weight.mul_(-1.0)  # a change only saved weights can carry
     encoder.save(tmp_path / "full")
-    again = GeoEncoder.load(tmp_path / "full", trainable=True)
+    again = load_encoder(tmp_path / "full", trainable=True)
     np.testing.assert_allclose(again.encode_text(TEXTS), encoder.encode_text(TEXTS), atol=1e-5)
     assert again.parameter_counts() == (total, trainable)
     # A plain transformers model folder (as downloaded from the hub) loads as a dual encoder too.
     folder = tmp_path / "hf-folder"
     for part in (encoder.base_model, encoder.tokenizer, encoder.image_processor):
         part.save_pretrained(folder)
-    bare = GeoEncoder.load(folder)
+    bare = load_encoder(folder)
     assert isinstance(bare, DualEncoder) and bare.spec.tuning.strategy == "frozen"
     np.testing.assert_allclose(bare.encode_images(_tiles()), encoder.encode_images(_tiles()), atol=1e-5)
 
 
 def test_mllm_only_settings_are_refused_with_a_clear_message() -> None:
     with pytest.raises(ConfigError, match="pooling 'mean' is for MLLMs"):
-        GeoEncoder.load("tiny-clip", spec_overrides={"pooling": "mean"})
+        load_encoder("tiny-clip", spec_overrides={"pooling": "mean"})
     with pytest.raises(ConfigError, match="unknown adapter targets"):
-        GeoEncoder.load("tiny-siglip", spec_overrides={"tuning": TuningConfig("lora", targets="llm-mlp")})
+        load_encoder("tiny-siglip", spec_overrides={"tuning": TuningConfig("lora", targets="llm-mlp")})
 
 
 def test_clip_trains_and_evaluates_through_the_same_commands(tiny_city: Path, tmp_path: Path) -> None:
@@ -134,3 +135,18 @@ def test_clip_trains_and_evaluates_through_the_same_commands(tiny_city: Path, tm
     assert main(["eval", str(run), "--data", str(tiny_city), "--split", "test", "--no-cache"]) == 0
     metrics = json.loads((run / "eval_test" / "metrics.json").read_text())
     assert metrics["n_images"] > 0 and 0.0 <= metrics["text_to_image"]["R@1"] <= 100.0
+
+
+def test_one_loader_and_honest_types() -> None:
+    from geoloc import load_encoder as top_level
+    from geoloc.encoder.base import Encoder
+    from geoloc.encoder.dual import DualEncoder
+    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.errors import GeolocError
+
+    assert top_level is load_encoder
+    dual, mllm = load_encoder("tiny-clip"), load_encoder("tiny-smolvlm")
+    assert isinstance(dual, DualEncoder) and isinstance(dual, Encoder) and not isinstance(dual, GeoEncoder)
+    assert isinstance(mllm, GeoEncoder) and isinstance(mllm, Encoder)
+    with pytest.raises(GeolocError, match="dual encoder, not an MLLM"):
+        GeoEncoder.load("tiny-clip")  # was: returned a DualEncoder typed as GeoEncoder

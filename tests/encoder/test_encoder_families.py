@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from geoloc.encoder.families import FAMILIES, family_for_model_type
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 
 PRESETS = ["tiny-smolvlm", "tiny-internvl"]

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.encoder.model import SPEC_FILE, GeoEncoder
+from geoloc.encoder.base import SPEC_FILE
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import GeolocError
 

@@ -13,7 +13,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from geoloc.encoder.families import FAMILIES
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.presets import PRESETS, preset_model
 from geoloc.encoder.tuning import (
     STRATEGIES,

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.model_files import REAL_MODELS, write_model_files
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.index.explain import QUESTION, Generator
@@ -173,3 +173,21 @@ def test_each_shipped_folder_is_complete_and_deduplicated(tmp_path: Path) -> Non
         )
     # One SmolLM2 tokenizer for the three SmolVLMs, and Qwen3's.
     assert len(list(MODEL_FILES_DIR.rglob("tokenizer.json"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "real"),
+    [("random-smolvlm-256m", "SmolVLM-256M-Instruct"), ("random-internvl3_5-1b", "InternVL3_5-1B-HF")],
+)
+def test_real_size_presets_use_the_real_tokenizer_and_processor(preset: str, real: str) -> None:
+    from geoloc.encoder.model_files import real_processing
+    from geoloc.encoder.presets import PRESETS, preset_processing
+
+    tokenizer, processor = preset_processing(preset)
+    real_tokenizer, real_processor = real_processing(real)
+    assert len(tokenizer) == len(real_tokenizer) > 49_000  # not the 800-token toy tokenizer
+    text = "a long white warehouse beside a car park, with trees along its northern edge"
+    assert tokenizer(text)["input_ids"] == real_tokenizer(text)["input_ids"]
+    assert processor.to_dict() == real_processor.to_dict()
+    config = PRESETS[preset].config(tokenizer)
+    assert config.image_token_id == _facts(real)["image"]

@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.serving import (
     QueryEncoder,
-    llm_module,
     load_for_serving,
     merge_adapters,
     quantize_llm_int8,
@@ -118,7 +117,7 @@ def test_int8_quantises_the_llm_and_keeps_rankings() -> None:
     quantize_llm_int8(encoder)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-    llm_layers = list(llm_module(encoder).modules())
+    llm_layers = list(encoder.text_tower.modules())
     assert any(isinstance(m, DynamicInt8Linear) for m in llm_layers)
     assert not any(isinstance(m, torch.nn.Linear) for m in llm_layers)
     vision_layers = list(encoder.base_model.model.vision_model.modules())
@@ -170,3 +169,19 @@ def test_query_encoder_matches_encode_text() -> None:
     assert queries.encode_batch([]).shape == (0, expected.shape[1])
     with pytest.raises(GeolocError, match="empty"):
         queries("   ")
+
+
+def test_a_dual_encoder_serves_through_the_same_path() -> None:
+    from geoloc.encoder.dual import DualEncoder
+
+    float32 = load_for_serving("tiny-clip")
+    int8 = load_for_serving("tiny-clip", precision="int8")  # was: AttributeError (no llm_path)
+    assert isinstance(int8, DualEncoder)
+    quantized = [m for m in int8.text_tower.modules() if type(m).__module__.startswith("torch.ao")]
+    assert quantized, "the text tower's linear layers are int8"
+    queries = QueryEncoder(int8)
+    assert queries.dim == int8.embedding_dim == 64  # was 128: the text tower's hidden width
+    vector = queries.encode("a red building by a pond")
+    assert vector.shape == (64,)
+    reference = QueryEncoder(float32).encode("a red building by a pond")
+    assert float(vector @ reference) > 0.99

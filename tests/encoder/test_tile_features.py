@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.eval.cache import cached_embeddings, data_fingerprint, model_fingerprint
 
 

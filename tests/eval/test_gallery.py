@@ -12,7 +12,7 @@ import pytest
 
 from geoloc.cli import main
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.eval import gallery
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"

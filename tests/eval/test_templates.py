@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.loading import load_encoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 from geoloc.eval.cache import model_fingerprint
 from geoloc.eval.evaluate import (
@@ -62,6 +63,6 @@ def test_no_templates_keep_the_encoder(encoder: GeoEncoder) -> None:
 def test_bad_templates_and_dual_encoders_are_refused(encoder: GeoEncoder) -> None:
     with pytest.raises(GeolocError, match="must contain {text} exactly once"):
         with_templates(encoder, "no slot")
-    dual = GeoEncoder.load("tiny-clip")
+    dual = load_encoder("tiny-clip")
     with pytest.raises(GeolocError, match="only be changed at evaluation for an MLLM encoder"):
         with_templates(dual, RELEASED_EVAL_TEXT_TEMPLATE)

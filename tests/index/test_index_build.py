@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 from geoloc.index import store
 from geoloc.index.ann import AnnSettings

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geoloc.data.images import load_image
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 from geoloc.index.explain import MAX_JUDGED, Generator, judge_hits, rerank, search_and_judge, tile_prompt
 from geoloc.index.search import SearchIndex

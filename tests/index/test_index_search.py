@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geoloc.data.synth import generate_city
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 from geoloc.index.build import build_index
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, SearchIndex, check_query

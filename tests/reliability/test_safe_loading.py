@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from geoloc.cli import main
-from geoloc.encoder.model import SPEC_FILE, GeoEncoder
+from geoloc.encoder.base import SPEC_FILE
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.presets import preset_model, preset_processing
 from geoloc.errors import GeolocError
 

@@ -130,7 +130,7 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
     two_logs, two = _train(tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, **fsdp)
     _assert_same_training((one_logs, one), (two_logs, two))
     # Each process holds half of the decoder layers' frozen weights.
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.mllm import GeoEncoder
     from geoloc.train.sharding import decoder_layers
 
     encoder = GeoEncoder.load(tmp_path / "one" / "final", trainable=True)
@@ -141,7 +141,7 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
 
 
 def test_fsdp_refuses_a_fully_tuned_backbone() -> None:
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.mllm import GeoEncoder
     from geoloc.errors import ConfigError
     from geoloc.train.sharding import check_shardable
 

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
 from geoloc.train.step import ContrastiveStep, PairEncoder, split_inputs

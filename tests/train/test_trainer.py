@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from geoloc.config import config_from_dict, load_config
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train import trainer as trainer_module

@@ -22,7 +22,6 @@ vision tower and 6,594,560 in the LLM.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.encoder.families import family_for_model_type, tie_as_written
+from geoloc.encoder.families import config_from_file, family_for_model_type
 from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_MODELS
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_processing
@@ -58,25 +57,6 @@ _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def _known_sources() -> str:
     return ", ".join([*REAL_CONFIGS, *HF_IDS, *PRESETS])
-
-
-def config_from_file(path: Path) -> Any:
-    """A transformers config from a `config.json`, with the model_type checked first."""
-    from transformers import CONFIG_MAPPING
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise GeolocError(f"{path}: cannot read a model config ({error})") from error
-    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
-        raise GeolocError(f"{path}: not a transformers config.json (no 'model_type' field)")
-    family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
-    try:
-        # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
-        config = CONFIG_MAPPING[data["model_type"]](**data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise GeolocError(f"{path}: invalid {data['model_type']} config ({error})") from error
-    return tie_as_written(config, data)
 
 
 def resolve_config(source: str | Path) -> tuple[str, Any]:

@@ -1,6 +1,6 @@
-"""DualEncoder: a CLIP / SigLIP two-tower baseline behind GeoEncoder's API.
+"""DualEncoder: a CLIP / SigLIP two-tower baseline behind the encoder interface (geoloc.encoder.base).
 
-    encoder = GeoEncoder.load("tiny-clip")       # or "openai/clip-vit-base-patch16", a saved model, a run
+    encoder = load_encoder("tiny-clip")       # or "openai/clip-vit-base-patch16", a saved model, a run
     text_vectors = encoder.encode_text(["a red building by a pond"])
     tile_vectors = encoder.encode_images(["tiles/0001.png"])
 
@@ -26,10 +26,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from geoloc.encoder.families import BackboneFamily
-from geoloc.encoder.model import (
+from geoloc.encoder.base import (
     SPEC_FILE,
-    EncoderBase,
+    Encoder,
     EncoderSpec,
     attach_saved_adapter,
     hub_processing,
@@ -40,6 +39,7 @@ from geoloc.encoder.model import (
     saved_backbone_source,
     saved_encoder_dir,
 )
+from geoloc.encoder.families import BackboneFamily
 from geoloc.encoder.presets import DUAL_PRESETS, PRESETS, dual_preset_model, dual_preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, matching_modules
 from geoloc.errors import ConfigError, GeolocError
@@ -165,7 +165,7 @@ def _config_on_disk(source: str) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
-class DualEncoder(EncoderBase):
+class DualEncoder(Encoder):
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
         super().__init__()
         self.backbone = backbone
@@ -203,6 +203,10 @@ class DualEncoder(EncoderBase):
     @property
     def embedding_dim(self) -> int:
         return self.family.embedding_dim(self.config)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self.base_model.text_model
 
     # -- inputs ------------------------------------------------------------------------------
     def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:

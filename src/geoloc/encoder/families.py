@@ -8,8 +8,10 @@ entry here, not an `if` elsewhere.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,3 +154,22 @@ def family_for_model_type(model_type: str) -> BackboneFamily:
             return family
     known = sorted(t for f in FAMILIES.values() for t in f.model_types)
     raise GeolocError(f"unsupported backbone model_type {model_type!r}; supported: {', '.join(known)}")
+
+
+def config_from_file(path: Path) -> Any:
+    """A transformers config from a `config.json`, with the model_type checked first."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GeolocError(f"{path}: cannot read a model config ({error})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise GeolocError(f"{path}: not a transformers config.json (no 'model_type' field)")
+    family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
+    try:
+        # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
+        config = CONFIG_MAPPING[data["model_type"]](**data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise GeolocError(f"{path}: invalid {data['model_type']} config ({error})") from error
+    return tie_as_written(config, data)

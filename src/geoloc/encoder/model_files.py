@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from geoloc.encoder.base import hub_processing, resolve_dtype
+from geoloc.encoder.families import config_from_file, family_for_model_type
 from geoloc.errors import GeolocError
 
 MODEL_FILES_DIR = Path(__file__).parent / "model_files"
@@ -68,14 +70,12 @@ def write_model_files(name: str, folder: str | Path) -> Path:
 
 def real_config(name: str) -> Any:
     """The transformers config of a real backbone, read from its shipped config.json."""
-    from geoloc.encoder.counting import config_from_file  # imported here: counting imports presets
-
     return config_from_file(MODEL_FILES_DIR / real_model_name(name) / "config.json")
 
 
 def real_processing(name: str) -> tuple[Any, Any]:
     """(tokenizer, image processor) of a real backbone, from its shipped files."""
-    from geoloc.encoder.model import hub_processing  # imported here: model imports presets
+
 
     with tempfile.TemporaryDirectory(prefix="geoloc-model-files-") as tmp:
         return hub_processing(write_model_files(name, tmp))
@@ -101,9 +101,6 @@ def build_random_checkpoint(
     written config.json says so, and everything else in it is the real one.
     """
     import transformers
-
-    from geoloc.encoder.families import family_for_model_type
-    from geoloc.encoder.model import resolve_dtype
 
     folder = write_model_files(name, folder)
     config = real_config(name)

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from geoloc.encoder.families import FAMILIES
+from geoloc.encoder.model_files import real_config, real_processing
+
 # Words a tiny tokenizer should know as whole tokens; anything else still encodes byte by byte.
 CORPUS = """
 a an the and with of to its on in at along beside near next by from between across around
@@ -133,8 +136,6 @@ def _real_preset(name: str, family: str, real_files: str, image_size: int) -> Pr
     """A real architecture with random weights: the shipped config.json as published."""
 
     def build(tokenizer: Any, image_size: int) -> Any:
-        from geoloc.encoder.model_files import real_config  # imported here: it imports counting
-
         return real_config(real_files)
 
     return Preset(name, family, build, image_size, real_files)
@@ -155,8 +156,6 @@ def preset_processing(name: str) -> tuple[Any, Any]:
     """(tokenizer, image_processor) of a preset: the real files' for a real-size one."""
     preset = PRESETS[name]
     if preset.real_files:
-        from geoloc.encoder.model_files import real_processing
-
         return real_processing(preset.real_files)
     extra = _SMOLVLM_TOKENS if preset.family == "smolvlm" else _INTERNVL_TOKENS
     return build_tokenizer(extra), _image_processor(preset)
@@ -170,7 +169,6 @@ def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
     """
     import transformers
 
-    from geoloc.encoder.families import FAMILIES
 
     preset = PRESETS[name]
     tokenizer, _ = preset_processing(name)

@@ -1,4 +1,4 @@
-"""Serving: a loaded GeoEncoder made fast for answering queries.
+"""Serving: a loaded encoder (MLLM or dual) made fast for answering queries.
 
     encoder = load_for_serving("runs/internvl", precision="int8")   # merged adapters, int8 LLM
     queries = QueryEncoder(encoder)                                  # set up once
@@ -24,25 +24,24 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.base import Encoder
+from geoloc.encoder.loading import load_encoder
 from geoloc.errors import GeolocError
 
-Precision = Literal["float32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = ("float32", "bf16", "int8")
 
 
-def merge_adapters(encoder: GeoEncoder) -> GeoEncoder:
+def merge_adapters(encoder: Encoder) -> Encoder:
     """Fold LoRA / DoRA adapters into the backbone's weights, in place; returns the encoder.
 
     The merged encoder's spec says `full` tuning, because its weights can no longer be re-made
     from the base model plus an adapter: `save` then writes the merged backbone, and
-    `GeoEncoder.load` reads it back as it is. An encoder without adapters is returned unchanged.
+    `load_encoder` reads it back as it is. An encoder without adapters is returned unchanged.
     """
     from peft import PeftModel
 
@@ -60,13 +59,9 @@ def merge_adapters(encoder: GeoEncoder) -> GeoEncoder:
     return encoder
 
 
-def llm_module(encoder: GeoEncoder) -> nn.Module:
-    """The encoder's language model (the text tower): where the family registry says it is."""
-    return encoder.base_model.get_submodule(encoder.family.llm_path)
-
-
-def quantize_llm_int8(encoder: GeoEncoder) -> GeoEncoder:
-    """Dynamic int8 quantisation of every linear layer of the LLM, in place (CPU only).
+def quantize_llm_int8(encoder: Encoder) -> Encoder:
+    """Dynamic int8 quantisation of every linear layer of the text side, in place (CPU only):
+    the MLLM's LLM, or a dual encoder's text tower.
 
     Uses torch's eager dynamic quantisation (`torch.ao.quantization.quantize_dynamic`): still
     shipped in torch 2.13 though marked deprecated in favour of torchao, which this project
@@ -88,11 +83,11 @@ def quantize_llm_int8(encoder: GeoEncoder) -> GeoEncoder:
     with warnings.catch_warnings():
         # Deprecation notices about the move to torchao; the API works in this torch.
         warnings.simplefilter("ignore")
-        quantize_dynamic(llm_module(encoder), {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(encoder.text_tower, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return encoder
 
 
-def to_precision(encoder: GeoEncoder, precision: str) -> GeoEncoder:
+def to_precision(encoder: Encoder, precision: str) -> Encoder:
     """Cast (bf16) or quantise (int8) a float32 encoder for inference, in place."""
     if precision not in PRECISIONS:
         raise GeolocError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -108,17 +103,17 @@ def load_for_serving(
     precision: str = "float32",
     merge: bool = True,
     device: str | None = "cpu",
-) -> GeoEncoder:
+) -> Encoder:
     """Load an encoder ready to serve: adapters merged (unless merge=False), then cast or quantised.
 
-    `source` is anything `GeoEncoder.load` takes. Weights are loaded in float32 and merged
+    `source` is anything `load_encoder` takes. Weights are loaded in float32 and merged
     before any cast, so bf16 and int8 round the merged weights once.
     """
     if precision not in PRECISIONS:
         raise GeolocError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "int8" and not merge:
         raise GeolocError("int8 serving needs merged adapters: use merge=True")
-    encoder = GeoEncoder.load(source, device=device, dtype="float32")
+    encoder = load_encoder(source, device=device, dtype="float32")
     if merge:
         merge_adapters(encoder)
     to_precision(encoder, precision)
@@ -135,12 +130,12 @@ class QueryEncoder:
     sets torch's intra-op threads for the whole process.
     """
 
-    def __init__(self, encoder: GeoEncoder, threads: int | None = None, warmup: bool = True):
+    def __init__(self, encoder: Encoder, threads: int | None = None, warmup: bool = True):
         if threads is not None:
             torch.set_num_threads(threads)
         self.encoder = encoder.eval()
         self.encoder.requires_grad_(False)
-        self.dim = int(encoder.config.text_config.hidden_size)
+        self.dim = encoder.embedding_dim
         if warmup:
             self.encode_batch(["warm up"])
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.mllm import GeoEncoder
 
 
 def default_feature_dir() -> Path:

@@ -97,7 +97,7 @@ def build_index(
 
     `encoder`, when given, is the already loaded `model` (it is not loaded again).
     """
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.loading import load_encoder
 
     settings = settings or AnnSettings()
     out = Path(out)
@@ -108,7 +108,7 @@ def build_index(
         )
     dataset = _read_gallery(gallery, split, on_bad_record, out)
     if encoder is None:
-        encoder = GeoEncoder.load(model, device=device, dtype=dtype)
+        encoder = load_encoder(model, device=device, dtype=dtype)
     vectors, _ = encode_gallery(encoder, dataset, batch_size, cache_dir, use_cache)
     with index_lock(out):
         write_index(

@@ -77,10 +77,10 @@ def load_index_model(
     record: dict[str, Any], where: str, model: str | None = None, device: str = "cpu"
 ) -> Any:
     """Load the model an index names (or `model`, e.g. a moved copy) and check it is the same one."""
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.loading import load_encoder
 
     try:
-        encoder = GeoEncoder.load(model or record["id"], device=device, dtype=record["dtype"])
+        encoder = load_encoder(model or record["id"], device=device, dtype=record["dtype"])
     except GeolocError as error:
         if model is not None:
             raise

@@ -350,7 +350,7 @@ def _retrieval_section(
 ) -> tuple[str, Figure, Retrieval]:
     from geoloc.config import load_config
     from geoloc.data.manifest import read_manifest
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.loading import load_encoder
     from geoloc.train.splits import carve_splits
 
     config = load_config(run_dir / "config.yaml")
@@ -362,7 +362,7 @@ def _retrieval_section(
         dataset = read_manifest(config.data.train, split=options.split)  # raises a clear DataError
     if dataset is None:  # no held-out split in the data: the run's own validation records
         dataset, split = carve_splits(config).val, "validation"
-    encoder = GeoEncoder.load(run_dir, device=options.device, dtype=config.model.dtype)
+    encoder = load_encoder(run_dir, device=options.device, dtype=config.model.dtype)
     retrieval = retrieve(encoder, dataset, split, options)
     figure = Figure(
         "retrieval.png",
@@ -458,7 +458,7 @@ def build_report(
     target: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
     """Write `<out>/report.html` and its PNG figures (default out: `<target>/report`); return the page."""
-    from geoloc.encoder.model import saved_encoder_dir
+    from geoloc.encoder.base import saved_encoder_dir
 
     target = Path(target)
     options = options or ReportOptions()

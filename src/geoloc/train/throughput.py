@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from geoloc.encoder.model import GeoEncoder
+from geoloc.encoder.loading import load_encoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.presets import CORPUS
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
@@ -120,7 +121,7 @@ def measure_training_step(
     """
     torch_device = torch.device(device)
     if encoder is None:
-        encoder = GeoEncoder.load(model, device=device, dtype=dtype, spec_overrides={"tuning": tuning})
+        encoder = load_encoder(model, device=device, dtype=dtype, spec_overrides={"tuning": tuning})
     encoder.train()
     bf16 = dtype in ("bfloat16", "bf16") or torch_device.type == "cuda"
     loss_fn = InfoNCE(0.03).to(torch_device)

@@ -1,0 +1,292 @@
+"""The encoder interface: what every geoloc encoder shares, and the saved-model layout.
+
+Two encoders implement it: the MLLM `GeoEncoder` (geoloc.encoder.mllm, the paper's method) and
+the CLIP / SigLIP `DualEncoder` baseline (geoloc.encoder.dual). `geoloc.load_encoder`
+(geoloc.encoder.loading) resolves a source once and returns the right one, typed as `Encoder`.
+
+    encoder = load_encoder("tiny-smolvlm")              # or an HF id, a model folder, a run dir
+    text_vectors = encoder.encode_text(["a red building by a pond"])
+    tile_vectors = encoder.encode_images(["tiles/0001.png"])
+    scores = text_vectors @ tile_vectors.T             # both L2-normalised float32
+
+A saved encoder is a folder: `geoloc_encoder.json` (the EncoderSpec), the tokenizer and image
+processor, `adapter/` (LoRA / DoRA weights) or `backbone/` (fully tuned weights), and any files
+the encoder adds (the MLLM's pooling head).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from geoloc import atomic
+from geoloc.encoder.tuning import TuningConfig, count_parameters
+from geoloc.errors import ConfigError, GeolocError
+
+SPEC_FILE = "geoloc_encoder.json"
+SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
+FORMAT_VERSION = 1
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+
+@dataclass
+class EncoderSpec:
+    """How embeddings are made: saved with every model so that loading reproduces them."""
+
+    backbone: str = "tiny-smolvlm"  # preset name, HF id, local folder (relative = inside the save)
+    pooling: str = "eos"
+    query_tokens: int = 4
+    query_heads: int = 4
+    text_template: str = "{text}"
+    image_template: str = "{image}"
+    max_text_tokens: int = 300
+    padding_side: str = "right"
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    family: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["tuning"] = TuningConfig(**data.get("tuning", {}))
+        return cls(**values)
+
+
+
+def split_template(template: str, slot: str, what: str) -> tuple[str, str]:
+    if template.count(slot) != 1:
+        raise GeolocError(f"{what} template {template!r} must contain {slot} exactly once")
+    prefix, suffix = template.split(slot)
+    return prefix, suffix
+
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype a dtype name (float32, bfloat16, float16) stands for; an unknown one is refused."""
+    if dtype not in DTYPES:
+        raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeolocError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+
+class Encoder(nn.Module):
+    """What every geoloc encoder is: its structure, batched encoding to unit vectors, and the
+    saved-folder layout.
+
+    An encoder provides `text_inputs`, `image_inputs`, `forward`, `embedding_dim`, `image_size`
+    and `text_tower`; it may add files to a save with `_save_extra`, and change how tile files
+    are prepared with `_prepare_images`.
+    """
+
+    backbone: nn.Module
+    tokenizer: Any
+    image_processor: Any
+    spec: EncoderSpec
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers model, inside any adapter wrapper."""
+        from peft import PeftModel
+
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+
+    @property
+    def config(self) -> Any:
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width of the unit vectors the encoder returns."""
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square a tile is resized to."""
+        raise NotImplementedError
+
+    @property
+    def text_tower(self) -> nn.Module:
+        """The module that encodes a query's tokens (the LLM, or the text tower): what int8
+        serving quantises."""
+        raise NotImplementedError
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids (and attention mask) of raw query texts."""
+        raise NotImplementedError
+
+    def image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Everything `forward` needs for RGB tiles."""
+        raise NotImplementedError
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self)
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # -- encoding ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _encode(
+        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
+    ) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        batches = range(0, len(items), batch_size)
+        if show_progress is None:
+            show_progress = len(batches) > 20
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, unit="batch", desc="encoding")
+        out: list[np.ndarray] = []
+        try:
+            for start in batches:
+                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
+        finally:
+            self.train(was_training)
+        if not out:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def encode_text(
+        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
+
+    def _prepare_images(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
+        from geoloc.data.images import pil_from_any
+
+        return self.image_inputs([pil_from_any(item) for item in chunk])
+
+    def encode_images(
+        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
+    ) -> np.ndarray:
+        return self._encode(list(images), self._prepare_images, batch_size, show_progress)
+
+    # -- saving --------------------------------------------------------------------------------
+    def _save_extra(self, folder: Path) -> None:
+        """Files a subclass adds to a saved folder (GeoEncoder: its pooling head)."""
+
+    def save(self, path: str | Path) -> None:
+        """Write a folder `load_encoder` reads back, atomically (all or nothing)."""
+        from peft import PeftModel
+
+        with atomic.atomic_dir(Path(path)) as tmp:
+            spec = self.spec.to_dict()
+            # A fully tuned backbone cannot be re-made from its source, so its weights are
+            # saved; otherwise only adapters are, and the base comes from its source (presets
+            # are deterministic, so they are a source too).
+            if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
+                self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
+                spec["backbone"] = SAVED_BACKBONE
+            if isinstance(self.backbone, PeftModel):
+                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
+            self._save_extra(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            atomic.write_json(tmp / SPEC_FILE, spec)
+
+
+def new_spec(source: str | Path, overrides: dict[str, Any] | None) -> EncoderSpec:
+    """The spec of an encoder built fresh from a backbone: frozen (zero-shot) unless the overrides
+    (pooling, templates, tuning, ...) say otherwise; unknown settings are refused."""
+    spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
+    known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
+        setattr(spec, key, value)
+    return spec
+
+
+
+def saved_encoder_dir(source: str | Path) -> Path | None:
+    """The saved encoder that `source` names: itself, or a run directory's best/ or final/."""
+    path = Path(source)
+    for candidate in (path, path / "best", path / "final"):
+        if (candidate / SPEC_FILE).is_file():
+            return candidate
+    return None
+
+
+
+def hub_processing(source: str | Path) -> tuple[Any, Any]:
+    """(tokenizer, image processor) of an HF id or a folder; never code shipped with them."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    return (
+        AutoTokenizer.from_pretrained(source, trust_remote_code=False),
+        AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
+    )
+
+
+
+def read_saved_spec(path: Path) -> EncoderSpec:
+    """The spec of a saved encoder folder, refused unless its format version is this geoloc's."""
+    try:
+        spec_data = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GeolocError(f"{path / SPEC_FILE}: unreadable encoder description ({error})") from error
+    version = spec_data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GeolocError(
+            f"{path}: saved with encoder format version {version}, this geoloc reads version {FORMAT_VERSION}"
+        )
+    return EncoderSpec.from_dict(spec_data)
+
+
+
+def saved_backbone_source(path: Path, spec: EncoderSpec) -> str:
+    """Where a saved encoder's backbone comes from: the folder saved beside it, or its source."""
+    return str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
+
+
+
+def attach_saved_adapter(model: nn.Module, path: Path, spec: EncoderSpec, trainable: bool) -> nn.Module:
+    """A saved encoder's adapters on its backbone (safetensors only), and which weights train."""
+    if spec.tuning.strategy in ("lora", "dora"):
+        from peft import PeftModel
+
+        adapter = path / "adapter"
+        if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
+            raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
+        model.requires_grad_(False)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    model.requires_grad_(trainable and spec.tuning.strategy == "full")
+    return model
