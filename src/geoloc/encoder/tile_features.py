@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from geoloc.encoder.mllm import GeoEncoder
+from geoloc.fingerprint import tensors_digest
 
 
 def default_feature_dir() -> Path:
@@ -49,17 +50,16 @@ def features_of(encoder: GeoEncoder, image_inputs: dict[str, torch.Tensor]) -> t
 
 
 def feature_model_key(encoder: GeoEncoder, precision: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{encoder.spec.family}|{encoder.image_size}|{precision}".encode())
-    for name, tensor in sorted(encoder.backbone.state_dict().items()):
-        if _is_llm(name, encoder.family.llm_path) or "lm_head" in name:
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        if data.dtype == torch.bfloat16:
-            data = data.view(torch.int16)
-        digest.update(name.encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()
+    """A hash of what tile features depend on: the vision tower's and projector's weights, the
+    family, the image size and the precision."""
+    vision = [
+        (name, tensor)
+        for name, tensor in encoder.backbone.state_dict().items()
+        if not _is_llm(name, encoder.family.llm_path) and "lm_head" not in name
+    ]
+    return tensors_digest(
+        vision, digest_size=16, prefix=f"{encoder.spec.family}|{encoder.image_size}|{precision}".encode()
+    )
 
 
 class TileFeatureStore:

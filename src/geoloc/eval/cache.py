@@ -9,17 +9,16 @@ or tile never reuses stale vectors. Paths play no part: moving the data keeps th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geoloc.data.manifest import Dataset
 from geoloc.eval.evaluate import Embeddings, embed_dataset
+from geoloc.fingerprint import tensors_digest
 
 CACHE_VERSION = 1
 
@@ -35,23 +34,8 @@ def model_fingerprint(encoder: Any) -> str:
     user typed it ("S", "./S", an absolute path, or "backbone" once saved), and the weights
     themselves are hashed.
     """
-    digest = hashlib.blake2b(digest_size=20)
     settings = {k: v for k, v in encoder.spec.to_dict().items() if k != "backbone"}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        if not isinstance(tensor, torch.Tensor) or tensor.is_quantized:
-            # int8 layers keep packed weights (not plain tensors): hash their serialised form.
-            buffer = io.BytesIO()
-            torch.save(tensor, buffer)
-            digest.update(buffer.getvalue())
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
-            data = data.view(torch.int16)
-        digest.update(str(data.dtype).encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest(encoder.state_dict().items(), prefix=json.dumps(settings, sort_keys=True).encode())
 
 
 def data_fingerprint(dataset: Dataset) -> str:

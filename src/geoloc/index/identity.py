@@ -7,13 +7,14 @@ records the model's full weight fingerprint, and search refuses any encoder that
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
+from torch import nn
 
 from geoloc.errors import GeolocError
 from geoloc.eval.cache import model_fingerprint
+from geoloc.fingerprint import tensors_digest
 
 
 def adapter_hash(encoder: Any) -> str | None:
@@ -23,17 +24,10 @@ def adapter_hash(encoder: Any) -> str | None:
     tensors: dict[str, torch.Tensor] = {}
     if isinstance(encoder.backbone, PeftModel):
         tensors.update(get_peft_model_state_dict(encoder.backbone))
-    tensors.update({f"pooler.{k}": v for k, v in encoder.pooler.state_dict().items()})
-    if not tensors:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(tensors.items()):
-        data = tensor.detach().to("cpu").contiguous()
-        if data.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
-            data = data.view(torch.int16)
-        digest.update(name.encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()
+    tensors.update(
+        {f"pooler.{k}": v for k, v in getattr(encoder, "pooler", nn.Identity()).state_dict().items()}
+    )
+    return tensors_digest(tensors.items(), digest_size=16) if tensors else None
 
 
 def model_record(encoder: Any, source: str, dtype: str) -> dict[str, Any]:
