@@ -20,13 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
-from geoloc.encoder.pooling import PoolingName
+from geoloc.encoder.base import EmbeddingSettings
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import ConfigError
 
 # The choice fields. Each is checked against its Literal when the config is read (`_coerce`),
 # so code further on can rely on the value being one of these.
-PaddingSide = Literal["left", "right"]
 WeightsDtype = Literal["float32", "bfloat16"]
 LossDirection = Literal["text_to_image", "symmetric"]
 BenchmarkName = Literal["manifest", "geotext1652", "cvgtext"]
@@ -42,15 +41,11 @@ Sharding = Literal["ddp", "fsdp"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(EmbeddingSettings):
+    """The backbone, its weights' dtype, and the embedding settings (pooling, templates, ...),
+    whose fields are the saved spec's own (encoder/base.py)."""
+
     backbone: str = "tiny-smolvlm"  # preset, HF id or local model folder
-    pooling: PoolingName = "eos"
-    query_tokens: int = 4
-    query_heads: int = 4
-    text_template: str = "{text}"
-    image_template: str = "{image}"
-    max_text_tokens: int = 300
-    padding_side: PaddingSide = "right"
     dtype: WeightsDtype = "float32"  # the weights' dtype
 
 

@@ -222,3 +222,22 @@ def test_encode_empty_list(encoders: dict) -> None:
     out = encoder.encode_text([])
     assert out.shape == (0, encoder.config.text_config.hidden_size) and out.dtype == np.float32
     assert encoder.encode_images([]).shape == (0, encoder.config.text_config.hidden_size)
+
+
+def test_the_config_and_the_saved_spec_state_the_embedding_settings_once(tmp_path) -> None:
+    from dataclasses import fields
+
+    from geoloc.config import ModelConfig, load_config
+    from geoloc.encoder.base import EmbeddingSettings, EncoderSpec
+    from geoloc.errors import ConfigError
+
+    shared = {f.name for f in fields(EmbeddingSettings)}
+    assert shared <= {f.name for f in fields(ModelConfig)} and shared <= {f.name for f in fields(EncoderSpec)}
+    assert issubclass(ModelConfig, EmbeddingSettings) and issubclass(EncoderSpec, EmbeddingSettings)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {backbone: tiny-smolvlm}\n")
+    with pytest.raises(ConfigError, match="padding_side.*left.*right"):
+        load_config(config, overrides=["model.padding_side=middle"])
+    loaded = load_config(config, overrides=["model.pooling=mean", "model.max_text_tokens=12"])
+    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides=loaded.model.embedding_settings())
+    assert (encoder.spec.pooling, encoder.spec.max_text_tokens) == ("mean", 12)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
+from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig, count_parameters
 from geoloc.errors import ConfigError, GeolocError
 
@@ -42,18 +43,32 @@ DTYPES = {
 
 
 
-@dataclass
-class EncoderSpec:
-    """How embeddings are made: saved with every model so that loading reproduces them."""
+PaddingSide = Literal["left", "right"]
 
-    backbone: str = "tiny-smolvlm"  # preset name, HF id, local folder (relative = inside the save)
-    pooling: str = "eos"
-    query_tokens: int = 4
+
+@dataclass
+class EmbeddingSettings:
+    """How inputs become vectors, besides the weights: the one statement of these fields, for
+    the saved spec (EncoderSpec) and the config's `model` section (config.ModelConfig)."""
+
+    pooling: PoolingName = "eos"
+    query_tokens: int = 4  # pooling "query": learned queries
     query_heads: int = 4
     text_template: str = "{text}"
     image_template: str = "{image}"
     max_text_tokens: int = 300
-    padding_side: str = "right"
+    padding_side: PaddingSide = "right"
+
+    def embedding_settings(self) -> dict[str, Any]:
+        """These fields and their values, e.g. as `spec_overrides` of a new encoder."""
+        return {f.name: getattr(self, f.name) for f in fields(EmbeddingSettings)}
+
+
+@dataclass
+class EncoderSpec(EmbeddingSettings):
+    """How embeddings are made: saved with every model so that loading reproduces them."""
+
+    backbone: str = "tiny-smolvlm"  # preset name, HF id, local folder (relative = inside the save)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     family: str = ""
     format_version: int = FORMAT_VERSION
