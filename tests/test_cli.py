@@ -194,3 +194,16 @@ def test_eval_twice_uses_the_cache(small_city: Path, tmp_path: Path, capsys) -> 
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     second = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert first["text_to_image"] == second["text_to_image"] and first["mean"] == second["mean"]
+
+
+def test_eval_on_a_manifest_without_splits_says_how_to_score_every_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "manifest.jsonl").write_text('{"image": "a.png", "texts": ["a red roof"]}\n')
+    assert main(["eval", "tiny-smolvlm", "--data", str(tmp_path), "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err
+    assert "no records in split 'test'" in error and "`--split all` scores every row" in error
+    assert len(error.strip().splitlines()) == 1

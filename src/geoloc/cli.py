@@ -49,7 +49,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from geoloc.config import load_config
-    from geoloc.data.bad_records import report_skipped, write_skipped
+    from geoloc.data.bad_records import list_skipped
     from geoloc.train.splits import carve_splits
     from geoloc.train.trainer import train
 
@@ -62,10 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # stops here with nothing written, or its bad records are listed beside the run.
     splits = carve_splits(config)
     if config.data.on_bad_record == "skip":
-        listed = None
-        if args.resume or not (out / "metrics.jsonl").exists():  # else the trainer refuses the run
-            listed = write_skipped(out, splits.skipped)
-        report_skipped(splits.skipped, listed)
+        # A run that exists (and is not resumed) is refused by the trainer: its list stays.
+        writes = args.resume or not (out / "metrics.jsonl").exists()
+        list_skipped(splits.skipped, "skip", out if writes else None)
     result = train(config, out, resume=args.resume, splits=splits)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process reports
         print(json.dumps({"run_dir": str(out), **result, "skipped_records": len(splits.skipped)}, indent=2))
@@ -89,9 +88,8 @@ def _geotext_protocol(args: argparse.Namespace) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
-    from geoloc.data.bad_records import SKIPPED_FILE, report_skipped, skipped_entries, write_skipped
-    from geoloc.data.images import verify_images
     from geoloc.encoder.model import GeoEncoder
+    from geoloc.data.bad_records import verify_and_list
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.evaluate import embed_dataset, with_templates
@@ -111,11 +109,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     # Every record is read and every image decoded before the model loads: bad data stops the
     # command here, before anything is written, or (skip) is left out and listed.
-    dataset = verify_images(load_benchmark(request), args.on_bad_record)
-    skipped = skipped_entries(dataset)
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
-    report_skipped(skipped, out / SKIPPED_FILE if args.on_bad_record == "skip" else None)
     encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
+    dataset, skipped = verify_and_list(load_benchmark(request), args.on_bad_record, out)
     # The saved templates unless the evaluation sets its own (e.g. the released code's prefix).
     encoder = with_templates(encoder, args.text_template, args.image_template)
     if args.no_cache:
@@ -129,7 +125,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics["templates"] = {"text": encoder.spec.text_template, "image": encoder.spec.image_template}
     if args.on_bad_record == "skip":
         metrics["skipped_records"] = len(skipped)
-        write_skipped(out, skipped)
     # metrics.json last: its presence means the evaluation finished.
     if args.save_embeddings:
         embeddings.save(out / "embeddings.npz")
@@ -141,8 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from geoloc.data.bad_records import SKIPPED_FILE, report_skipped, skipped_entries, write_skipped
-    from geoloc.data.images import verify_images
+    from geoloc.data.bad_records import verify_and_list
     from geoloc.data.manifest import read_manifest
     from geoloc.encoder.model import GeoEncoder
     from geoloc.eval.gallery import embed_gallery
@@ -150,11 +144,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     world = join_world()
     try:
-        dataset = verify_images(read_manifest(args.data, args.split, args.on_bad_record), args.on_bad_record)
-        skipped = skipped_entries(dataset)
         out = Path(args.out)
-        if world.is_main:
-            report_skipped(skipped, out / SKIPPED_FILE if args.on_bad_record == "skip" else None)
+        dataset, _ = verify_and_list(
+            read_manifest(args.data, args.split, args.on_bad_record),
+            args.on_bad_record,
+            out,
+            quiet=not world.is_main,  # the first process reports and lists
+        )
         device = args.device
         if world.distributed and device in ("auto", "cuda"):
             import torch
@@ -165,8 +161,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
             encoder, dataset, out, args.model, args.shard_size, args.batch_size, world, not args.quiet
         )
         if world.is_main:
-            if args.on_bad_record == "skip":
-                write_skipped(out, skipped)
             print(
                 f"embedded {result.tiles} tiles in {result.shards} shards "
                 f"({result.shards_done_here} encoded by this process, {result.tiles_per_s:.1f} tiles/s): "

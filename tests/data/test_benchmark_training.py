@@ -211,3 +211,53 @@ def test_geoloc_train_with_val_fraction_zero_trains_on_everything(
     assert {line["type"] for line in lines} == {"train"}
     assert result["best_val_r1"] is None and result["final_val"] == {}
     assert not (run / "best").exists() and saved_encoder_dir(run) == run / "final"
+
+
+def _benchmark_sweep(tmp_path: Path, data: dict) -> Path:
+    base = benchmark_config(tmp_path, {**data, "val_fraction": 0.25})
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "grid": {"train.lr": [1.0e-3]},
+                "metric": "test_t2i_R@1",
+                "eval": {"split": "test"},
+            }
+        )
+    )
+    return sweep
+
+
+@pytest.mark.parametrize("benchmark", ["geotext1652", "cvgtext"])
+def test_a_sweep_on_a_benchmark_scores_its_test_split_with_its_protocol(
+    benchmark: str, geotext_root: Path, cvgtext_root: Path, tmp_path: Path
+) -> None:
+    """Before: held_out_split read data.train as a manifest, so a benchmark sweep stopped with
+    "folder holds no manifest"."""
+    from geoloc.data.cvgtext import load_cvgtext
+    from geoloc.data.geotext import load_geotext
+    from geoloc.study.sweep import held_out_split, load_sweep, run_sweep
+
+    if benchmark == "geotext1652":
+        data = {"benchmark": "geotext1652", "root": str(geotext_root)}
+        expected = load_geotext(geotext_root, split="test")
+    else:
+        data = {"benchmark": "cvgtext", "root": str(cvgtext_root), "city": "NewYork"}
+        expected = load_cvgtext(cvgtext_root, "NewYork", split="test")
+    sweep = load_sweep(_benchmark_sweep(tmp_path, data))
+    request, held_out = held_out_split(sweep.points[0].config, "test")
+    assert (request.benchmark, request.split) == (benchmark, "test")
+    assert [r.key for r in held_out.records] == [r.key for r in expected.records]
+
+    rows = run_sweep(sweep, tmp_path / "out", log=lambda line: None)
+    metrics = json.loads(
+        (tmp_path / "out" / "runs" / rows[0]["run"] / "eval_test" / "metrics.json").read_text()
+    )
+    assert metrics["protocol"] == benchmark  # the benchmark's own scoring, not the full gallery
+    assert metrics["primary_metric"] == "text_to_image_R@1"
+    assert rows[0]["test_t2i_R@1"] == metrics["text_to_image_R@1"]
+    if benchmark == "cvgtext":  # text -> image only: per-query galleries of the nearest tiles
+        assert "subsets" in metrics and rows[0]["test_i2t_R@1"] is None
+    else:
+        assert rows[0]["test_mean"] == metrics["mean"]

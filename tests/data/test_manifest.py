@@ -178,6 +178,7 @@ def test_split_filter(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no records in split 'test'") as exc:
         read_manifest(path, split="test")
     assert_names(exc, path, None)
+    assert "`--split all` scores every row" in str(exc.value)
 
 
 def test_unknown_split_argument(tmp_path: Path) -> None:

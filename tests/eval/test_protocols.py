@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from geoloc.distance import haversine_km
 from geoloc.eval import protocols
 from geoloc.eval.metrics import retrieval_metrics
 from geoloc.eval.protocols import (
@@ -15,9 +16,9 @@ from geoloc.eval.protocols import (
     cvgtext_metrics,
     format_cvgtext_table,
     geotext_metrics,
-    haversine_km,
     official_building_labels,
 )
+from geoloc.eval.results import with_flat_keys
 
 R_KM = 6371.0
 
@@ -133,7 +134,10 @@ def test_cvgtext_matches_naive(seed, quantized, monkeypatch):
                 chunk_size=chunk_size,
             )
             assert got["protocol"] == ("cvgtext-full-city" if full_city else "cvgtext")
-            assert set(got) == {"protocol", "subsets"}
+            assert {"protocol", "subsets", "primary_metric"} <= set(got)
+            assert got["primary_metric"] == "text_to_image_R@1"
+            assert got["text_to_image_R@1"] == got["all_R@1"] == got["subsets"]["all"]["R@1"]
+            assert got["single_view_L@50"] == got["subsets"]["single_view"]["L@50"]
             assert_same(got["subsets"], expected)
     # The block size is also capped by the gallery size; a tiny cap must not change anything.
     monkeypatch.setattr(protocols, "_MAX_CHUNK_ELEMENTS", 500)
@@ -294,10 +298,13 @@ def test_geotext_metrics_is_retrieval_metrics_by_building():
     text_emb = rng.standard_normal((50, 8)).astype(np.float32)
     image_emb = rng.standard_normal((30, 8)).astype(np.float32)
     result = geotext_metrics(text_emb, image_emb, text_groups, image_groups)
-    assert result == {
-        "protocol": "geotext1652",
-        **retrieval_metrics(text_emb, image_emb, text_groups, image_groups),
-    }
+    expected = retrieval_metrics(text_emb, image_emb, text_groups, image_groups)
+    assert result == with_flat_keys({"protocol": "geotext1652", **expected})
+    # The documented nested keys stay; flat keys and the primary metric are added beside them.
+    assert {k: result[k] for k in expected} == expected
+    assert result["primary_metric"] == "text_to_image_R@1"
+    assert result["text_to_image_R@1"] == expected["text_to_image"]["R@1"]
+    assert result["image_to_text_R@10"] == expected["image_to_text"]["R@10"]
 
 
 def geotext_quirk_example():

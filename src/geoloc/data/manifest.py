@@ -471,6 +471,8 @@ def _no_records_message(split: str | None, split_counts: Counter[str | None], n_
     found = f"the manifest has {total} valid record(s)" + (f" ({', '.join(parts)})" if parts else "")
     if n_skipped:
         found += f", and {n_skipped} bad record(s) were skipped"
+    if split is not None:
+        found += "; `--split all` scores every row"  # the CLI's default split is test
     return f"no records{where}: {found}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from geoloc.config import DataConfig
 from geoloc.data.manifest import Dataset
 from geoloc.errors import GeolocError
 from geoloc.eval.evaluate import Embeddings, format_table, score
@@ -39,6 +40,22 @@ class BenchmarkRequest:
     protocol: str = "benchmark"  # geotext1652: benchmark | official-quirks | paper
     full_city: bool = False
     on_bad_record: str = "error"  # error | skip: bad records are left out, in Dataset.skipped
+
+
+def request_for(data: DataConfig, split: str | None) -> BenchmarkRequest:
+    """The request that reads `split` of the data a training config names, with its benchmark's
+    reader and protocol (a sweep or a report scores a run on the data it trained on)."""
+    return BenchmarkRequest(
+        benchmark=data.benchmark,
+        data=data.train or None,
+        root=data.root or None,
+        split=split,
+        city=data.city or None,
+        version=data.version,
+        target=data.target,
+        view=data.view,
+        on_bad_record=data.on_bad_record,
+    )
 
 
 def load_benchmark(request: BenchmarkRequest) -> Dataset:

@@ -2,9 +2,11 @@
 
 `metrics.json` holds:
     {"protocol": ..., "text_to_image": {"R@1":..,"R@5":..,"R@10":..}, "image_to_text": {...},
-     "mean": .., "n_texts": .., "n_images": ..}
+     "mean": .., "n_texts": .., "n_images": .., "text_to_image_R@1": .., ...,
+     "primary_metric": "text_to_image_R@1"}
 with recalls in percent over the full gallery, where a hit is any gallery item of the query's
-group. `embeddings.npz` (optional) holds image_emb, text_emb, image_keys, text_image_keys, texts.
+group; the flat keys repeat the nested numbers (see results.py). `embeddings.npz` (optional)
+holds image_emb, text_emb, image_keys, text_image_keys, texts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from geoloc import atomic
 from geoloc.data.manifest import Dataset
 from geoloc.errors import GeolocError
 from geoloc.eval.metrics import retrieval_metrics
+from geoloc.eval.results import with_flat_keys
 
 FULL_GALLERY = "full-gallery"
 
@@ -99,7 +102,7 @@ def score(embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:
     metrics = retrieval_metrics(
         embeddings.text_emb, embeddings.image_emb, [groups[i] for i in image_index], groups
     )
-    return {"protocol": FULL_GALLERY, **metrics}
+    return with_flat_keys({"protocol": FULL_GALLERY, **metrics})
 
 
 def evaluate(

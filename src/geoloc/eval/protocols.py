@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from geoloc.data.cvgtext import is_panorama, parse_coordinates
+from geoloc.distance import haversine_km
 from geoloc.eval.metrics import embedding_pair, retrieval_metrics
+from geoloc.eval.results import with_flat_keys
 
-EARTH_RADIUS_KM = 6371.0
 CVGTEXT_KS = (1, 5, 10)
 CVGTEXT_RADII_M = (50, 100, 150)
 CVGTEXT_FIELDS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "n")
-CVGTEXT_SUBSETS = ("all", "panorama", "single_view")
 
 # A block of queries holds at most this many (query, gallery image) elements: scores (float32),
 # distances (float64) and the sort order (int64) cost ~20 bytes each, so ~80 MB a block.
@@ -81,7 +81,8 @@ def geotext_metrics(
     """GeoText-1652 retrieval in both directions over the joint pool, groups being buildings.
 
     Returns ``{"protocol": ..., "text_to_image": {"R@1":..,"R@5":..,"R@10":..},
-    "image_to_text": {...}, "mean": .., "n_texts": .., "n_images": ..}`` (percentages). Every
+    "image_to_text": {...}, "mean": .., "n_texts": .., "n_images": ..}`` (percentages), and the
+    same numbers under flat keys with `primary_metric` (results.py). Every
     protocol ranks exactly, ties in the query's favour; they differ in the gallery and labels:
 
     - "benchmark" (protocol "geotext1652"): one row per image, a hit is any item of the query's
@@ -112,7 +113,7 @@ def geotext_metrics(
     label = _GEOTEXT_LABELS[protocol]
     if protocol == "benchmark":
         metrics = retrieval_metrics(text_emb, image_emb, text_groups, image_groups, chunk_size=chunk_size)
-        return {"protocol": label, **metrics}
+        return with_flat_keys({"protocol": label, **metrics})
 
     if text_image_index is None:
         raise ValueError(f"protocol {protocol} needs text_image_index: each text's labels follow its image's")
@@ -126,7 +127,7 @@ def geotext_metrics(
         # Row t of the gallery is text t's image: duplicated images, true building labels.
         rows = np.asarray(image_emb)[index]
         metrics = retrieval_metrics(text_emb, rows, text_groups, list(text_groups), chunk_size=chunk_size)
-        return {"protocol": label, **metrics}
+        return with_flat_keys({"protocol": label, **metrics})
 
     if (record_images is None) != (text_records is None):
         raise ValueError("record_images and text_records go together: give both or neither")
@@ -147,7 +148,7 @@ def geotext_metrics(
     text_labels = [record_labels[r] for r in of_text]
     gallery = np.asarray(image_emb)[records]
     metrics = retrieval_metrics(text_emb, gallery, text_labels, record_labels, chunk_size=chunk_size)
-    return {"protocol": label, **metrics}
+    return with_flat_keys({"protocol": label, **metrics})
 
 
 def _index_array(values: Sequence[int], expected: int, bound: int, name: str, what: str) -> np.ndarray:
@@ -160,14 +161,6 @@ def _index_array(values: Sequence[int], expected: int, bound: int, name: str, wh
 
 
 # --- CVG-Text --------------------------------------------------------------------------------------
-
-
-def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> np.ndarray:
-    """Great-circle distance in km (Earth radius 6371 km) between points in degrees; broadcasts."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    a = np.clip(a, 0.0, 1.0)
-    return 2 * EARTH_RADIUS_KM * np.arctan2(np.sqrt(a), np.sqrt(1 - a))
 
 
 def cvgtext_metrics(
@@ -199,6 +192,8 @@ def cvgtext_metrics(
     Returns ``{"protocol": "cvgtext" | "cvgtext-full-city", "subsets": {"all": {...},
     "panorama": {...}, "single_view": {...}}}``, each subset with exactly the keys
     R@1 R@5 R@10 L@50 L@100 L@150 mean_error_km n; an empty subset has n = 0 and None elsewhere.
+    Flat keys repeat them (`all_R@1`, `panorama_L@50`, ...; `text_to_image_R@K` is the "all"
+    subset's R@K) beside `primary_metric` (results.py).
     Queries go a block at a time: no full text x image matrix is ever held.
     """
     if nearest < 1:
@@ -249,10 +244,8 @@ def cvgtext_metrics(
         "panorama": panorama,
         "single_view": ~panorama,
     }
-    return {
-        "protocol": "cvgtext-full-city" if full_city else "cvgtext",
-        "subsets": {name: _cvgtext_summary(ranks[mask], errors_km[mask]) for name, mask in subsets.items()},
-    }
+    summaries = {name: _cvgtext_summary(ranks[mask], errors_km[mask]) for name, mask in subsets.items()}
+    return with_flat_keys({"protocol": "cvgtext-full-city" if full_city else "cvgtext", "subsets": summaries})
 
 
 def _cvgtext_summary(ranks: np.ndarray, errors_km: np.ndarray) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import string
 import textwrap
 from dataclasses import dataclass
@@ -27,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from geoloc import atomic
+from geoloc.distance import haversine_km
 from geoloc.errors import GeolocError
+from geoloc.eval.results import with_flat_keys
 from geoloc.study.sweep import (
     METRIC_COLUMNS,
     RUN_COLUMNS,
@@ -44,7 +45,6 @@ from geoloc.study.sweep import (
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
 TOP_K = 5
-EARTH_RADIUS_KM = 6371.0088
 _RIGHT, _WRONG = "#2f855a", "#c53030"
 
 
@@ -62,14 +62,6 @@ class ReportOptions:
     queries: int = 6
     device: str = "auto"
     use_cache: bool = True
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in kilometres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -153,8 +145,13 @@ class Retrieval:
     metrics: dict[str, Any]  # the split's full-gallery recalls, from the same embeddings
 
 
-def retrieve(encoder: Any, dataset: Any, split: str, options: ReportOptions) -> Retrieval:
-    """Embed a split, rank its tiles for every text, keep a spread of queries for the grid."""
+def retrieve(
+    encoder: Any, dataset: Any, split: str, options: ReportOptions, request: Any = None
+) -> Retrieval:
+    """Embed a split, rank its tiles for every text, keep a spread of queries for the grid.
+
+    `request` (a BenchmarkRequest) scores the split with its benchmark's protocol; without one,
+    over the full gallery."""
     from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.evaluate import embed_dataset
 
@@ -172,7 +169,7 @@ def retrieve(encoder: Any, dataset: Any, split: str, options: ReportOptions) -> 
     if has_coordinates:
         for t, row in enumerate(top):
             truth, found = records[image_index[t]], records[row[0]]
-            top1_km.append(haversine_km(truth.lat, truth.lon, found.lat, found.lon))
+            top1_km.append(float(haversine_km(truth.lat, truth.lon, found.lat, found.lon)))
     # Queries spread evenly over the split (no randomness: the same page every time).
     count = min(options.queries, len(texts))
     picks = sorted({round(i * (len(texts) - 1) / max(1, count - 1)) for i in range(count)})
@@ -182,12 +179,12 @@ def retrieve(encoder: Any, dataset: Any, split: str, options: ReportOptions) -> 
         hits = []
         for j in top[t]:
             found = records[j]
-            km = haversine_km(truth.lat, truth.lon, found.lat, found.lon) if has_coordinates else None
+            km = float(haversine_km(truth.lat, truth.lon, found.lat, found.lon)) if has_coordinates else None
             hits.append((found, float(scores[t, j]), found.group == truth.group, km))
         queries.append({"text": texts[t], "truth": truth, "hits": hits})
-    from geoloc.eval.evaluate import score
+    from geoloc.eval.benchmarks import BenchmarkRequest, score_benchmark
 
-    metrics = score(embeddings, dataset)
+    metrics = score_benchmark(request or BenchmarkRequest(), embeddings, dataset)
     return Retrieval(queries, len(texts), top1_km, split, str(dataset.source), metrics)
 
 
@@ -299,18 +296,18 @@ def recall_table(run_dir: Path, retrieval: Retrieval | None = None) -> str:
         sources.append((f"{retrieval.split} split", retrieval.metrics))  # scored for this page
     ks: list[str] = []
     for label, metrics in sources:
-        if "text_to_image" not in metrics:
-            continue  # a benchmark protocol with another layout (e.g. CVG-Text subsets)
-        t2i, i2t = metrics["text_to_image"], metrics["image_to_text"]
-        ks = list(t2i)
+        # Flat keys (results.py) read every protocol alike, results written before them too;
+        # CVG-Text scores text -> image only, so its image -> text cells stay empty.
+        flat = with_flat_keys(metrics)
+        ks = [k.removeprefix("text_to_image_") for k in flat if k.startswith("text_to_image_R@")]
         rows.append(
             [
                 label,
-                *[t2i[k] for k in ks],
-                *[i2t[k] for k in ks],
-                metrics["mean"],
-                metrics.get("n_texts"),
-                metrics.get("n_images"),
+                *[flat.get(f"text_to_image_{k}") for k in ks],
+                *[flat.get(f"image_to_text_{k}") for k in ks],
+                flat.get("mean"),
+                flat.get("n_texts", flat.get("all_n")),
+                flat.get("n_images"),
             ]
         )
     if not rows:
@@ -336,13 +333,18 @@ def _setup(run_dir: Path) -> str:
         "loss": f"InfoNCE {config.loss.direction}, temperature {config.loss.temperature:g}"
         + (" (learnable)" if config.loss.learnable_temperature else " (fixed)"),
         "batch": f"{config.train.batch_size} pairs, lr {config.train.lr:g}",
-        "data": config.data.train,
+        "data": config.data.train if config.data.benchmark == "manifest" else _benchmark_data(config.data),
     }
     state = [r for r in read_metrics(run_dir) if r.get("type") == "train"]
     if state:
         items["steps"] = f"{state[-1]['step']} (epoch {state[-1]['epoch'] + 1})"
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
     return f"<dl>{rows}</dl>"
+
+
+def _benchmark_data(data: Any) -> str:
+    where = {"geotext1652": f"view {data.view}", "cvgtext": f"{data.city} {data.version} {data.target}"}
+    return f"{data.benchmark} at {data.root} ({where.get(data.benchmark, '')})"
 
 
 def _retrieval_section(
@@ -354,16 +356,19 @@ def _retrieval_section(
     from geoloc.train.splits import carve_splits
 
     config = load_config(run_dir / "config.yaml")
-    if options.data:
-        config.data.train = options.data
+    if options.data:  # another manifest than the run's training data
+        config.data.benchmark, config.data.train = "manifest", options.data
     split = options.split or default_split or "test"
-    dataset = held_out_split(config, split)
-    if dataset is None and options.split:
+    held_out = held_out_split(config, split)
+    request = None
+    if held_out is not None:
+        request, dataset = held_out
+    elif options.split:
         dataset = read_manifest(config.data.train, split=options.split)  # raises a clear DataError
-    if dataset is None:  # no held-out split in the data: the run's own validation records
+    else:  # no held-out split in the data: the run's own validation records
         dataset, split = carve_splits(config).val, "validation"
     encoder = load_encoder(run_dir, device=options.device, dtype=config.model.dtype)
-    retrieval = retrieve(encoder, dataset, split, options)
+    retrieval = retrieve(encoder, dataset, split, options, request)
     figure = Figure(
         "retrieval.png",
         f"Top-{TOP_K} tiles of {len(retrieval.queries)} queries of the {split} "

@@ -9,7 +9,8 @@ A sweep file (YAML):
       loss.direction: [text_to_image, symmetric]
     points:                               # optional: one more axis whose values set several keys
       - {name: dora-r16, tuning.strategy: dora, tuning.rank: 16}
-    metric: test_t2i_R@1                  # the column the plot shows and the best run is chosen by
+    metric: test_t2i_R@1                  # the column the plot shows and the best run is chosen by;
+                                          # test_t2i_R@1 is the held-out primary metric
     eval: {split: test, batch_size: 32}   # held-out scoring of each run's best model; false = none
 
 The output folder holds `runs/<point name>/` (an ordinary training run directory, readable by
@@ -292,38 +293,53 @@ def _train_stats(run_dir: Path) -> dict[str, Any]:
     return stats
 
 
-def held_out_split(config: Config, split: str) -> Any:
-    """The records of `split` in the config's data, or None when the data has none."""
-    from geoloc.data.manifest import Dataset, read_manifest
+def held_out_split(config: Config, split: str) -> tuple[Any, Any] | None:
+    """(request, records) of `split` in the config's data, or None when a manifest has none.
 
-    everything = read_manifest(config.data.train, split=None)
+    Read by the reader training used: a manifest's rows of that split, or the benchmark's own
+    split files (GeoText-1652's test_951_version.json, CVG-Text's test.json); `request` scores
+    them with the benchmark's protocol (`score_benchmark`).
+    """
+    from geoloc.data.manifest import Dataset, read_manifest
+    from geoloc.eval.benchmarks import load_benchmark, request_for
+
+    request = request_for(config.data, split)
+    if config.data.benchmark != "manifest":
+        return request, load_benchmark(request)
+    everything = read_manifest(config.data.train, split=None, on_bad_record=config.data.on_bad_record)
     records = [r for r in everything.records if r.split == split]
-    return Dataset(records, everything.source) if records else None
+    return (request, Dataset(records, everything.source)) if records else None
 
 
 def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]:
     """The result row of a trained run: validation, held-out recalls, sizes, time."""
     from geoloc.encoder.model import GeoEncoder
+    from geoloc.data.bad_records import verify_and_list
+    from geoloc.eval.benchmarks import score_benchmark
     from geoloc.eval.cache import cached_embeddings
-    from geoloc.eval.evaluate import score
+    from geoloc.eval.results import primary_value
 
     best = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
     row: dict[str, Any] = {"run": point.name, **point.values}
-    row["val_t2i_R@1"] = best["text_to_image"]["R@1"]
     encoder = GeoEncoder.load(
+    row["val_t2i_R@1"] = primary_value(best)  # the value that selected the run's model
         run_dir, device=point.config.train.device, dtype=point.config.model.dtype, trainable=True
     )  # trainable: so that the count is the training one
     row["total_params"], row["trainable_params"] = encoder.parameter_counts()
-    dataset = held_out_split(point.config, sweep.eval_split) if sweep.eval_split else None
-    if dataset is not None:
+    held_out = held_out_split(point.config, sweep.eval_split) if sweep.eval_split else None
+    if held_out is not None:
+        request, dataset = held_out
+        out = run_dir / f"eval_{sweep.eval_split}"
+        dataset, _ = verify_and_list(dataset, point.config.data.on_bad_record, out)
         embeddings, _ = cached_embeddings(encoder, dataset, batch_size=sweep.eval_batch_size)
-        metrics = score(embeddings, dataset)
+        metrics = score_benchmark(request, embeddings, dataset)
         metrics = {**metrics, "model": str(run_dir), "data": str(dataset.source), "split": sweep.eval_split}
-        atomic.write_json(run_dir / f"eval_{sweep.eval_split}" / "metrics.json", metrics)
-        t2i, i2t = metrics["text_to_image"], metrics["image_to_text"]
-        row.update({f"test_t2i_{k}": v for k, v in t2i.items() if f"test_t2i_{k}" in dict(METRIC_COLUMNS)})
-        row["test_i2t_R@1"] = i2t["R@1"]
-        row["test_mean"] = metrics["mean"]
+        atomic.write_json(out / "metrics.json", metrics)
+        # The flat keys every protocol has (CVG-Text scores text -> image only: no I2T, no mean).
+        for k in ("R@1", "R@5", "R@10"):
+            row[f"test_t2i_{k}"] = metrics.get(f"text_to_image_{k}")
+        row["test_i2t_R@1"] = metrics.get("image_to_text_R@1")
+        row["test_mean"] = metrics.get("mean")
     row.update(_train_stats(run_dir))
     return row
 

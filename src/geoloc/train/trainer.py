@@ -4,7 +4,7 @@ A run directory holds:
     config.yaml            the resolved configuration
     metrics.jsonl          one JSON object per logged step and per validation
     checkpoints/latest/    encoder + trainer state (optimizer, scheduler, RNG, position), atomic
-    best/                  the encoder with the best validation text->image R@1
+    best/                  the encoder with the best validation primary metric (text->image R@1)
     final/                 the encoder at the end of training
 Model selection uses a validation split carved from the training data, never the test split.
 With `data.val_fraction: 0` and no val split nothing validates: there is no best/, and a run
@@ -32,6 +32,7 @@ from geoloc.encoder.model import SAVED_BACKBONE, EncoderSpec, GeoEncoder, resolv
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
+from geoloc.eval.results import primary_value
 from geoloc.train.batching import epoch_batches
 from geoloc.train.loss import InfoNCE
 from geoloc.train.sharding import check_shardable, local_parameter_bytes, shard_language_model
@@ -387,9 +388,9 @@ class Trainer:
         record = {"type": "val", "step": self.step, "epoch": self.epoch, **metrics}
         self._log(record)
         faults.point("validate")
-        r1 = metrics["text_to_image"]["R@1"]
-        if r1 > self.best_r1:
-            self.best_r1 = r1
+        score = primary_value(metrics)  # the model is selected by the results' primary metric
+        if score > self.best_r1:
+            self.best_r1 = score
             self.encoder.save(self.run_dir / "best")
             atomic.write_json(self.run_dir / "best.json", {"step": self.step, **metrics})
         self.world.barrier()
