@@ -34,10 +34,12 @@ def test_cached_features_give_identical_embeddings(preset: str, tiny_city: Path,
     encoder = _encoder(preset)
     computed = encoder.encode_images(tiles, batch_size=4)
     store = TileFeatureStore(encoder, tmp_path)
-    encoder.tile_features = store
-    first = encoder.encode_images(tiles, batch_size=4)
+    reading = encoder.rebuilt(tile_features=store)  # the same weights, features read from disk
+    assert reading.pooler is encoder.pooler and reading.backbone is encoder.backbone
+    assert encoder.tile_features is None  # the original is left as it is
+    first = reading.encode_images(tiles, batch_size=4)
     assert store.computed == 6
-    again = encoder.encode_images(tiles, batch_size=4)
+    again = reading.encode_images(tiles, batch_size=4)
     assert store.computed == 6  # read from disk, not encoded again
     assert torch.equal(torch.from_numpy(first), torch.from_numpy(computed))
     assert torch.equal(torch.from_numpy(again), torch.from_numpy(computed))

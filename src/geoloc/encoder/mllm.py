@@ -43,16 +43,24 @@ from geoloc.versions import warn_if_untested
 
 
 class GeoEncoder(Encoder):
-    def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        spec: EncoderSpec,
+        tile_features: Any = None,
+    ):
+        """`tile_features`: a TileFeatureStore (tile_features.py) that encode_images reads tile
+        files through, when the vision side is frozen and its features are kept on disk; None
+        computes them."""
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.spec = spec
         self.family: BackboneFamily = FAMILIES[spec.family]
-        # A TileFeatureStore (tile_features.py) that encode_images reads tile files through, when
-        # the vision side is frozen and its features are kept on disk; None computes them.
-        self.tile_features: Any = None
+        self.tile_features = tile_features
         if spec.padding_side not in ("left", "right"):
             raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
         hidden = self.config.text_config.hidden_size
@@ -69,6 +77,24 @@ class GeoEncoder(Encoder):
         )
         image_prefix, image_suffix = split_template(spec.image_template, "{image}", "image")
         self._image_ids = self._token_ids(image_prefix + self.family.placeholder(self.config) + image_suffix)
+
+    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> GeoEncoder:
+        """An encoder on these same weights (backbone and pooling head, shared, not copied) with
+        another spec's input templates, or reading tile features from `tile_features`; this one
+        is left as it is."""
+        spec = spec or self.spec
+        pooling = ("pooling", "query_tokens", "query_heads", "family", "tuning")
+        if any(getattr(spec, name) != getattr(self.spec, name) for name in pooling):
+            raise GeolocError("a rebuilt encoder keeps its weights: only input settings may change")
+        other = GeoEncoder(
+            self.backbone,
+            self.tokenizer,
+            self.image_processor,
+            spec,
+            tile_features=self.tile_features if tile_features is None else tile_features,
+        )
+        other.pooler = self.pooler
+        return other.train(self.training)
 
     # -- structure ---------------------------------------------------------------------------
     @property

@@ -75,6 +75,7 @@ class TileFeatureStore:
     ):
         self.encoder = encoder
         self.autocast = autocast
+        self.precision = precision
         self.batch_size = batch_size
         self.dir = Path(root or default_feature_dir()) / feature_model_key(encoder, precision)
         self._content: dict[Path, str] = {}
