@@ -37,7 +37,7 @@ DIM = 1024
 
 
 def peak_rss_gb() -> float:
-    from geoloc.train.throughput import peak_rss_bytes
+    from throughput import peak_rss_bytes
 
     return peak_rss_bytes() / 1e9
 

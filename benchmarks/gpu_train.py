@@ -14,9 +14,9 @@ import sys
 import time
 
 import torch
+from throughput import PAPER_TUNING, format_table, matmul_tflops, measure_training_step
 
 from geoloc.encoder.loading import load_encoder
-from geoloc.train.throughput import PAPER_TUNING, format_table, matmul_tflops, measure_training_step
 
 MODELS = ("random-smolvlm-256m", "random-smolvlm-500m", "random-internvl3_5-1b")
 

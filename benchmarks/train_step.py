@@ -39,9 +39,9 @@ LLM_ONLY = {
 
 def _one(spec: dict) -> None:
     import torch
+    from throughput import PAPER_TUNING, measure_training_step
 
     from geoloc.encoder.tuning import TuningConfig
-    from geoloc.train.throughput import PAPER_TUNING, measure_training_step
 
     tuning = PAPER_TUNING if spec["tuning"] == "paper" else TuningConfig(**LLM_ONLY)
     figures = measure_training_step(

@@ -207,3 +207,20 @@ def test_eval_on_a_manifest_without_splits_says_how_to_score_every_row(
     error = capsys.readouterr().err
     assert "no records in split 'test'" in error and "`--split all` scores every row" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_embed_skips_and_lists_a_bad_tile(
+    tiny_city: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """train, eval, embed and index build list skipped records through one helper (verify_and_list)."""
+    data = tmp_path / "city"
+    shutil.copytree(tiny_city.parent, data)
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    (data / rows[0]["image"]).write_bytes(b"not a png")
+    out = tmp_path / "emb"
+    args = ["embed", "tiny-smolvlm", "--data", str(data), "--out", str(out), "--on-bad-record", "skip"]
+    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    listed = [json.loads(line) for line in (out / "skipped_records.jsonl").read_text().splitlines()]
+    assert [e["record"] for e in listed] == [f"image {rows[0]['image']}"]
+    assert "skipped 1 bad record(s)" in capsys.readouterr().err
+    assert len(np.load(out / "embeddings.npz")["image_keys"]) == len(rows) - 1

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from geoloc.eval import metrics
-from geoloc.eval.metrics import best_correct_ranks, joint_ranks, recall_at_k, retrieval_metrics
+from geoloc.eval.metrics import joint_ranks, recall_at_k, retrieval_metrics
+
+
+def best_correct_ranks(query_emb, gallery_emb, query_groups, gallery_groups, chunk_size=1024):
+    """The exact ranks of the queries (the first side of `joint_ranks`), as the code computes them."""
+    return joint_ranks(query_emb, gallery_emb, query_groups, gallery_groups, chunk_size=chunk_size)[0]
 
 
 def naive_best_correct_ranks(query_emb, gallery_emb, query_groups, gallery_groups):
@@ -161,7 +166,7 @@ def test_recall_at_k_on_given_ranks():
 
 def test_query_without_correct_item_raises():
     emb = np.eye(3, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"2 of 3 queries.*first: query 1"):
+    with pytest.raises(ValueError, match=r"2 of 3 texts.*first: text 1"):
         best_correct_ranks(emb, emb, ["a", "x", "y"], ["a", "b", "c"])
     with pytest.raises(ValueError, match="text 1"):
         retrieval_metrics(emb, emb, ["a", "x", "c"], ["a", "b", "c"])
@@ -169,7 +174,7 @@ def test_query_without_correct_item_raises():
 
 def test_mixed_group_types_are_not_conflated():
     emb = np.eye(2, dtype=np.float32)
-    with pytest.raises(ValueError, match="no correct item"):
+    with pytest.raises(ValueError, match="no image of their group"):
         best_correct_ranks(emb, emb, [1, "1"], ["1", "2"])
     assert best_correct_ranks(emb, emb, [1, "1"], [1, "1"]).tolist() == [0, 0]
     assert best_correct_ranks(emb, emb, [1, "1"], ["1", 1]).tolist() == [1, 1]
@@ -180,7 +185,7 @@ def test_bad_inputs_raise():
     groups = ["a", "b", "c"]
     with pytest.raises(ValueError, match="dimension"):
         best_correct_ranks(emb, emb[:, :2], groups, groups)
-    with pytest.raises(ValueError, match="query groups"):
+    with pytest.raises(ValueError, match="text groups"):
         best_correct_ranks(emb, emb, groups[:2], groups)
     with pytest.raises(ValueError, match="chunk_size"):
         best_correct_ranks(emb, emb, groups, groups, chunk_size=0)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
 from geoloc.train.step import ContrastiveStep, PairEncoder, split_inputs
-from geoloc.train.throughput import synthetic_batch
 from geoloc.world import World
+
+
+def _synthetic_batch(encoder: GeoEncoder, batch: int, text_words: int, seed: int) -> tuple[dict, dict]:
+    """(text inputs, image inputs) of `batch` pairs: random words and random-noise tiles."""
+    rng = np.random.default_rng(seed)
+    words = ["red", "roof", "road", "park", "tower", "river", "bridge", "square", "church", "lot"]
+    texts = [" ".join(rng.choice(words, size=text_words)) for _ in range(batch)]
+    size = encoder.image_size
+    tiles = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(batch)]
+    return encoder.text_inputs(texts), encoder.image_inputs(tiles)
 
 
 def _setup(preset: str, dropout: float) -> tuple[GeoEncoder, InfoNCE, dict, dict]:
@@ -26,7 +37,7 @@ def _setup(preset: str, dropout: float) -> tuple[GeoEncoder, InfoNCE, dict, dict
             if "lora_B" in name:
                 parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
     loss_fn = InfoNCE(0.05, learnable=True, direction="symmetric")
-    text, image = synthetic_batch(encoder, batch=6, text_words=12, seed=1)
+    text, image = _synthetic_batch(encoder, batch=6, text_words=12, seed=1)
     return encoder, loss_fn, text, image
 
 

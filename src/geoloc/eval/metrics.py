@@ -86,73 +86,6 @@ def embedding_pair(
     return q_emb, g_emb
 
 
-def best_correct_ranks(
-    query_emb: np.ndarray,
-    gallery_emb: np.ndarray,
-    query_groups: Groups,
-    gallery_groups: Groups,
-    chunk_size: int = 1024,
-) -> np.ndarray:
-    """Rank of each query's best-scoring correct gallery item, as an int64 array.
-
-    The rank is the number of wrong gallery items scoring strictly higher than the best correct
-    one (ties go in the query's favour). Queries are processed in blocks of at most `chunk_size`
-    rows, further capped so one block holds at most ~16M scores; the result does not depend on
-    the block size.
-
-    Raises ValueError if any query's group has no item in the gallery, since its rank would be
-    undefined; the caller must filter such queries out first.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    q_emb, g_emb = embedding_pair(
-        query_emb, gallery_emb, query_groups, gallery_groups, ("query", "gallery"), "groups"
-    )
-
-    n_q, n_g = len(q_emb), len(g_emb)
-    q_ids, g_ids, n_groups = _group_ids(query_groups, gallery_groups)
-
-    counts, n_correct = _correct_counts(
-        q_ids, g_ids, n_groups, query_groups, "query/queries", "correct item in the gallery"
-    )
-    if n_q == 0:
-        return np.zeros(0, dtype=np.int64)
-
-    # Gallery indices sorted by group, so a group's members are one contiguous slice.
-    by_group = np.argsort(g_ids, kind="stable")
-    group_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    pairs_cum = np.cumsum(n_correct)
-
-    rows_per_chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(n_g, 1)))
-    g_t = torch.from_numpy(g_emb)
-    q_t = torch.from_numpy(q_emb)
-    ranks = np.empty(n_q, dtype=np.int64)
-
-    start = 0
-    while start < n_q:
-        end = min(n_q, start + rows_per_chunk)
-        done_pairs = pairs_cum[start - 1] if start else 0
-        end = min(end, int(np.searchsorted(pairs_cum, done_pairs + _MAX_CHUNK_PAIRS, side="right")))
-        end = max(end, start + 1)
-
-        scores = q_t[start:end] @ g_t.T
-        sizes = n_correct[start:end]
-        seg_start = np.cumsum(sizes) - sizes
-        # Row r's correct items are by_group[group_start[q] : group_start[q] + sizes[r]].
-        within = np.arange(int(sizes.sum())) - np.repeat(seg_start, sizes)
-        cols = by_group[np.repeat(group_start[q_ids[start:end]], sizes) + within]
-        rows = np.repeat(np.arange(end - start), sizes)
-        # Best correct score is read back from the same score block it is compared against, so
-        # ties are exact ties rather than two differently rounded dot products.
-        correct_scores = scores.numpy()[rows, cols]
-        best = torch.from_numpy(np.maximum.reduceat(correct_scores, seg_start))
-        # Every item strictly above the best correct one is necessarily wrong, so no mask of
-        # correct items is needed here.
-        ranks[start:end] = (scores > best[:, None]).sum(dim=1).numpy()
-        start = end
-    return ranks
-
-
 def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Percentage of queries whose rank is below K, as {"R@K": percent} for each K in `ks`."""
     ranks = np.asarray(ranks)
@@ -176,8 +109,9 @@ def joint_ranks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both directions' ranks from ONE pass over the text x image scores.
 
-    Returns (text ranks, image ranks, image is a query). Text ranks are exact, as in
-    `best_correct_ranks(text, image, ...)`. Image ranks are exact up to `max_rank` and capped at it
+    Returns (text ranks, image ranks, image is a query). A rank is the number of wrong items
+    scoring strictly higher than the query's best correct one (ties in the query's favour). Text
+    ranks are exact; image ranks are exact up to `max_rank` and capped at it
     (a rank >= max_rank reads max_rank), which is all R@K for K <= max_rank needs; they are only
     meaningful where "image is a query" (its group has at least one text).
 

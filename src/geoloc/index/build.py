@@ -61,21 +61,14 @@ def model_source(model: str | Path) -> str:
 def _read_gallery(gallery: str | Path, split: str | None, on_bad_record: str, index: Path) -> Dataset:
     """The gallery's records, every image decoded once; with "skip", bad ones are left out and
     listed in `<index>.skipped_records.jsonl` beside the index folder."""
-    from geoloc.data.bad_records import report_skipped, skipped_entries, write_skipped
-    from geoloc.data.images import verify_images
+    from geoloc.data.bad_records import verify_and_list
 
     if on_bad_record not in ("error", "skip"):
         raise GeolocError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
     # A gallery needs no descriptions: tiles cut from a raster have none.
-    dataset = verify_images(
-        read_manifest(gallery, split, on_bad_record, require_texts=False),  # type: ignore[arg-type]
-        on_bad_record,  # type: ignore[arg-type]
-    )
-    skipped = skipped_entries(dataset)
-    listed = None
-    if on_bad_record == "skip":
-        listed = write_skipped(index.parent, skipped, name=f"{index.name}.skipped_records.jsonl")
-    report_skipped(skipped, listed)
+    records = read_manifest(gallery, split, on_bad_record, require_texts=False)  # type: ignore[arg-type]
+    listed_as = f"{index.name}.skipped_records.jsonl"
+    dataset, _ = verify_and_list(records, on_bad_record, index.parent, name=listed_as)  # type: ignore[arg-type]
     return dataset
 
 

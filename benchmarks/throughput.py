@@ -1,4 +1,7 @@
-"""How fast a training step runs: pairs/s, peak memory and model FLOP utilisation, for benchmarks.
+"""How fast a training step runs: pairs/s, peak memory and model FLOP utilisation.
+
+A helper of the benchmark scripts beside it (gpu_train.py, train_step.py, eval_scale.py), which
+import it as `throughput`; it is not part of the geoloc package.
 
 The step measured is the trainer's own (`ContrastiveStep` on a `PairEncoder`, AdamW), on synthetic
 inputs of a fixed shape: texts of `text_words` words and random-noise tiles at the backbone's

@@ -1,6 +1,6 @@
 """What IVF and HNSW cost in recall and gain in speed against exact search, on a random gallery.
 
-    .venv/bin/python -m geoloc.index.recall --count 100000 --dim 256
+    .venv/bin/python benchmarks/index_recall.py --count 100000 --dim 256
 
 The gallery is `count` random unit vectors. Each query is a gallery vector plus noise,
 normalised (as a description is near, not on, its tile), so every query has a true answer and
