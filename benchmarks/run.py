@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -50,14 +49,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
 
+from geoloc.encoder.base import Encoder  # noqa: E402
 from geoloc.encoder.loading import load_encoder  # noqa: E402
-from geoloc.encoder.mllm import GeoEncoder  # noqa: E402
 from geoloc.encoder.serving import QueryEncoder, load_for_serving, merge_adapters, to_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIP_EOS = 49407  # CLIP's end-of-text token: its text tower pools there
 
 
 # -- the machine and the reference matrix product -------------------------------------------------
@@ -126,42 +123,6 @@ def synthetic_inputs(count: int, seed: int = 0) -> tuple[list[Image.Image], list
 
 
 # -- the two model families behind one small interface ----------------------------------------------
-def clip_b16() -> nn.Module:
-    """A real-size CLIP ViT-B/16 with seeded random weights (no download)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=16,
-        ),
-        projection_dim=512,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return CLIPModel(config).eval()
-
-
-def quantize_int8(module: nn.Module) -> None:
-    """Dynamic int8 on every nn.Linear of `module`, in place (as serving.py does for the LLM)."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
 @dataclass
 class Tower:
     """One model at one precision: tiles -> vectors, texts -> vectors, prepared inputs for FLOPs."""
@@ -175,7 +136,8 @@ class Tower:
     text_forward: Callable[[list[str]], Callable[[], Any]]
 
 
-def smolvlm_tower(name: str, encoder: GeoEncoder, batch: int) -> Tower:
+def tower(name: str, encoder: Encoder, batch: int) -> Tower:
+    """Either encoder, as geoloc serves it: tiles in batches, queries through QueryEncoder."""
     queries = QueryEncoder(encoder)
     return Tower(
         name=name,
@@ -185,59 +147,6 @@ def smolvlm_tower(name: str, encoder: GeoEncoder, batch: int) -> Tower:
         tile_forward=lambda tiles: partial(encoder, encoder.image_inputs(tiles)),
         text_forward=lambda texts: partial(encoder, encoder.text_inputs(texts)),
     )
-
-
-def clip_tower(name: str, model: nn.Module, token_ids: Callable[[list[str]], dict], batch: int) -> Tower:
-    """CLIP given the same token sequences as SmolVLM (plus its end token) and its own pixels."""
-    from transformers import CLIPImageProcessorPil
-
-    processor = CLIPImageProcessorPil()
-    dtype = next(model.parameters()).dtype
-
-    def unit(features: Any) -> np.ndarray:
-        features = features if isinstance(features, torch.Tensor) else features.pooler_output
-        return nn.functional.normalize(features.float(), dim=-1).numpy()
-
-    def pixels(tiles: list[Image.Image]) -> torch.Tensor:
-        return processor(tiles, return_tensors="pt")["pixel_values"].to(dtype)
-
-    @torch.inference_mode()
-    def embed_tiles(tiles: list[Image.Image]) -> np.ndarray:
-        out = [
-            unit(model.get_image_features(pixel_values=pixels(tiles[i : i + batch])))
-            for i in range(0, len(tiles), batch)
-        ]
-        return np.concatenate(out)
-
-    @torch.inference_mode()
-    def embed_texts(texts: list[str]) -> np.ndarray:
-        return unit(model.get_text_features(**token_ids(texts)))
-
-    return Tower(
-        name=name,
-        dim=model.config.projection_dim,
-        embed_tiles=embed_tiles,
-        embed_texts=embed_texts,
-        tile_forward=lambda tiles: partial(model.get_image_features, pixel_values=pixels(tiles)),
-        text_forward=lambda texts: partial(model.get_text_features, **token_ids(texts)),
-    )
-
-
-def clip_token_ids(encoder: GeoEncoder) -> Callable[[list[str]], dict]:
-    """The SmolVLM preset's token ids of each text, CLIP's end token appended, cut at 77."""
-
-    def ids(texts: list[str]) -> dict[str, torch.Tensor]:
-        body = encoder.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        rows = [seq[:76] + [CLIP_EOS] for seq in body]
-        longest = max(len(r) for r in rows)
-        input_ids = torch.zeros((len(rows), longest), dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-    return ids
 
 
 # -- 1. throughput and efficiency --------------------------------------------------------------------
@@ -506,11 +415,7 @@ def other_benchmarks(timeout: float) -> dict[str, str]:
         if not path.is_file():
             results[script] = "(not present in this tree)"
             continue
-        help_text = subprocess.run(
-            [sys.executable, str(path), "--help"], capture_output=True, text=True
-        ).stdout
-        # Its quick flags if it has them (its --help names them), else its default run.
-        argv = quick_args if all(a in help_text for a in quick_args if a.startswith("--")) else []
+        argv = quick_args  # each script's own quick setting, named here once
         command = [sys.executable, str(path), *argv]
         print(f"  running {' '.join(command[1:])} ...")
         try:
@@ -728,8 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("loading real-size SmolVLM-256M and CLIP ViT-B/16 with random weights ...")
     smol = load_for_serving("random-smolvlm-256m")
-    clip = clip_b16()
-    ids = clip_token_ids(smol)
+    clip = load_for_serving("random-clip-b16")  # CLIP ViT-B/16's shapes, SmolLM2's tokenizer
     lengths = [len(x) for x in smol.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     results["inputs"] = (
         f"{args.smolvlm_tiles} synthetic-city tiles per SmolVLM precision (512 px, batch 4), "
@@ -737,22 +641,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.mean(lengths):.0f} tokens on average (batch 32), the same token ids for both"
     )
     smol_bf16 = to_precision(copy.deepcopy(smol), "bf16")
-    clip_bf16 = copy.deepcopy(clip).to(torch.bfloat16)
+    clip_bf16 = to_precision(copy.deepcopy(clip), "bf16")
     towers_models = {"smol": smol, "clip": clip}
     towers = {
-        "SmolVLM-256M float32": smolvlm_tower("SmolVLM-256M float32", smol, 4),
-        "SmolVLM-256M bf16": smolvlm_tower("SmolVLM-256M bf16", smol_bf16, 4),
-        "CLIP float32": clip_tower("CLIP float32", clip, ids, 16),
-        "CLIP bf16": clip_tower("CLIP bf16", clip_bf16, ids, 16),
+        "SmolVLM-256M float32": tower("SmolVLM-256M float32", smol, 4),
+        "SmolVLM-256M bf16": tower("SmolVLM-256M bf16", smol_bf16, 4),
+        "CLIP float32": tower("CLIP float32", clip, 16),
+        "CLIP bf16": tower("CLIP bf16", clip_bf16, 16),
     }
 
     def latency() -> None:
         smol_int8 = to_precision(copy.deepcopy(towers_models["smol"]), "int8")
-        clip_int8 = copy.deepcopy(towers_models["clip"])
-        quantize_int8(clip_int8.text_model)
-        quantize_int8(clip_int8.text_projection)
-        towers["SmolVLM-256M int8"] = smolvlm_tower("SmolVLM-256M int8", smol_int8, 4)
-        towers["CLIP int8"] = clip_tower("CLIP int8", clip_int8, ids, 16)
+        clip_int8 = to_precision(copy.deepcopy(towers_models["clip"]), "int8")
+        towers["SmolVLM-256M int8"] = tower("SmolVLM-256M int8", smol_int8, 4)
+        towers["CLIP int8"] = tower("CLIP int8", clip_int8, 16)
         results["latency"], results["recall"] = query_latency(towers, texts, args)
 
     def quality_section() -> None:

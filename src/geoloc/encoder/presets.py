@@ -208,12 +208,24 @@ class DualPreset:
     name: str
     family: str  # "clip" | "siglip"
     image_size: int
+    real_size: bool = False  # the published architecture's shapes, for benchmarks
 
 
 DUAL_PRESETS: dict[str, DualPreset] = {
     "tiny-clip": DualPreset("tiny-clip", "clip", 64),
     "tiny-siglip": DualPreset("tiny-siglip", "siglip", 64),
+    # CLIP ViT-B/16's shapes (openai/clip-vit-base-patch16), random weights, with SmolLM2's real
+    # tokenizer (its ids fit CLIP's 49,408-token table), so that benchmarks give both model
+    # families the same token sequences.
+    "random-clip-b16": DualPreset("random-clip-b16", "clip", 224, real_size=True),
 }
+# CLIP ViT-B/16: a 12-layer 512-wide text tower and a 12-layer 768-wide vision tower at 224 px.
+_CLIP_B16_TEXT = dict(
+    hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8, vocab_size=49408
+)
+_CLIP_B16_VISION = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16
+)
 
 # A text tower as small as the tiny LLM, a vision tower as small as the tiny MLLMs' one.
 _TINY_TEXT_TOWER = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
@@ -222,6 +234,14 @@ _TINY_TEXT_TOWER = dict(hidden_size=128, intermediate_size=256, num_hidden_layer
 def dual_preset_processing(name: str) -> tuple[Any, Any]:
     """(tokenizer, image_processor) of a tiny dual-encoder preset."""
     preset = DUAL_PRESETS[name]
+    if preset.real_size:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        tokenizer, _ = real_processing("SmolVLM-256M-Instruct")
+        size = preset.image_size
+        return tokenizer, CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
     if preset.family == "clip":
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -246,6 +266,13 @@ def dual_preset_config(name: str, tokenizer: Any) -> Any:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    if preset.real_size:
+        from transformers import CLIPConfig
+
+        text = dict(_CLIP_B16_TEXT, **{k: v for k, v in ids.items() if k != "vocab_size"})
+        text["max_position_embeddings"] = 77
+        vision = dict(_CLIP_B16_VISION, image_size=preset.image_size)
+        return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
     vision = dict(**_TINY_VISION, image_size=preset.image_size, patch_size=8)
     if preset.family == "clip":
         from transformers import CLIPConfig
