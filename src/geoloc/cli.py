@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _default_eval_dir(model: str, split: str | None) -> Path:
     """Beside a saved model or run; in the current folder for a preset or hub id."""
-    from geoloc.encoder.model import saved_encoder_dir
+    from geoloc.encoder.base import saved_encoder_dir
 
     name = f"eval_{split or 'all'}"
     return Path(model) / name if saved_encoder_dir(model) is not None else Path(name)
@@ -88,8 +88,8 @@ def _geotext_protocol(args: argparse.Namespace) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
-    from geoloc.encoder.model import GeoEncoder
     from geoloc.data.bad_records import verify_and_list
+    from geoloc.encoder.loading import load_encoder
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.evaluate import embed_dataset, with_templates
@@ -110,8 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # Every record is read and every image decoded before the model loads: bad data stops the
     # command here, before anything is written, or (skip) is left out and listed.
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
-    encoder = GeoEncoder.load(args.model, device=args.device, dtype=args.dtype)
     dataset, skipped = verify_and_list(load_benchmark(request), args.on_bad_record, out)
+    encoder = load_encoder(args.model, device=args.device, dtype=args.dtype)
     # The saved templates unless the evaluation sets its own (e.g. the released code's prefix).
     encoder = with_templates(encoder, args.text_template, args.image_template)
     if args.no_cache:
@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from geoloc.data.bad_records import verify_and_list
     from geoloc.data.manifest import read_manifest
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.loading import load_encoder
     from geoloc.eval.gallery import embed_gallery
     from geoloc.world import join_world
 
@@ -156,7 +156,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             import torch
 
             device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
-        encoder = GeoEncoder.load(args.model, device=device, dtype=args.dtype)
+        encoder = load_encoder(args.model, device=device, dtype=args.dtype)
         result = embed_gallery(
             encoder, dataset, out, args.model, args.shard_size, args.batch_size, world, not args.quiet
         )

@@ -63,7 +63,7 @@ def with_templates(encoder: Any, text_template: str | None = None, image_templat
     returned encoder's spec names the templates it uses, so the embedding cache keys them, and
     the saved model on disk is untouched. None keeps a template as it is.
     """
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.mllm import GeoEncoder
 
     spec = encoder.spec
     changed = dataclasses.replace(
@@ -78,12 +78,8 @@ def with_templates(encoder: Any, text_template: str | None = None, image_templat
             "input templates can only be changed at evaluation for an MLLM encoder, "
             f"not a {type(encoder).__name__}"
         )
-    # A new GeoEncoder around the same backbone, tokenizer and pooling head: only the template
-    # token ids (made in __init__) differ.
-    other = GeoEncoder(encoder.backbone, encoder.tokenizer, encoder.image_processor, changed)
-    other.pooler = encoder.pooler
-    other.tile_features = encoder.tile_features
-    return other.train(encoder.training)
+    # The same backbone, tokenizer and pooling head: only the template token ids differ.
+    return encoder.rebuilt(spec=changed)
 
 
 def embed_dataset(

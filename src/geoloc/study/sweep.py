@@ -246,24 +246,17 @@ def _check_run_dir(point: SweepPoint, run_dir: Path) -> None:
 
 def _encoder_overrides(config: Config) -> dict[str, Any]:
     """The encoder settings a config names, as the trainer passes them."""
-    from dataclasses import fields
-
-    from geoloc.encoder.model import EncoderSpec
-
-    spec_fields = {f.name for f in fields(EncoderSpec)} - {"backbone"}
-    overrides = {f.name: getattr(config.model, f.name) for f in fields(config.model) if f.name in spec_fields}
-    overrides["tuning"] = config.tuning
-    return overrides
+    return config.model.embedding_settings() | {"tuning": config.tuning}
 
 
 def _score_zero_shot(config: Config, run_dir: Path) -> None:
     """Save the untrained encoder as the run's best/final model, with its validation recall."""
     from geoloc.config import save_config
-    from geoloc.encoder.model import GeoEncoder
+    from geoloc.encoder.loading import load_encoder
     from geoloc.eval.evaluate import evaluate
     from geoloc.train.splits import carve_splits
 
-    encoder = GeoEncoder.load(
+    encoder = load_encoder(
         config.model.backbone,
         device=config.train.device,
         dtype=config.model.dtype,
@@ -313,16 +306,16 @@ def held_out_split(config: Config, split: str) -> tuple[Any, Any] | None:
 
 def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]:
     """The result row of a trained run: validation, held-out recalls, sizes, time."""
-    from geoloc.encoder.model import GeoEncoder
     from geoloc.data.bad_records import verify_and_list
+    from geoloc.encoder.loading import load_encoder
     from geoloc.eval.benchmarks import score_benchmark
     from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.results import primary_value
 
     best = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
     row: dict[str, Any] = {"run": point.name, **point.values}
-    encoder = GeoEncoder.load(
     row["val_t2i_R@1"] = primary_value(best)  # the value that selected the run's model
+    encoder = load_encoder(
         run_dir, device=point.config.train.device, dtype=point.config.model.dtype, trainable=True
     )  # trainable: so that the count is the training one
     row["total_params"], row["trainable_params"] = encoder.parameter_counts()
@@ -346,7 +339,7 @@ def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]
 
 def run_point(sweep: Sweep, point: SweepPoint, run_dir: Path, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and score one point; a point with a result is only read back."""
-    from geoloc.encoder.model import SPEC_FILE
+    from geoloc.encoder.base import SPEC_FILE
     from geoloc.train.trainer import CHECKPOINT, TRAINER_STATE, train
 
     if run_dir.exists():

@@ -18,7 +18,6 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,9 @@ from geoloc import atomic, faults
 from geoloc.config import Config, NoDecayRule, TrainPrecision, WarmupRule, save_config
 from geoloc.data.images import load_image
 from geoloc.data.manifest import Dataset
-from geoloc.encoder.model import SAVED_BACKBONE, EncoderSpec, GeoEncoder, resolve_device
+from geoloc.encoder.base import SAVED_BACKBONE, resolve_device
+from geoloc.encoder.loading import load_encoder
+from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
@@ -195,15 +196,11 @@ class Trainer:
         # Sharded: built on the CPU and sharded before it moves, so it is never whole on a GPU.
         load_device = "cpu" if self.sharded else str(self.device)
         if resume_from is not None:
-            self.encoder = GeoEncoder.load(resume_from / "encoder", device=load_device, trainable=True)
+            self.encoder = load_encoder(resume_from / "encoder", device=load_device, trainable=True)
         else:
             # Every model setting the encoder records in its spec comes from the config.
-            spec_fields = {f.name for f in fields(EncoderSpec)} - {"backbone"}
-            overrides = {
-                f.name: getattr(config.model, f.name) for f in fields(config.model) if f.name in spec_fields
-            }
-            overrides["tuning"] = config.tuning
-            self.encoder = GeoEncoder.load(
+            overrides = config.model.embedding_settings() | {"tuning": config.tuning}
+            self.encoder = load_encoder(
                 config.model.backbone,
                 device=load_device,
                 dtype=config.model.dtype,
@@ -213,6 +210,10 @@ class Trainer:
             self.encoder.base_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        self.feature_store = self._feature_store()
+        if self.feature_store is not None and self.feature_store.precision == "float32":
+            # Validation encodes in float32 too, so the encoder reads the same stored features.
+            self.encoder = self.encoder.rebuilt(tile_features=self.feature_store)
         self.loss_fn = InfoNCE(
             config.loss.temperature, config.loss.learnable_temperature, config.loss.direction
         )
@@ -262,7 +263,6 @@ class Trainer:
         self.optimizer = _optimizer(params, config)
         self.scheduler = _schedule(self.optimizer, self.total_steps, config)
         self.pixels = PixelCache(self.encoder, self.splits.train)
-        self.feature_store = self._feature_store()
         self.step, self.epoch, self.batch_in_epoch, self.best_r1 = 0, 0, 0, -1.0
         self.elapsed = 0.0
 
@@ -289,9 +289,6 @@ class Trainer:
             autocast=lambda: _autocast(self.device, train.precision),
             precision="bf16" if bf16 else "float32",
         )
-        if not bf16:
-            # Validation encodes in float32 too, so it reads the same stored features.
-            self.encoder.tile_features = store
         return store
 
     # -- checkpoints -------------------------------------------------------------------------
