@@ -1,7 +1,7 @@
 """geoloc: find the satellite tile a person describes, with a multimodal LLM as retriever.
 
-    import geoloc
-    encoder = geoloc.load_encoder("OpenGVLab/InternVL3_5-1B-HF")   # or a run dir, folder, preset
+import geoloc
+encoder = geoloc.load_encoder("OpenGVLab/InternVL3_5-1B-HF")   # or a run dir, folder, preset
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ DTYPES = {
 }
 
 
-
 PaddingSide = Literal["left", "right"]
 
 
@@ -84,13 +83,11 @@ class EncoderSpec(EmbeddingSettings):
         return cls(**values)
 
 
-
 def split_template(template: str, slot: str, what: str) -> tuple[str, str]:
     if template.count(slot) != 1:
         raise GeolocError(f"{what} template {template!r} must contain {slot} exactly once")
     prefix, suffix = template.split(slot)
     return prefix, suffix
-
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -106,7 +103,6 @@ def resolve_device(device: str | None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GeolocError(f"device {device!r} asked for, but no CUDA device is available")
     return torch.device(device)
-
 
 
 class Encoder(nn.Module):
@@ -250,7 +246,6 @@ def new_spec(source: str | Path, overrides: dict[str, Any] | None) -> EncoderSpe
     return spec
 
 
-
 def saved_encoder_dir(source: str | Path) -> Path | None:
     """The saved encoder that `source` names: itself, or a run directory's best/ or final/."""
     path = Path(source)
@@ -258,7 +253,6 @@ def saved_encoder_dir(source: str | Path) -> Path | None:
         if (candidate / SPEC_FILE).is_file():
             return candidate
     return None
-
 
 
 def hub_processing(source: str | Path) -> tuple[Any, Any]:
@@ -269,7 +263,6 @@ def hub_processing(source: str | Path) -> tuple[Any, Any]:
         AutoTokenizer.from_pretrained(source, trust_remote_code=False),
         AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
     )
-
 
 
 def read_saved_spec(path: Path) -> EncoderSpec:
@@ -286,11 +279,9 @@ def read_saved_spec(path: Path) -> EncoderSpec:
     return EncoderSpec.from_dict(spec_data)
 
 
-
 def saved_backbone_source(path: Path, spec: EncoderSpec) -> str:
     """Where a saved encoder's backbone comes from: the folder saved beside it, or its source."""
     return str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
-
 
 
 def attach_saved_adapter(model: nn.Module, path: Path, spec: EncoderSpec, trainable: bool) -> nn.Module:

@@ -50,6 +50,8 @@ HF_IDS: dict[str, str] = {REAL_MODELS[folder]: name for name, folder in REAL_CON
 def real_config_file(name: str) -> Path:
     """The shipped config.json of a real backbone, by its short name."""
     return MODEL_FILES_DIR / REAL_CONFIGS[name] / "config.json"
+
+
 PARTS: tuple[str, ...] = ("vision", "llm", "other")
 _PEFT_PREFIX = "base_model.model."
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

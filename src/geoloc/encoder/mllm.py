@@ -268,7 +268,6 @@ def feature_grid(output: Any, tiles: int, tokens_per_tile: int) -> torch.Tensor:
     return rows.reshape(tiles, tokens_per_tile, rows.shape[-1])
 
 
-
 def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
     """The transformers model from a preset name, an HF id or a model folder."""
     if source in PRESETS:
@@ -295,13 +294,11 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
         raise GeolocError(f"cannot load model {source!r}: {str(error).splitlines()[0]}") from error
 
 
-
 def _load_processing(source: str | Path) -> tuple[Any, Any]:
     """(tokenizer, image processor) from a preset name, an HF id or a folder."""
     if str(source) in PRESETS:
         return preset_processing(str(source))
     return hub_processing(source)
-
 
 
 def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:

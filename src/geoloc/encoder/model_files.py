@@ -76,7 +76,6 @@ def real_config(name: str) -> Any:
 def real_processing(name: str) -> tuple[Any, Any]:
     """(tokenizer, image processor) of a real backbone, from its shipped files."""
 
-
     with tempfile.TemporaryDirectory(prefix="geoloc-model-files-") as tmp:
         return hub_processing(write_model_files(name, tmp))
 

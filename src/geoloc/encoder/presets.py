@@ -169,7 +169,6 @@ def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
     """
     import transformers
 
-
     preset = PRESETS[name]
     tokenizer, _ = preset_processing(name)
     config = preset.config(tokenizer)

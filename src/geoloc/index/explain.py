@@ -34,6 +34,8 @@ QUESTION = (
     'A person on the ground describes a place: "{text}"\n'
     "Is this satellite image of that place? Answer Yes or No, then say why."
 )
+
+
 def tile_prompt(tokenizer: Any, family: Any, config: Any, question: str) -> str:
     """One tile and `question` as a user turn, ending where the assistant answers.
 
