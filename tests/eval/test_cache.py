@@ -61,3 +61,21 @@ def test_an_int8_encoder_has_its_own_fingerprint() -> None:
     int8 = model_fingerprint(load_for_serving("tiny-smolvlm", precision="int8"))
     assert int8 != float32
     assert int8 == model_fingerprint(load_for_serving("tiny-smolvlm", precision="int8"))  # stable
+
+
+def test_the_fingerprint_ignores_how_a_model_folder_is_spelled(
+    encoder: GeoEncoder, tmp_path: Path, monkeypatch
+) -> None:
+    from geoloc.encoder.presets import preset_processing
+
+    folder = tmp_path / "S"
+    encoder.base_model.save_pretrained(folder)
+    for part in preset_processing("tiny-smolvlm"):
+        part.save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = GeoEncoder.load("S"), GeoEncoder.load(str(folder))
+    assert (relative.spec.backbone, absolute.spec.backbone) == ("S", str(folder))
+    # Before: the spec's backbone string was hashed, so "S" and its absolute path differed.
+    assert model_fingerprint(relative) == model_fingerprint(absolute) == model_fingerprint(encoder)
+    relative.save(tmp_path / "saved")  # saved, its spec names the source differently again
+    assert model_fingerprint(GeoEncoder.load(tmp_path / "saved")) == model_fingerprint(encoder)
