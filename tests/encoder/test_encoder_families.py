@@ -66,7 +66,12 @@ def test_image_seq_len_matches_the_model(encoder: GeoEncoder) -> None:
 
     pixels = encoder.pixel_inputs([_image()])
     with torch.no_grad():
-        features = encoder.base_model.model.get_image_features(pixels["pixel_values"]).pooler_output
+        # The model's own output, whatever shape this transformers release gives it, holds seq_len
+        # rows of features per image.
+        raw = encoder.base_model.model.get_image_features(pixels["pixel_values"]).pooler_output
+        parts = raw if isinstance(raw, (list, tuple)) else [raw]
+        assert sum(part.numel() for part in parts) == seq_len * config.text_config.hidden_size
+        features = encoder.image_features(pixels)
         assert features.shape == (1, seq_len, config.text_config.hidden_size)
         # A forward pass with the placeholder works ...
         out = encoder(encoder.image_inputs([_image()]))
