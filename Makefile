@@ -40,9 +40,9 @@ test: $(BIN)/.installed $(NEWEST_BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	@echo "compatibility pass, on the newest releases:" \
 	  $$($(NEWEST_BIN)/pip list --format=freeze 2>/dev/null | grep -i -E '^($(UNPINNED))==' | tr '\n' ' ')
-	@OMP_NUM_THREADS=1 $(NEWEST_BIN)/pytest -p no:cacheprovider --basetemp=$(NEWEST)/pytest-tmp $(COMPAT_TESTS) > $(NEWEST)/pytest.log 2>&1 & \
+	@OMP_NUM_THREADS=1 $(NEWEST_BIN)/pytest -p no:cacheprovider --basetemp=$(NEWEST)/pytest-tmp --durations=15 $(COMPAT_TESTS) > $(NEWEST)/pytest.log 2>&1 & \
 	compat=$$!; \
-	OMP_NUM_THREADS=1 $(BIN)/pytest; main=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/pytest --durations=15; main=$$?; \
 	wait $$compat; newest=$$?; \
 	echo "== compatibility pass ($(NEWEST)/pytest.log) =="; cat $(NEWEST)/pytest.log; \
 	test $$main = 0 && test $$newest = 0
