@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoloc.encoder.families import config_from_file, family_for_model_type
+from geoloc.encoder.families import config_from_file, config_from_source, family_for_model_type
 from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_MODELS
 from geoloc.encoder.pooling import POOLINGS, build_pooling
-from geoloc.encoder.presets import PRESETS, preset_processing
+from geoloc.encoder.presets import PRESETS, preset_config
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
 from geoloc.errors import ConfigError, GeolocError
 
@@ -65,8 +65,7 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
     """(a display name, the transformers config) for a counting source."""
     text = str(source)
     if text in PRESETS:
-        tokenizer, _ = preset_processing(text)
-        return text, PRESETS[text].config(tokenizer)
+        return text, preset_config(text)
     name = HF_IDS.get(text, text)
     if name in REAL_CONFIGS:
         return name, config_from_file(real_config_file(name))
@@ -79,17 +78,13 @@ def resolve_config(source: str | Path) -> tuple[str, Any]:
         return text, config_from_file(path)
     if isinstance(source, str) and _HF_ID.fullmatch(source):
         # Another Hugging Face id: its config comes from the local cache or the hub.
-        from transformers import AutoConfig
-
         try:
-            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+            return text, config_from_source(source)
         except (OSError, ValueError) as error:
             raise GeolocError(
                 f"cannot count {source!r}: not a shipped config ({_known_sources()}), no such file or "
                 f"folder, and no reachable Hugging Face config ({error})"
             ) from error
-        family_for_model_type(config.model_type)
-        return text, config
     raise GeolocError(
         f"cannot count {text!r}: no such config.json or folder, and not a known backbone ({_known_sources()})"
     )

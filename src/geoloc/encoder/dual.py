@@ -130,7 +130,7 @@ def dual_family(source: str | Path) -> DualFamily | None:
         try:
             family = json.loads((saved / SPEC_FILE).read_text(encoding="utf-8")).get("family")
         except (OSError, ValueError, AttributeError):
-            return None  # GeoEncoder.load reports the unreadable file
+            return None  # loading it reports the unreadable file
         return DUAL_FAMILIES.get(family)
     text = str(source)
     if text in DUAL_PRESETS:
@@ -139,7 +139,7 @@ def dual_family(source: str | Path) -> DualFamily | None:
         return None
     config_file = _config_on_disk(text)
     if config_file is None:
-        return None  # GeoEncoder.load fetches it if it can, or says why not
+        return None  # the MLLM loader fetches it if it can, or says why not
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError):
@@ -151,7 +151,7 @@ def _config_on_disk(source: str) -> Path | None:
     """A model folder's config.json, or an HF id's from the local cache: never the network.
 
     Asking the hub here would double the wait before an unreachable id's error, since
-    GeoEncoder.load asks again; so a dual encoder by HF id needs its files on disk.
+    the MLLM loader asks again; so a dual encoder by HF id needs its files on disk.
     """
     folder = Path(source)
     if folder.is_dir():

@@ -8,6 +8,7 @@ entry here, not an `if` elsewhere.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -156,20 +157,38 @@ def family_for_model_type(model_type: str) -> BackboneFamily:
     raise GeolocError(f"unsupported backbone model_type {model_type!r}; supported: {', '.join(known)}")
 
 
-def config_from_file(path: Path) -> Any:
-    """A transformers config from a `config.json`, with the model_type checked first."""
+def config_from_dict(data: Any, where: str | Path) -> Any:
+    """A transformers config from a config.json's contents, with the model_type checked first and
+    the embedding tying its checkpoint has (`tie_as_written`)."""
     from transformers import CONFIG_MAPPING
 
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise GeolocError(f"{where}: not a transformers config.json (no 'model_type' field)")
+    family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
+    try:
+        # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
+        config = CONFIG_MAPPING[data["model_type"]](**copy.deepcopy(data))  # the caller keeps `data`
+    except (KeyError, TypeError, ValueError) as error:
+        raise GeolocError(f"{where}: invalid {data['model_type']} config ({error})") from error
+    return tie_as_written(config, data)
+
+
+def config_from_file(path: Path) -> Any:
+    """A transformers config from a `config.json` file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise GeolocError(f"{path}: cannot read a model config ({error})") from error
-    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
-        raise GeolocError(f"{path}: not a transformers config.json (no 'model_type' field)")
-    family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
-    try:
-        # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
-        config = CONFIG_MAPPING[data["model_type"]](**data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise GeolocError(f"{path}: invalid {data['model_type']} config ({error})") from error
-    return tie_as_written(config, data)
+    return config_from_dict(data, path)
+
+
+def config_from_source(source: str | Path) -> Any:
+    """The config of a model folder or Hugging Face id (local cache or hub), read once.
+
+    The file's own contents are read (never code shipped with it); OSError / ValueError when it
+    cannot be found, for the caller to say what it was looking for.
+    """
+    from transformers import PretrainedConfig
+
+    data, _ = PretrainedConfig.get_config_dict(str(source))
+    return config_from_dict(data, source)

@@ -34,7 +34,7 @@ from geoloc.encoder.base import (
     split_template,
 )
 from geoloc.encoder.dual import dual_family
-from geoloc.encoder.families import FAMILIES, BackboneFamily, family_for_model_type, tie_as_written
+from geoloc.encoder.families import FAMILIES, BackboneFamily, config_from_source, family_for_model_type
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
 from geoloc.encoder.tuning import apply_tuning
@@ -273,18 +273,18 @@ def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
     if source in PRESETS:
         return preset_model(source).to(torch_dtype)
     import transformers
-    from transformers import AutoConfig, PretrainedConfig
 
     try:
-        # Never run code shipped with a model (auto_map): refused without asking, not prompted.
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        # The config file's contents only: code shipped with a model (auto_map) never runs.
+        config = config_from_source(source)
     except (OSError, ValueError) as error:
         raise GeolocError(
             f"cannot load model {source!r}: not a preset ({', '.join(PRESETS)}), a saved geoloc model, "
             f"a model folder or a reachable Hugging Face id ({error})"
         ) from error
+    except GeolocError as error:  # a config of an unsupported or malformed model
+        raise GeolocError(f"cannot load model {source!r}: {error}") from error
     family = family_for_model_type(config.model_type)
-    config = tie_as_written(config, PretrainedConfig.get_config_dict(source)[0])
     model_class = getattr(transformers, family.model_class)
     try:  # safetensors only: a pickled pytorch_model.bin is never read
         return model_class.from_pretrained(

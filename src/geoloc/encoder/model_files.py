@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from geoloc.encoder.base import hub_processing, resolve_dtype
-from geoloc.encoder.families import config_from_file, family_for_model_type
+from geoloc.encoder.families import config_from_dict, config_from_file, family_for_model_type
 from geoloc.errors import GeolocError
 
 MODEL_FILES_DIR = Path(__file__).parent / "model_files"
@@ -80,15 +80,17 @@ def real_processing(name: str) -> tuple[Any, Any]:
         return hub_processing(write_model_files(name, tmp))
 
 
-def shrink(config: Any, layers: int) -> Any:
-    """`config` with `layers` layers in each tower (every width, vocabulary and image size kept)."""
-    config.text_config.num_hidden_layers = layers
-    if getattr(config.text_config, "layer_types", None):
-        config.text_config.layer_types = config.text_config.layer_types[:layers]
-    if hasattr(config.text_config, "max_window_layers"):
-        config.text_config.max_window_layers = min(config.text_config.max_window_layers, layers)
-    config.vision_config.num_hidden_layers = layers
-    return config
+def shrink(data: dict[str, Any], layers: int) -> dict[str, Any]:
+    """A config.json's contents with `layers` layers in each tower (every width, vocabulary and
+    image size kept)."""
+    text = data["text_config"]
+    text["num_hidden_layers"] = layers
+    if text.get("layer_types"):
+        text["layer_types"] = text["layer_types"][:layers]
+    if "max_window_layers" in text:
+        text["max_window_layers"] = min(text["max_window_layers"], layers)
+    data.setdefault("vision_config", {})["num_hidden_layers"] = layers
+    return data
 
 
 def build_random_checkpoint(
@@ -102,24 +104,17 @@ def build_random_checkpoint(
     import transformers
 
     folder = write_model_files(name, folder)
-    config = real_config(name)
+    # The real config.json, in its own layout (and so with its quirks, such as InternVL's missing
+    # top-level tie_word_embeddings), only its depth changed.
+    data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if layers is not None:
-        config = shrink(config, layers)
+        data = shrink(data, layers)
+    config = config_from_dict(data, folder / "config.json")
     model_class = getattr(transformers, family_for_model_type(config.model_type).model_class)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config).to(resolve_dtype(dtype))
     model.save_pretrained(folder, safe_serialization=True)
-    # save_pretrained rewrites config.json in this transformers' layout; keep the real file's
-    # layout (and so its quirks, such as InternVL's missing top-level tie_word_embeddings),
-    # with only the shrunk depth changed.
-    data = json.loads((MODEL_FILES_DIR / real_model_name(name) / "config.json").read_text(encoding="utf-8"))
-    if layers is not None:
-        data["text_config"]["num_hidden_layers"] = layers
-        if data["text_config"].get("layer_types"):
-            data["text_config"]["layer_types"] = data["text_config"]["layer_types"][:layers]
-        if "max_window_layers" in data["text_config"]:
-            data["text_config"]["max_window_layers"] = min(data["text_config"]["max_window_layers"], layers)
-        data.setdefault("vision_config", {})["num_hidden_layers"] = layers
+    # save_pretrained rewrote config.json in this transformers' layout: put the real one back.
     (folder / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return folder

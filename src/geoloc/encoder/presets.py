@@ -37,13 +37,18 @@ i see can by my on to left right behind front
 class Preset:
     name: str
     family: str
-    build_config: Callable[[Any, int], Any]  # (tokenizer, image size) -> transformers config
+    # (tokenizer, image size) -> transformers config; None for a real-size preset.
+    build_config: Callable[[Any, int], Any] | None
     image_size: int
     # For a real-size preset: the model_files folder whose config, tokenizer and image processor
     # it uses (only its weights are random).
     real_files: str = ""
 
-    def config(self, tokenizer: Any) -> Any:
+    def config(self, tokenizer: Any = None) -> Any:
+        """The transformers config: the shipped config.json of a real-size preset, else one built
+        with the tiny tokenizer's ids written in."""
+        if self.real_files:
+            return real_config(self.real_files)
         return self.build_config(tokenizer, self.image_size)
 
 
@@ -132,23 +137,14 @@ def _internvl_config(tokenizer: Any, image_size: int) -> Any:
     )
 
 
-def _real_preset(name: str, family: str, real_files: str, image_size: int) -> Preset:
-    """A real architecture with random weights: the shipped config.json as published."""
-
-    def build(tokenizer: Any, image_size: int) -> Any:
-        return real_config(real_files)
-
-    return Preset(name, family, build, image_size, real_files)
-
-
 PRESETS: dict[str, Preset] = {
     "tiny-smolvlm": Preset("tiny-smolvlm", "smolvlm", _smolvlm_config, 64),
     "tiny-internvl": Preset("tiny-internvl", "internvl", _internvl_config, 56),
     # Real-size architectures with random weights, for speed and memory benchmarks: every layer,
     # width and image size of the published model, and its real tokenizer and image processor.
-    "random-smolvlm-256m": _real_preset("random-smolvlm-256m", "smolvlm", "SmolVLM-256M-Instruct", 512),
-    "random-smolvlm-500m": _real_preset("random-smolvlm-500m", "smolvlm", "SmolVLM-500M-Instruct", 512),
-    "random-internvl3_5-1b": _real_preset("random-internvl3_5-1b", "internvl", "InternVL3_5-1B-HF", 448),
+    "random-smolvlm-256m": Preset("random-smolvlm-256m", "smolvlm", None, 512, "SmolVLM-256M-Instruct"),
+    "random-smolvlm-500m": Preset("random-smolvlm-500m", "smolvlm", None, 512, "SmolVLM-500M-Instruct"),
+    "random-internvl3_5-1b": Preset("random-internvl3_5-1b", "internvl", None, 448, "InternVL3_5-1B-HF"),
 }
 
 
@@ -161,6 +157,12 @@ def preset_processing(name: str) -> tuple[Any, Any]:
     return build_tokenizer(extra), _image_processor(preset)
 
 
+def preset_config(name: str) -> Any:
+    """The transformers config of a preset (a real-size one needs no tokenizer for it)."""
+    preset = PRESETS[name]
+    return preset.config(None if preset.real_files else preset_processing(name)[0])
+
+
 def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
     """The model of a preset, with seeded random weights: the same name, the same weights.
 
@@ -170,8 +172,7 @@ def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
     import transformers
 
     preset = PRESETS[name]
-    tokenizer, _ = preset_processing(name)
-    config = preset.config(tokenizer)
+    config = preset_config(name)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(0)
