@@ -8,12 +8,12 @@ benchmark's real layout. Then, on each folder: `geoloc eval`, `geoloc index buil
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from benchmark_trees import write_cvgtext_tree, write_geotext_tree
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from geoloc.cli import main
@@ -28,23 +28,12 @@ RECIPES = sorted(p.name for p in CONFIGS.glob("paper-*.yaml")) + ["released-smol
 FOLDER_OF_ID = {hub_id: name for name, hub_id in REAL_MODELS.items()}
 
 
-def _trees() -> object:
-    """tests/data/conftest.py's writers of benchmark trees in the real layouts."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_trees", Path(__file__).parent / "data" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def benchmark_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    trees = _trees()
     root = tmp_path_factory.mktemp("benchmarks")
     return {
-        "geotext1652": trees.write_geotext_tree(root / "GeoText1652", train_buildings=4, test_buildings=2),
-        "cvgtext": trees.write_cvgtext_tree(root / "CVG-Text", n_train=8, n_test=4),
+        "geotext1652": write_geotext_tree(root / "GeoText1652", train_buildings=4, test_buildings=2),
+        "cvgtext": write_cvgtext_tree(root / "CVG-Text", n_train=8, n_test=4),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -342,68 +343,38 @@ def test_geotext_official_quirks_change_the_numbers():
 
 def test_geotext_quirks_need_consistent_text_image_index():
     text_emb, image_emb, text_groups, image_groups, index = geotext_quirk_example()
+    quirks = partial(
+        geotext_metrics, text_emb, image_emb, text_groups, image_groups, protocol="official-quirks"
+    )
     with pytest.raises(ValueError, match="needs text_image_index"):
-        geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="official-quirks")
+        quirks()
     with pytest.raises(ValueError, match="but its image"):
-        geotext_metrics(
-            text_emb,
-            image_emb,
-            text_groups,
-            image_groups,
-            protocol="official-quirks",
-            text_image_index=[0, 2, 2, 3],
-        )
+        quirks(text_image_index=[0, 2, 2, 3])
     with pytest.raises(ValueError, match="outside the images"):
-        geotext_metrics(
-            text_emb,
-            image_emb,
-            text_groups,
-            image_groups,
-            protocol="official-quirks",
-            text_image_index=[0, 1, 2, 4],
-        )
+        quirks(text_image_index=[0, 1, 2, 4])
     with pytest.raises(ValueError, match="text groups for"):
         geotext_metrics(text_emb, image_emb, text_groups[:3], image_groups)
 
 
 def test_geotext_record_layout_checks() -> None:
     text_emb, image_emb, text_groups, image_groups, index = geotext_quirk_example()
-    # One record per image is the default layout: giving it explicitly changes nothing.
-    plain = geotext_metrics(
-        text_emb, image_emb, text_groups, image_groups, protocol="official-quirks", text_image_index=index
-    )
-    explicit = geotext_metrics(
+    quirks = partial(
+        geotext_metrics,
         text_emb,
         image_emb,
         text_groups,
         image_groups,
         protocol="official-quirks",
         text_image_index=index,
-        record_images=[0, 1, 2, 3],
-        text_records=[0, 1, 2, 3],
     )
+    # One record per image is the default layout: giving it explicitly changes nothing.
+    plain = quirks()
+    explicit = quirks(record_images=[0, 1, 2, 3], text_records=[0, 1, 2, 3])
     assert explicit == plain
     with pytest.raises(ValueError, match="give both or neither"):
-        geotext_metrics(
-            text_emb,
-            image_emb,
-            text_groups,
-            image_groups,
-            protocol="official-quirks",
-            text_image_index=index,
-            record_images=[0, 1, 2, 3],
-        )
+        quirks(record_images=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="not its own image"):
-        geotext_metrics(
-            text_emb,
-            image_emb,
-            text_groups,
-            image_groups,
-            protocol="official-quirks",
-            text_image_index=index,
-            record_images=[0, 1, 2, 3],
-            text_records=[1, 0, 2, 3],
-        )
+        quirks(record_images=[0, 1, 2, 3], text_records=[1, 0, 2, 3])
     with pytest.raises(ValueError, match="unknown GeoText-1652 protocol"):
         geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="leaderboard")
     with pytest.raises(ValueError, match="protocol paper needs text_image_index"):

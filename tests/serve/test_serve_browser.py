@@ -26,21 +26,9 @@ def test_query_shows_results_and_markers(live_server: str, served_index, tmp_pat
     query = "a red square building with a pond on its left"
     expected = [h.key for h in served_index.search(query, k=5)]
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            args=ARGS,
-            headless=True,
-            viewport={"width": 1200, "height": 760},
-        )
+        browser = _launch(p, tmp_path)
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(live_server + "/")
-            page.fill("#query", query)
-            page.fill("#k", "5")
-            page.click("#search-button")
+            page, errors = _search(browser, live_server, query)
             page.wait_for_selector(".result >> nth=4")
             page.wait_for_function("document.querySelectorAll('.rank-marker').length === 5")
             assert page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.key)") == expected
@@ -70,6 +58,18 @@ def test_query_shows_results_and_markers(live_server: str, served_index, tmp_pat
     print(f"screenshots: {tmp_path / 'search.png'} and {tmp_path / 'explain.png'}")
 
 
+def _search(browser, live_server: str, query: str) -> tuple:
+    """A new page on the server, with `query` searched for its top 5; the page's script errors."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(live_server + "/")
+    page.fill("#query", query)
+    page.fill("#k", "5")
+    page.click("#search-button")
+    return page, errors
+
+
 def _launch(p, tmp_path: Path):
     return p.chromium.launch_persistent_context(
         str(tmp_path / "profile"),
@@ -94,13 +94,7 @@ def test_map_draws_footprints_tile_images_and_a_heat_map(
     with sync_playwright() as p:
         browser = _launch(p, tmp_path)
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(live_server + "/")
-            page.fill("#query", query)
-            page.fill("#k", "5")
-            page.click("#search-button")
+            page, errors = _search(browser, live_server, query)
             page.wait_for_function("document.querySelectorAll('path.footprint').length === 5")
             overlays = "[...document.querySelectorAll('img.tile-overlay')]"
             page.wait_for_function(
