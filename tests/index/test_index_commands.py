@@ -1,7 +1,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 from geoloc.cli import main
+from geoloc.distance import haversine_km
 from geoloc.index.store import read_index
 
 
@@ -109,3 +112,45 @@ def test_index_build_skips_and_lists_bad_tiles_when_asked(tiny_city: Path, tmp_p
     assert manifest["count"] == len(rows) - 1
     listed = [json.loads(line) for line in (tmp_path / "idx.skipped_records.jsonl").read_text().splitlines()]
     assert len(listed) == 1 and rows[3]["image"] in json.dumps(listed[0])
+
+
+def test_search_within_a_box_a_geojson_file_or_a_radius(
+    city_index: Path, search_index, tmp_path: Path, capsys
+) -> None:
+    from geoloc.index.region import Region
+
+    query = "a red building by a pond"
+    lat, lon = search_index._lat, search_index._lon  # noqa: SLF001
+    west, south, east, north = lon.min(), lat.min(), np.median(lon), np.median(lat)
+    box = Region.bbox(west, south, east, north)
+    expected = [hit.key for hit in search_index.search(query, 40, box)]
+    assert 3 < len(expected) < len(search_index)
+    square = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}))
+    for within in (f"{west},{south},{east},{north}", str(area)):
+        status, out, _ = run(
+            ["search", str(city_index), query, "-k", "40", f"--within={within}", "--json"], capsys
+        )
+        assert status == 0 and [r["key"] for r in json.loads(out)["results"]] == expected, within
+
+    centre = f"{lat[0]},{lon[0]}"
+    status, out, _ = run(
+        ["search", str(city_index), query, f"--near={centre}", "--radius-km", "0.2", "--json"], capsys
+    )
+    results = json.loads(out)["results"]
+    assert (
+        status == 0
+        and results
+        and all(haversine_km(lat[0], lon[0], r["lat"], r["lon"]) <= 0.2 for r in results)
+    )
+    assert len(results) < len(search_index)
+
+    for argv, message in [
+        (["--within", "1,2,3"], "neither W,S,E,N"),
+        (["--within", "0,95,1,96"], "latitude 95.0 is not between -90 and 90"),
+        (["--near", "1,2"], "--near needs --radius-km"),
+        (["--radius-km", "3"], "--radius-km needs --near"),
+    ]:
+        status, _, err = run(["search", str(city_index), query, *argv], capsys)
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, argv

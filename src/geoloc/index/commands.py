@@ -93,16 +93,32 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _region(args: argparse.Namespace) -> Any:
+    """The --within / --near region (both: the tiles in both), or None."""
+    from geoloc.index.region import parse_near, parse_within
+
+    if args.radius_km is not None and args.near is None:
+        raise GeolocError("--radius-km needs --near LAT,LON, the centre of the search")
+    regions = []
+    if args.within is not None:
+        regions.append(parse_within(args.within))
+    if args.near is not None:
+        regions.append(parse_near(args.near, args.radius_km))
+    return regions[0] & regions[1] if len(regions) == 2 else (regions[0] if regions else None)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from geoloc.index.explain import search_and_judge
     from geoloc.index.search import SearchIndex, check_query
 
     check_query(args.text, args.k)  # before loading the model: a bad query fails at once
+    region = _region(args)
     index = SearchIndex.open(args.index, model=args.model, device=args.device)
     if args.rerank:
-        rows = [j.to_dict() for j in search_and_judge(index, args.text, args.k, rerank_results=True)]
+        judged = search_and_judge(index, args.text, args.k, rerank_results=True, region=region)
+        rows = [j.to_dict() for j in judged]
     else:
-        rows = [hit.to_dict() for hit in index.search(args.text, args.k)]
+        rows = [hit.to_dict() for hit in index.search(args.text, args.k, region)]
     output = "json" if args.json else args.format
     if output == "geojson":
         from geoloc.geodata.geojson import feature_collection
@@ -222,6 +238,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--rerank", action="store_true", help="re-order the top k by the generator's judgement")
+    p.add_argument(
+        "--within",
+        metavar="W,S,E,N|FILE",
+        help="only tiles whose centre is inside: a box in degrees (west > east crosses the antimeridian), "
+        "or a GeoJSON file (Polygon, MultiPolygon, Feature or FeatureCollection)",
+    )
+    p.add_argument("--near", metavar="LAT,LON", help="only tiles within --radius-km of this point")
+    p.add_argument("--radius-km", type=float, help="the radius around --near, in kilometres")
     _add_model_options(p)
     p.set_defaults(func=cmd_search)
 

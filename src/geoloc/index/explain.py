@@ -27,6 +27,7 @@ from PIL import Image
 
 from geoloc.data.images import load_image
 from geoloc.errors import GeolocError
+from geoloc.index.region import Region
 from geoloc.index.search import Hit, SearchIndex
 
 MAX_JUDGED = 100  # tiles one request may judge: each costs a forward pass of the full MLLM
@@ -219,9 +220,11 @@ def search_and_judge(
     rerank_results: bool = False,
     explain: bool = False,
     max_new_tokens: int = 48,
+    region: Region | None = None,
 ) -> list[Judged]:
-    """Retrieve the top `k`, have the generator judge them, optionally re-order by its judgement."""
+    """Retrieve the top `k` (inside `region` if given), have the generator judge them, optionally
+    re-order by its judgement."""
     if k > MAX_JUDGED:
         raise GeolocError(f"at most {MAX_JUDGED} tiles can be judged at once, not {k}")
-    judged = judge_hits(index, text, index.search(text, k), explain, max_new_tokens)
+    judged = judge_hits(index, text, index.search(text, k, region), explain, max_new_tokens)
     return rerank(judged) if rerank_results else judged

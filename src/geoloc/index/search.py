@@ -3,6 +3,9 @@
 index = SearchIndex.open("city_index")
 for hit in index.search("a red building by a pond", k=5):
     print(hit.rank, hit.score, hit.key, hit.lat, hit.lon)
+
+# only the tiles whose centre lies in a region (see `region`); exactly the top k of those tiles
+index.search("a red building by a pond", k=5, region=Region.bbox(2.2, 48.8, 2.5, 48.9))
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from geoloc.errors import GeolocError
-from geoloc.index.ann import search_faiss
+from geoloc.index import ann
 from geoloc.index.identity import check_same_model, load_index_model
+from geoloc.index.region import Region
 from geoloc.index.store import StoredIndex, read_index
 
 MAX_K = 1000
@@ -61,6 +65,9 @@ class SearchIndex:
         self.model_lock = threading.Lock()
         self._row_of_key = {key: row for row, key in enumerate(stored.tiles.key)}
         self._tile_roots = [Path(gallery).parent.resolve() for gallery in stored.manifest["galleries"]]
+        # The tiles' centres as arrays (NaN where unknown), for region filters.
+        self._lat = np.array(stored.tiles.lat, dtype=np.float64)
+        self._lon = np.array(stored.tiles.lon, dtype=np.float64)
 
     @classmethod
     def open(
@@ -85,15 +92,21 @@ class SearchIndex:
         with self.model_lock:
             return self.encoder.encode_text(texts, batch_size=max(1, len(texts)))
 
-    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """The top `k` tiles for each query vector, best first."""
-        scores, rows = search_faiss(self.stored.faiss, queries, k)
+    def inside(self, region: Region) -> np.ndarray:
+        """Which tiles (a boolean per row) have their centre in `region`."""
+        return region.contains(self._lat, self._lon)
+
+    def search_vectors(self, queries: np.ndarray, k: int, region: Region | None = None) -> list[list[Hit]]:
+        """The top `k` tiles for each query vector, best first; only tiles inside `region` if given."""
+        allowed = None if region is None else self.inside(region)
+        stored = self.stored
+        scores, rows = ann.search(stored.faiss, stored.vectors, stored.settings, queries, k, allowed)
         tiles = self.stored.tiles
         results: list[list[Hit]] = []
         for query_scores, query_rows in zip(scores, rows, strict=True):
             hits: list[Hit] = []
             for score, row in zip(query_scores, query_rows, strict=True):
-                if row < 0:  # IVF / HNSW found fewer than k tiles
+                if row < 0:  # IVF / HNSW (or the region) gave fewer than k tiles
                     continue
                 hits.append(
                     Hit(
@@ -109,13 +122,13 @@ class SearchIndex:
             results.append(hits)
         return results
 
-    def search_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
+    def search_many(self, texts: list[str], k: int = 10, region: Region | None = None) -> list[list[Hit]]:
         for text in texts:
             check_query(text, k)
-        return self.search_vectors(self.encode(texts), k)
+        return self.search_vectors(self.encode(texts), k, region)
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        return self.search_many([text], k)[0]
+    def search(self, text: str, k: int = 10, region: Region | None = None) -> list[Hit]:
+        return self.search_many([text], k, region)[0]
 
     def row(self, key: str) -> int | None:
         return self._row_of_key.get(key)

@@ -4,7 +4,10 @@
       manifest.json     what is inside, and exactly which model made the vectors (written last)
       vectors.npy       float32, one unit row per tile: the source of truth
       metadata.parquet  one row per vector, same order: key, image, lat, lon, group, footprint
-      index.faiss       the IVF or HNSW structure (an exact index is rebuilt from vectors.npy)
+      index.faiss       the IVF, HNSW, SQ8 or IVF-PQ structure (an exact index is rebuilt from vectors.npy)
+
+An opened index memory-maps `vectors.npy` and `index.faiss`: the operating system reads the pages
+a search touches, so a large index opens in seconds and its resident memory is what searches use.
 
 The folder is assembled under a temporary name and renamed into place, so an interrupted build
 leaves no INDEX that looks complete, and `add` / `remove` swap a whole new folder in.
@@ -36,6 +39,9 @@ VECTORS = "vectors.npy"
 METADATA = "metadata.parquet"
 FAISS_FILE = "index.faiss"
 _MANIFEST_KEYS = ("model", "dimension", "count", "index", "galleries")
+# FAISS maps the file rather than reading it: inverted lists (IVF kinds), or flat codes (SQ8, HNSW's
+# vectors). The two flags do not combine.
+_MMAP = {"ivf": faiss.IO_FLAG_MMAP, "ivf-pq": faiss.IO_FLAG_MMAP}
 
 _SCHEMA = pa.schema(
     [
@@ -118,7 +124,7 @@ def write_index(
     """Write (or replace) the index folder `target` atomically."""
     if len(vectors) != len(tiles):
         raise ValueError(f"{len(vectors)} vectors but {len(tiles)} metadata rows")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)  # a memory-mapped float32 gallery stays on disk
     with atomic_dir(target) as tmp:
         np.save(tmp / VECTORS, vectors)
         pq.write_table(tiles.to_arrow(), tmp / METADATA)
@@ -170,9 +176,13 @@ def read_index(path: str | Path) -> StoredIndex:
     manifest = read_manifest_json(path)
     settings = AnnSettings.from_dict(manifest["index"])
     try:
-        vectors = np.load(path / VECTORS, allow_pickle=False)
+        vectors = np.load(path / VECTORS, mmap_mode="r", allow_pickle=False)
         tiles = Tiles.from_arrow(pq.read_table(path / METADATA))
-        index = faiss.read_index(str(path / FAISS_FILE)) if settings.kind != "exact" else None
+        index = (
+            faiss.read_index(str(path / FAISS_FILE), _MMAP.get(settings.kind, faiss.IO_FLAG_MMAP_IFC))
+            if settings.kind != "exact"
+            else None
+        )
     except (OSError, ValueError, RuntimeError, pa.ArrowException) as error:
         raise GeolocError(f"{path}: damaged index ({error})") from error
     count, dim = manifest["count"], manifest["dimension"]
