@@ -60,7 +60,7 @@ def test_tile_pixels_are_the_raster_s_own(tmp_path: Path) -> None:
     path = write_raster(tmp_path / "r.tif", data)
     # 64 m tiles of 0.5 m pixels = 128 pixels, written at 128: no resampling at all.
     result = cut_raster(path, tmp_path / "out", TilingSettings(tile_m=64, px=128))
-    row = next(r for r in _rows(result.manifest) if r["image"] == "tiles/r000000_c000128.png")
+    row = next(r for r in _rows(result.manifest) if r["image"] == "tiles/r/r000000_c000128_128x128.png")
     tile = np.asarray(Image.open(result.manifest.parent / row["image"]))
     assert np.array_equal(tile, data[:, 0:128, 128:256].transpose(1, 2, 0))
 
@@ -162,7 +162,7 @@ def test_an_interrupted_cut_resumes_to_the_same_gallery(
     with pytest.raises(KeyboardInterrupt):
         cut_raster(utm_raster, out, settings)
     assert not (out / "manifest.jsonl").exists()  # the manifest appears only when every tile is done
-    assert len(list((out / "tiles").iterdir())) == 9
+    assert len(list((out / "tiles" / "utm").iterdir())) == 9
     monkeypatch.setattr(raster_module, "_read_window", real_read)
 
     resumed = cut_raster(utm_raster, out, settings)

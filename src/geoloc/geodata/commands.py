@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from geoloc.errors import GeolocError
+
+MANY_WINDOWS = 100_000  # a cut of more windows says so before it starts
 
 
 def _numbers(text: str, what: str, kind: type = float) -> tuple[Any, ...]:
@@ -16,8 +19,11 @@ def _numbers(text: str, what: str, kind: type = float) -> tuple[Any, ...]:
 
 
 def cmd_tiles(args: argparse.Namespace) -> int:
-    from geoloc.geodata.raster import TilingSettings, cut_raster
+    from geoloc.geodata.raster import TilingSettings, cut_raster, plan_cut
 
+    bounds = _numbers(args.bounds, "--bounds") if args.bounds else None
+    if bounds is not None and len(bounds) != 4:
+        raise GeolocError(f"--bounds is WEST,SOUTH,EAST,NORTH, not {args.bounds!r}")
     settings = TilingSettings(
         tile_m=args.tile_m,
         overlap=args.overlap,
@@ -25,9 +31,25 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         bands=_numbers(args.bands, "--bands", int) if args.bands else None,
         max_nodata=args.max_nodata,
         scale=_numbers(args.scale, "--scale") if args.scale else None,  # type: ignore[arg-type]
+        bounds=bounds,  # type: ignore[arg-type]
+        bounds_crs=args.bounds_crs,
     )
     if settings.scale is not None and len(settings.scale) != 2:
         raise GeolocError(f"--scale is MIN,MAX, not {args.scale!r}")
+    plan = plan_cut(args.raster, settings)
+    width, height = plan.window_px
+    if args.dry_run:
+        print(
+            f"{plan.windows} windows of {width} x {height} pixels ({len(plan.cols)} columns x "
+            f"{len(plan.rows)} rows; {plan.crs}) would be read; tiles more than "
+            f"{settings.max_nodata:.0%} nodata would be skipped. Nothing was written."
+        )
+        return 0
+    if plan.windows > MANY_WINDOWS and not args.quiet:
+        print(
+            f"geoloc: note: {plan.windows} windows to read; --bounds cuts a part, --dry-run counts",
+            file=sys.stderr,
+        )
     result = cut_raster(args.raster, args.out, settings, show_progress=False if args.quiet else None)
     red, green, blue = result.bands
     width, height = result.window_px
@@ -80,6 +102,16 @@ def register(subparsers: Any) -> None:
         "--scale",
         help="MIN,MAX raster values mapped to 0..255 (default: none for 8-bit rasters, "
         "else each band's 2nd..98th percentile)",
+    )
+    p.add_argument(
+        "--bounds",
+        help="cut only the windows overlapping WEST,SOUTH,EAST,NORTH (in --bounds-crs)",
+    )
+    p.add_argument(
+        "--bounds-crs", help="the CRS of --bounds, e.g. EPSG:4326 for degrees (default: the raster's CRS)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print how many windows would be cut, and write nothing"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tiles)

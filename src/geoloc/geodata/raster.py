@@ -30,7 +30,7 @@ import numpy as np
 
 from geoloc import atomic
 from geoloc.errors import GeolocError
-from geoloc.geodata.footprint import make_ring, polygon
+from geoloc.geodata.footprint import geometry, make_ring, normalise_lon
 
 STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
 PROGRESS_FILE = ".geoloc-tiles.progress.jsonl"  # one line per window done: what resuming reads
@@ -57,6 +57,10 @@ class TilingSettings:
     scale: tuple[float, float] | None = None
     """Raster values mapped to 0..255. None: none for 8-bit rasters, else each band's 2nd to
     98th percentile, from a decimated read of the whole raster."""
+    bounds: tuple[float, float, float, float] | None = None
+    """Cut only the windows that overlap this area, (west, south, east, north) in `bounds_crs`."""
+    bounds_crs: str | None = None
+    """The CRS of `bounds` (e.g. "EPSG:4326" for degrees); None: the raster's own CRS."""
 
 
 @dataclass
@@ -155,15 +159,83 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
 
 @dataclass
 class _Plan:
-    """Everything decided before a pixel is read: the cut is refused here or not at all."""
+    """Everything decided before a pixel is read: the cut is refused here or not at all.
+
+    The windows are the grid `cols` x `rows`, row by row from the top left; they are counted and
+    visited one at a time, never listed, so that a raster of 10^6 x 10^6 pixels plans in a few
+    kilobytes.
+    """
 
     raster: Path
     crs: str
     bands: list[int]
     window_px: tuple[int, int]  # (width, height) of one tile in raster pixels
-    windows: list[tuple[int, int]]  # (col_off, row_off), row by row from the top left
+    cols: list[int]  # column offsets of the windows, west to east
+    rows: list[int]  # row offsets of the windows, top to bottom
     pixel_m: tuple[float, float]
     eight_bit: bool
+    palette: dict[int, tuple[int, ...]] | None = None  # the colour table of a paletted band
+
+    @property
+    def windows(self) -> int:
+        return len(self.cols) * len(self.rows)
+
+    def window(self, i: int) -> tuple[int, int]:
+        """(col_off, row_off) of window number i."""
+        row, col = divmod(i, len(self.cols))
+        return self.cols[col], self.rows[row]
+
+
+def _check_georeferencing(src: Any, raster: Path) -> None:
+    gcps, _ = src.gcps
+    if src.crs is None or src.transform.is_identity:
+        if gcps:
+            raise GeolocError(
+                f"{raster}: georeferenced by ground control points only ({len(gcps)} GCPs); "
+                "warp it first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
+            )
+        if src.crs is None:
+            raise GeolocError(
+                f"{raster}: the raster has no CRS, so its tiles cannot be placed on the earth "
+                "(assign one, e.g. gdal_edit.py -a_srs EPSG:32618)"
+            )
+        raise GeolocError(f"{raster}: the raster has no geotransform, so its pixels have no place")
+
+
+def _pixel_range(src: Any, settings: TilingSettings, raster: Path) -> tuple[float, float, float, float]:
+    """(col0, row0, col1, row1): the part of the raster, in pixels, that `settings.bounds` covers."""
+    if settings.bounds is None:
+        return 0.0, 0.0, float(src.width), float(src.height)
+    from rasterio.errors import CRSError
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = settings.bounds
+    if not (west < east and south < north):
+        raise GeolocError(f"--bounds is WEST,SOUTH,EAST,NORTH, west < east, south < north: {settings.bounds}")
+    if settings.bounds_crs is not None:
+        try:
+            box = transform_bounds(settings.bounds_crs, src.crs, west, south, east, north)
+        except (CRSError, ValueError) as error:
+            raise GeolocError(f"--bounds-crs {settings.bounds_crs!r}: {error}") from None
+        west, south, east, north = box
+    inverse = ~src.transform
+    corners = [inverse * (x, y) for x in (west, east) for y in (south, north)]
+    col0 = max(0.0, min(c for c, _ in corners))
+    col1 = min(float(src.width), max(c for c, _ in corners))
+    row0 = max(0.0, min(r for _, r in corners))
+    row1 = min(float(src.height), max(r for _, r in corners))
+    if col0 >= col1 or row0 >= row1:
+        raise GeolocError(f"{raster}: --bounds {settings.bounds} do not overlap the raster")
+    return col0, row0, col1, row1
+
+
+def _palette(src: Any, bands: list[int]) -> dict[int, tuple[int, ...]] | None:
+    """The colour table to expand, when the one band used is paletted (rgb2pct.py's output)."""
+    from rasterio.enums import ColorInterp
+
+    if len(set(bands)) != 1 or src.colorinterp[bands[0] - 1] != ColorInterp.palette:
+        return None
+    return src.colormap(bands[0])
 
 
 def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
@@ -173,13 +245,7 @@ def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
     _check_settings(settings)
     raster = Path(raster).absolute()
     with _open(raster) as src:
-        if src.crs is None:
-            raise GeolocError(
-                f"{raster}: the raster has no CRS, so its tiles cannot be placed on the earth "
-                "(assign one, e.g. gdal_edit.py -a_srs EPSG:32618)"
-            )
-        if src.transform.is_identity:
-            raise GeolocError(f"{raster}: the raster has no geotransform, so its pixels have no place")
+        _check_georeferencing(src, raster)
         to_wgs84 = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True)
         across_m, down_m = _pixel_metres(src, to_wgs84)
         width_px, height_px = settings.tile_m / across_m, settings.tile_m / down_m
@@ -195,21 +261,28 @@ def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
                 f"{settings.tile_m:g} m ({window[0]} x {window[1]} pixels); choose a smaller --tile-m"
             )
         strides = [max(1, round(size * (1 - settings.overlap))) for size in window]
-        cols = _starts(src.width, window[0], strides[0])
-        rows = _starts(src.height, window[1], strides[1])
+        col0, row0, col1, row1 = _pixel_range(src, settings, raster)
+        # The grid stays the whole raster's: a cut of a part gives the same tiles as the whole.
+        cols = [c for c in _starts(src.width, window[0], strides[0]) if c < col1 and c + window[0] > col0]
+        rows = [r for r in _starts(src.height, window[1], strides[1]) if r < row1 and r + window[1] > row0]
+        bands = choose_bands(src, settings.bands, raster)
         return _Plan(
             raster=raster,
             crs=src.crs.to_string(),
-            bands=choose_bands(src, settings.bands, raster),
+            bands=bands,
             window_px=window,
-            windows=[(col, row) for row in rows for col in cols],
+            cols=cols,
+            rows=rows,
             pixel_m=(across_m, down_m),
             eight_bit=all(dtype == "uint8" for dtype in src.dtypes),
+            palette=_palette(src, bands),
         )
 
 
 def _stretch(src: Any, bands: list[int], settings: TilingSettings) -> list[list[float]] | None:
     """Per band (low, high) raster values mapped to 0 and 255, or None to keep 8-bit values."""
+    from rasterio.errors import RasterioError
+
     if settings.scale is not None:
         return [list(settings.scale) for _ in bands]
     if all(src.dtypes[b - 1] == "uint8" for b in bands):
@@ -218,7 +291,11 @@ def _stretch(src: Any, bands: list[int], settings: TilingSettings) -> list[list[
     shape = (max(1, round(src.height / max(factor, 1))), max(1, round(src.width / max(factor, 1))))
     ranges = []
     for band in bands:
-        sample = src.read(band, out_shape=shape, masked=True)  # decimated: bounded memory
+        try:
+            sample = src.read(band, out_shape=shape, masked=True)  # decimated: bounded memory
+        except RasterioError as error:
+            reason = (str(error.__cause__ or error).splitlines() or ["unreadable"])[0]
+            raise GeolocError(f"{src.name}: band {band} unreadable (contrast stretch): {reason}") from None
         values = sample.compressed()
         if values.size == 0:
             ranges.append([0.0, 255.0])
@@ -239,15 +316,16 @@ def _to_rgb(data: np.ndarray, scale: list[list[float]] | None) -> np.ndarray:
 
 
 def _state(plan: _Plan, settings: TilingSettings, scale: list[list[float]] | None) -> dict[str, Any]:
-    return {
+    state = {
         "version": STATE_VERSION,
         "raster": str(plan.raster),
         "raster_bytes": plan.raster.stat().st_size,
         "settings": {**asdict(settings), "bands": plan.bands},
         "window_px": list(plan.window_px),
-        "windows": len(plan.windows),
+        "windows": plan.windows,
         "scale": scale,
     }
+    return json.loads(json.dumps(state))  # tuples as lists: as the state file reads back
 
 
 def _check_out(out: Path, state: dict[str, Any]) -> bool:
@@ -274,21 +352,40 @@ def _check_out(out: Path, state: dict[str, Any]) -> bool:
     return False
 
 
-def _done_windows(out: Path) -> dict[int, dict[str, Any]]:
-    """The windows an earlier run finished, by index; a torn last line is ignored."""
-    done: dict[int, dict[str, Any]] = {}
+def _progress(out: Path) -> Iterator[dict[str, Any]]:
+    """The windows done so far, in window order, read one line at a time.
+
+    Windows are done in order, so the entries that count are those numbered 0, 1, 2, ... in
+    turn: a torn last line (the run was killed while writing it) and the lines a resumed run
+    wrote again are passed over, and a logged tile whose PNG is gone ends the run of done ones.
+    """
     progress = out / PROGRESS_FILE
     if not progress.is_file():
-        return done
-    for line in progress.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # the line being written when the run was killed
-        row = entry.get("row")
-        if entry.get("status") == "nodata" or (row and (out / row["image"]).is_file()):
-            done[int(entry["i"])] = entry
-    return done
+        return
+    expected = 0
+    with open(progress, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the line being written when the run was killed
+            if entry.get("i") != expected:
+                continue
+            row = entry.get("row")
+            if entry.get("status") != "nodata" and not (row and (out / row["image"]).is_file()):
+                continue
+            expected += 1
+            yield entry
+
+
+def tile_name(plan: _Plan, col_off: int, row_off: int) -> str:
+    """A tile's path in the gallery, which is its key in an index: the raster's name and the window.
+
+    Qualified by the raster's name and the window's size, two galleries cut from different
+    rasters, or at different sizes, can share one index.
+    """
+    width, height = plan.window_px
+    return f"tiles/{plan.raster.stem}/r{row_off:06d}_c{col_off:06d}_{width}x{height}.png"
 
 
 def tile_row(
@@ -301,10 +398,10 @@ def tile_row(
     ground = [to_wgs84.transform(*pixel_to_crs(transform, *corner)) for corner in corners]
     lon, lat = to_wgs84.transform(*pixel_to_crs(transform, col_off + width / 2, row_off + height / 2))
     return {
-        "image": f"tiles/r{row_off:06d}_c{col_off:06d}.png",
+        "image": tile_name(plan, col_off, row_off),
         "lat": round(lat, 9),
-        "lon": round(lon, 9),
-        "footprint": polygon(make_ring(ground)),
+        "lon": round(normalise_lon(lon), 9),
+        "footprint": geometry(make_ring(ground)),
         "crs": plan.crs,
         "window": {"col_off": col_off, "row_off": row_off, "width": width, "height": height},
         "source": plan.raster.name,
@@ -318,18 +415,29 @@ def _read_window(src: Any, plan: _Plan, col_off: int, row_off: int, px: int) -> 
     from rasterio.windows import Window
 
     window = Window(col_off, row_off, *plan.window_px)
+    mask = src.dataset_mask(window=window, out_shape=(px, px)) > 0
+    if plan.palette is not None:
+        # Colour indices are names, not amounts: take the nearest index, then its colour.
+        indices = src.read(plan.bands[0], window=window, out_shape=(px, px), resampling=Resampling.nearest)
+        table = np.zeros((max(int(indices.max()) + 1, max(plan.palette) + 1), 3), np.uint8)
+        for index, colour in plan.palette.items():
+            table[index] = colour[:3]
+        return table[indices].transpose(2, 0, 1), mask
     # Averaging when shrinking keeps thin features (roads) visible; bilinear when enlarging.
     resampling = Resampling.average if max(plan.window_px) > px else Resampling.bilinear
     unique = sorted(set(plan.bands))
     data = src.read(unique, window=window, out_shape=(len(unique), px, px), resampling=resampling)
-    mask = src.dataset_mask(window=window, out_shape=(px, px)) > 0
     return data[[unique.index(b) for b in plan.bands]], mask
 
 
-def _windows_to_do(plan: _Plan, done: dict[int, dict[str, Any]]) -> Iterator[tuple[int, int, int]]:
-    for i, (col_off, row_off) in enumerate(plan.windows):
-        if i not in done:
-            yield i, col_off, row_off
+def _unreadable(plan: _Plan, col_off: int, row_off: int, error: Exception) -> GeolocError:
+    cause = error.__cause__ or error
+    reason = (str(cause).splitlines() or ["unreadable"])[0]
+    width, height = plan.window_px
+    return GeolocError(
+        f"{plan.raster}: cannot read the window at column {col_off}, row {row_off} "
+        f"({width} x {height} pixels): {reason} (a truncated or damaged file?); no tiles were kept"
+    )
 
 
 def cut_raster(
@@ -338,11 +446,12 @@ def cut_raster(
     settings: TilingSettings | None = None,
     show_progress: bool | None = None,
 ) -> TilingResult:
-    """Cut `raster` into tiles under `out`; return what was done. See the module's docstring."""
+    """Cut `raster` into tiles under `out`; return what was done. See the module's docstring.
+
+    A window GDAL cannot read (a truncated GeoTIFF) stops the cut with GeolocError naming the
+    file and the window, and `out` is removed: nothing half-written is left to resume.
+    """
     import rasterio
-    from PIL import Image
-    from pyproj import CRS, Transformer
-    from tqdm import tqdm
 
     settings = settings or TilingSettings()
     plan = plan_cut(raster, settings)
@@ -351,75 +460,96 @@ def cut_raster(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(plan.raster) as src:
         state = _state(plan, settings, None)
         resuming = _check_out(out, state)
-        if not resuming:
-            state["scale"] = _stretch(src, plan.bands, settings)
-            (out / "tiles").mkdir(parents=True, exist_ok=True)
-            atomic.write_json(out / STATE_FILE, state)
-        done = _done_windows(out) if resuming else {}
-        resumed = len(done)
-        scale = state["scale"]
-        to_wgs84 = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True)
-        if show_progress is None:
-            show_progress = sys.stderr.isatty()
-        with open(out / PROGRESS_FILE, "a", encoding="utf-8") as progress:
-            bar = tqdm(
-                _windows_to_do(plan, done),
-                total=len(plan.windows),
-                initial=len(done),
-                unit="tile",
-                desc=f"cutting {plan.raster.name}",
-                disable=not show_progress,
-            )
-            for i, col_off, row_off in bar:
-                data, mask = _read_window(src, plan, col_off, row_off, settings.px)
-                nodata_share = 1.0 - float(mask.mean())
-                if nodata_share > settings.max_nodata:
-                    entry: dict[str, Any] = {"i": i, "status": "nodata"}
-                else:
-                    rgb = _to_rgb(data, scale)
-                    rgb[:, ~mask] = 0  # nodata pixels black, not whatever value marks them
-                    row = tile_row(plan, src.transform, to_wgs84, col_off, row_off, nodata_share)
-                    with atomic.atomic_path(out / row["image"]) as tmp:
-                        Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(
-                            tmp, format="PNG", compress_level=3
-                        )
-                    entry = {"i": i, "status": "tile", "row": row}
-                # After the PNG: a logged tile is always on disk.
-                progress.write(json.dumps(entry) + "\n")
-                progress.flush()
-                done[i] = entry
+        try:
+            if not resuming:
+                state["scale"] = None if plan.palette else _stretch(src, plan.bands, settings)
+                (out / "tiles").mkdir(parents=True, exist_ok=True)
+                atomic.write_json(out / STATE_FILE, state)
+            resumed = sum(1 for _ in _progress(out)) if resuming else 0
+            _cut_windows(src, plan, settings, out, state["scale"], resumed, show_progress)
+        except GeolocError:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     seconds = time.perf_counter() - started
     try:
-        return _finish(out, plan, settings, done, scale, seconds, resumed)
+        return _finish(out, plan, settings, seconds, resumed)
     except GeolocError:
         if not resuming:  # every window was nodata: leave nothing behind of this run
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _finish(
-    out: Path,
+def _cut_windows(
+    src: Any,
     plan: _Plan,
     settings: TilingSettings,
-    done: dict[int, dict[str, Any]],
+    out: Path,
     scale: list[list[float]] | None,
-    seconds: float,
-    resumed: int,
-) -> TilingResult:
+    first: int,
+    show_progress: bool | None,
+) -> None:
+    """Cut windows `first`, `first` + 1, ... to the last, logging each in the progress file."""
+    from PIL import Image
+    from pyproj import CRS, Transformer
+    from rasterio.errors import RasterioError
+    from tqdm import tqdm
+
+    to_wgs84 = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True)
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    bar = tqdm(
+        total=plan.windows,
+        initial=first,
+        unit="tile",
+        desc=f"cutting {plan.raster.name}",
+        disable=not show_progress,
+    )
+    with open(out / PROGRESS_FILE, "a", encoding="utf-8") as progress, bar:
+        for i in range(first, plan.windows):
+            col_off, row_off = plan.window(i)
+            try:
+                data, mask = _read_window(src, plan, col_off, row_off, settings.px)
+            except RasterioError as error:
+                raise _unreadable(plan, col_off, row_off, error) from None
+            nodata_share = 1.0 - float(mask.mean())
+            if nodata_share > settings.max_nodata:
+                entry: dict[str, Any] = {"i": i, "status": "nodata"}
+            else:
+                rgb = _to_rgb(data, scale)
+                rgb[:, ~mask] = 0  # nodata pixels black, not whatever value marks them
+                row = tile_row(plan, src.transform, to_wgs84, col_off, row_off, nodata_share)
+                with atomic.atomic_path(out / row["image"]) as tmp:
+                    Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(
+                        tmp, format="PNG", compress_level=3
+                    )
+                entry = {"i": i, "status": "tile", "row": row}
+            # After the PNG: a logged tile is always on disk.
+            progress.write(json.dumps(entry) + "\n")
+            progress.flush()
+            bar.update()
+
+
+def _finish(out: Path, plan: _Plan, settings: TilingSettings, seconds: float, resumed: int) -> TilingResult:
     from geoloc.data.manifest import write_manifest
 
-    rows = [done[i]["row"] for i in sorted(done) if done[i]["status"] == "tile"]
-    skipped = sum(1 for entry in done.values() if entry["status"] == "nodata")
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for entry in _progress(out):
+        if entry["status"] == "tile":
+            rows.append(entry["row"])
+        else:
+            skipped += 1
     if not rows:
         raise GeolocError(
-            f"{plan.raster}: every one of its {len(plan.windows)} tiles is more than "
+            f"{plan.raster}: every one of its {plan.windows} tiles is more than "
             f"{settings.max_nodata:.0%} nodata; nothing to index"
         )
     manifest = out / "manifest.jsonl"
     write_manifest(manifest, rows)
+    scale = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))["scale"]
     result = TilingResult(
         manifest=manifest,
-        windows=len(plan.windows),
+        windows=plan.windows,
         tiles=len(rows),
         skipped_nodata=skipped,
         resumed=resumed,
@@ -432,10 +562,13 @@ def _finish(
         "raster": str(plan.raster),
         "crs": plan.crs,
         "bands": {"red": plan.bands[0], "green": plan.bands[1], "blue": plan.bands[2]},
+        "palette": plan.palette is not None,
         "scale": scale,
         "tile_m": settings.tile_m,
         "overlap": settings.overlap,
         "px": settings.px,
+        "bounds": list(settings.bounds) if settings.bounds else None,
+        "bounds_crs": settings.bounds_crs,
         "window_px": list(plan.window_px),
         "pixel_m": [round(v, 4) for v in plan.pixel_m],
         "windows": result.windows,
