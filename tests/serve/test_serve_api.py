@@ -4,6 +4,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS
@@ -176,3 +177,42 @@ def test_the_page_and_its_vendored_map_library(client) -> None:
     ):
         assert client.get(asset).status_code == 200, asset
     assert client.get("/static/../app.py").status_code == 404
+
+
+def test_search_within_an_area_or_near_a_point(client, served_index) -> None:
+    from geoloc.index.region import Region
+
+    lat, lon = served_index._lat, served_index._lon  # noqa: SLF001
+    west, south, east, north = (
+        float(lon.min()),
+        float(lat.min()),
+        float(np.median(lon)),
+        float(np.median(lat)),
+    )
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    expected = [h.key for h in served_index.search(QUERY, 40, Region.bbox(west, south, east, north))]
+    assert 3 < len(expected) < 40
+    for within in (
+        {"type": "Polygon", "coordinates": [ring]},
+        {"type": "MultiPolygon", "coordinates": [[ring]]},
+    ):
+        body = client.post("/search", json={"text": QUERY, "k": 40, "within": within}).json()
+        assert [r["key"] for r in body["results"]] == expected
+    near = {"lat": float(lat[0]), "lon": float(lon[0]), "radius_km": 0.2}
+    expected = [h.key for h in served_index.search(QUERY, 40, Region.near(near["lat"], near["lon"], 0.2))]
+    body = client.post("/search", json={"text": QUERY, "k": 40, "near": near, "rerank": False}).json()
+    assert [r["key"] for r in body["results"]] == expected and 0 < len(expected) < 40
+    both = client.post(
+        "/search",
+        json={"text": QUERY, "k": 40, "near": near, "within": {"type": "Polygon", "coordinates": [ring]}},
+    )
+    assert {r["key"] for r in both.json()["results"]} <= set(expected)
+    for bad, reason in [
+        ({"type": "Point", "coordinates": [1, 2]}, "does not match any of the expected tags"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 95], [1, 0], [0, 0]]]}, "less than or equal to 90"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 0]]]}, "at least 4 items"),
+    ]:
+        response = client.post("/search", json={"text": QUERY, "within": bad})
+        assert response.status_code == 422 and reason in response.text, bad
+    response = client.post("/search", json={"text": QUERY, "near": {"lat": 0, "lon": 0, "radius_km": 0}})
+    assert response.status_code == 422 and "greater than 0" in response.text

@@ -150,3 +150,42 @@ def test_map_draws_footprints_tile_images_and_a_heat_map(
     difference = np.abs(inner - tile[:h, :w]).mean(axis=2)[keep]
     assert np.median(difference) < 20, f"no tile image over its footprint ({np.median(difference)})"
     print(f"screenshots: {overview} and {zoomed}")
+
+
+def test_a_drawn_rectangle_limits_the_search_to_it(live_server: str, served_index, tmp_path: Path) -> None:
+    """Draw area, drag on the map, search: the results are the library's top k inside the box."""
+    from playwright.sync_api import sync_playwright
+
+    from geoloc.index.region import Region
+
+    query = "a red square building with a pond on its left"
+    with sync_playwright() as p:
+        browser = _launch(p, tmp_path)
+        try:
+            page, errors = _search(browser, live_server, query)
+            page.wait_for_selector(".result >> nth=4")
+            box = page.locator("#map").bounding_box()
+            page.click("#area-button")
+            page.mouse.move(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.15)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6, steps=5)
+            page.mouse.up()
+            page.wait_for_selector("path.search-area")
+            bounds = page.evaluate(
+                "(b => [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()])(area.getBounds())"
+            )
+            expected = [h.key for h in served_index.search(query, 5, Region.bbox(*bounds))]
+            assert 0 < len(expected) and expected != [h.key for h in served_index.search(query, 5)]
+            page.click("#search-button")
+            page.wait_for_function(
+                "keys => JSON.stringify([...document.querySelectorAll('.result')].map(e => e.dataset.key))"
+                " === JSON.stringify(keys)",
+                arg=expected,
+            )
+            page.screenshot(path=str(tmp_path / "area.png"))
+            page.click("#clear-area-button")
+            assert page.locator("path.search-area").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
+    print(f"screenshot: {tmp_path / 'area.png'}")

@@ -43,6 +43,13 @@ def test_status_codes_and_rules_are_in_the_schema(client) -> None:
     assert request["if"]["properties"]["rerank"]["const"] is True
     assert request["properties"]["format"]["enum"] == ["json", "geojson"]
     assert request["additionalProperties"] is False
+    # The region filters: a GeoJSON Polygon or MultiPolygon, and a circle, bounded like WGS84.
+    schemas = schema["components"]["schemas"]
+    within = {ref["$ref"].rsplit("/", 1)[1] for ref in request["properties"]["within"]["anyOf"][0]["oneOf"]}
+    assert within == {"PolygonArea", "MultiPolygonArea"}
+    lon, lat = schemas["PolygonArea"]["properties"]["coordinates"]["items"]["items"]["prefixItems"]
+    assert (lon["minimum"], lon["maximum"], lat["minimum"], lat["maximum"]) == (-180, 180, -90, 90)
+    assert set(schemas["Near"]["required"]) == {"lat", "lon", "radius_km"}
 
 
 @pytest.mark.parametrize("path", ["/search", "/explain"])

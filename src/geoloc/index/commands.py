@@ -31,7 +31,14 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from geoloc.index.build import build_index
 
     settings = AnnSettings(
-        kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search
+        kind=args.kind,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+        pq_m=args.pq_m,
+        train_size=args.train_size,
+        rescore=args.rescore,
     )
     manifest = build_index(
         args.model,
@@ -199,9 +206,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
     p.add_argument("--gallery", required=True, help="gallery manifest, or a folder holding manifest.jsonl")
     p.add_argument("--out", required=True, help="the index folder to write")
-    p.add_argument("--kind", default="exact", choices=KINDS, help="exact (default), ivf or hnsw")
-    p.add_argument("--nlist", type=int, default=0, help="ivf: clusters (default: about 4 x sqrt(tiles))")
-    p.add_argument("--nprobe", type=int, default=16, help="ivf: clusters scanned per query")
+    p.add_argument(
+        "--kind",
+        default="exact",
+        choices=KINDS,
+        help="exact (default), ivf, hnsw, or compressed: sq8 (d bytes a tile), ivf-pq (--pq-m bytes a tile)",
+    )
+    p.add_argument(
+        "--nlist", type=int, default=0, help="ivf, ivf-pq: clusters (default: about 4 x sqrt(tiles))"
+    )
+    p.add_argument("--nprobe", type=int, default=16, help="ivf, ivf-pq: clusters scanned per query")
+    p.add_argument(
+        "--pq-m", type=int, default=0, help="ivf-pq: bytes per tile (default: largest divisor of d up to 64)"
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="sq8, ivf-pq: tiles sampled to train on (default: automatic)",
+    )
+    p.add_argument(
+        "--rescore",
+        type=int,
+        default=200,
+        help="sq8, ivf-pq: candidates re-scored with the exact vectors on disk (default 200; 0: none)",
+    )
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     p.add_argument("--ef-search", type=int, default=64, help="hnsw: candidates kept while searching")
     p.add_argument("--device", default="auto")

@@ -1,7 +1,9 @@
 """The HTTP API and web page of a search index (FastAPI).
 
     POST /search   {"text": "...", "k": 10, "rerank": false, "format": "json"}  -> ranked tiles with
-                   score, key, lat, lon, footprint; "format": "geojson" -> an RFC 7946 FeatureCollection
+                   score, key, lat, lon, footprint; "format": "geojson" -> an RFC 7946 FeatureCollection;
+                   "within": a GeoJSON Polygon / MultiPolygon, "near": {"lat", "lon", "radius_km"}
+                   -> only the tiles whose centre lies there
     POST /explain  {"text": "...", "top": 5, "rerank": false}  -> the generator's verdict on each top tile
     POST /heatmap  {"text": "...", "cells": 2500}  -> every tile's score, as cells on the map
     GET  /tiles/{key}  the image of one of the index's own tiles
@@ -24,7 +26,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -38,6 +40,7 @@ from geoloc.geodata.geojson import MEDIA_TYPE as GEOJSON_MEDIA_TYPE
 from geoloc.geodata.geojson import feature_collection
 from geoloc.index.explain import MAX_JUDGED, search_and_judge
 from geoloc.index.heatmap import heat_cells, score_gallery
+from geoloc.index.region import MAX_RADIUS_KM, Region
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, Hit, SearchIndex
 from geoloc.serve.batcher import QueryBatcher
 
@@ -93,6 +96,37 @@ class _Counts(Query):
         return value
 
 
+Lon = Annotated[float, Field(ge=-180, le=180, strict=True)]
+Lat = Annotated[float, Field(ge=-90, le=90, strict=True)]
+# A JSON array is a tuple: only the position's shape is lax, its numbers stay strict.
+Position = Annotated[tuple[Lon, Lat], Field(strict=False)]
+Ring = Annotated[list[Position], Field(min_length=4, description="[lon, lat] positions, closed")]
+Rings = Annotated[list[Ring], Field(min_length=1, description="the outer ring, then any holes")]
+
+
+class PolygonArea(BaseModel):
+    """A GeoJSON Polygon (RFC 7946): the area its rings enclose."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["Polygon"]
+    coordinates: Rings
+
+
+class MultiPolygonArea(BaseModel):
+    """A GeoJSON MultiPolygon: one that crosses the antimeridian comes split at it (RFC 7946, 3.1.9)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["MultiPolygon"]
+    coordinates: Annotated[list[Rings], Field(min_length=1)]
+
+
+class Near(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    lat: Lat
+    lon: Lon
+    radius_km: float = Field(gt=0, le=MAX_RADIUS_KM, description="great-circle radius, km")
+
+
 def _rerank_rule(schema: dict[str, Any]) -> None:
     # The cross-field rule in the schema itself, so that clients (and schemathesis) know it.
     schema["if"] = {"properties": {"rerank": {"const": True}}, "required": ["rerank"]}
@@ -108,6 +142,22 @@ class SearchRequest(_Counts):
     format: Literal["json", "geojson"] = Field(
         "json", description="json (default), or geojson: an RFC 7946 FeatureCollection of the footprints"
     )
+    within: PolygonArea | MultiPolygonArea | None = Field(
+        None,
+        discriminator="type",
+        description="only tiles whose centre lies in this area (an unclosed ring is closed, a "
+        "self-crossing one repaired)",
+    )
+    near: Near | None = Field(None, description="only tiles within radius_km of this point")
+
+    def region(self) -> Region | None:
+        """The tiles this request may return: in `within`, and near `near` (both, when both given)."""
+        regions = []
+        if self.within is not None:
+            regions.append(Region.from_geojson(self.within.model_dump(mode="json"), "within"))
+        if self.near is not None:
+            regions.append(Region.near(self.near.lat, self.near.lon, self.near.radius_km))
+        return regions[0] & regions[1] if len(regions) == 2 else (regions[0] if regions else None)
 
     @model_validator(mode="after")
     def _rerank_bound(self) -> SearchRequest:
@@ -285,10 +335,13 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
         """The top k tiles for a description, best first."""
         start = time.perf_counter()
         results: list[Hit] | list[Any]
+        region = request.region()
         if request.rerank:
-            results = await run_in_threadpool(search_and_judge, index, request.text, request.k, True)
+            results = await run_in_threadpool(
+                search_and_judge, index, request.text, request.k, True, region=region
+            )
         else:
-            results = await asyncio.wrap_future(state["batcher"].submit(request.text, request.k))
+            results = await asyncio.wrap_future(state["batcher"].submit(request.text, request.k, region))
         state["searches"] += 1
         answer = {
             "query": request.text,

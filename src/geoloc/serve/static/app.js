@@ -2,6 +2,7 @@
 // as thumbnails with their scores and shown on a Leaflet map: numbered markers at their centres,
 // their footprints outlined, each tile's image laid over the map at its bounds, and a heat map
 // of every gallery tile's score (POST /heatmap) underneath. Clicking a result zooms to it.
+// "Draw area" lets the user drag a rectangle on the map; searches then look only inside it.
 "use strict";
 
 const ONLINE_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
@@ -17,6 +18,7 @@ const footprintLayer = L.layerGroup().addTo(map);
 const markerLayer = L.layerGroup().addTo(map);
 let markers = {};
 let lastQuery = null;
+let area = null; // the drawn search area (an L.Rectangle), or null
 
 // The page works offline: a plain grid background, replaced by map tiles only if they load.
 function useOfflineBackground() {
@@ -201,7 +203,7 @@ async function run(kind) {
   try {
     const body = kind === "explain"
       ? await post("/explain", { text: query, top: 5, rerank })
-      : await post("/search", { text: query, k, rerank });
+      : await post("/search", areaRequest({ text: query, k, rerank }));
     showResults(body.results);
     lastQuery = query;
     loadHeatmap(query);
@@ -210,6 +212,61 @@ async function run(kind) {
     setStatus(error.message, true);
   }
 }
+
+// The drawn rectangle as a GeoJSON geometry for POST /search. Leaflet's longitudes go past
+// +-180 when the map is panned across the antimeridian: they are wrapped, and a box that then
+// has west > east is split into two polygons, one on each side (RFC 7946, 3.1.9).
+function boxRing(west, south, east, north) {
+  return [[[west, south], [east, south], [east, north], [west, north], [west, south]]];
+}
+
+function areaGeometry(bounds) {
+  const south = Math.max(bounds.getSouth(), -90), north = Math.min(bounds.getNorth(), 90);
+  if (bounds.getEast() - bounds.getWest() >= 360) return { type: "Polygon", coordinates: boxRing(-180, south, 180, north) };
+  const west = L.Util.wrapNum(bounds.getWest(), [-180, 180], true);
+  const east = L.Util.wrapNum(bounds.getEast(), [-180, 180], true);
+  if (west <= east) return { type: "Polygon", coordinates: boxRing(west, south, east, north) };
+  return { type: "MultiPolygon", coordinates: [boxRing(west, south, 180, north), boxRing(-180, south, east, north)] };
+}
+
+function areaRequest(payload) {
+  return area ? { ...payload, within: areaGeometry(area.getBounds()) } : payload;
+}
+
+function clearArea() {
+  if (area) map.removeLayer(area);
+  area = null;
+  document.getElementById("clear-area-button").hidden = true;
+}
+
+// Draw mode: the next drag on the map draws the area instead of panning.
+function startDrawing() {
+  clearArea();
+  map.dragging.disable();
+  document.getElementById("map").classList.add("drawing");
+  let start = null;
+  const move = (event) => {
+    if (!start) return;
+    const bounds = L.latLngBounds(start, event.latlng);
+    if (area) area.setBounds(bounds);
+    else area = L.rectangle(bounds, { className: "search-area", color: "#0055ff", weight: 2, fillOpacity: 0.08, interactive: false }).addTo(map);
+  };
+  const down = (event) => { start = event.latlng; };
+  const up = () => {
+    map.off("mousedown", down).off("mousemove", move).off("mouseup", up);
+    map.dragging.enable();
+    document.getElementById("map").classList.remove("drawing");
+    if (area) {
+      document.getElementById("clear-area-button").hidden = false;
+      setStatus("Searches now look only inside the drawn area.");
+    }
+  };
+  map.on("mousedown", down).on("mousemove", move).on("mouseup", up);
+  setStatus("Drag a rectangle on the map.");
+}
+
+document.getElementById("area-button").addEventListener("click", startDrawing);
+document.getElementById("clear-area-button").addEventListener("click", clearArea);
 
 document.getElementById("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
