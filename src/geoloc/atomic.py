@@ -1,6 +1,8 @@
 """Crash-safe file writes: write to a temporary name in the same folder, then rename.
 
-A reader never sees a half-written file: either the old content or the complete new one.
+A reader never sees a half-written file: either the old content or the complete new one. The
+temporary file or folder is created with the mode an ordinary write would give (0666 or 0777
+less the umask), so that what is renamed into place is as readable as `open(path, "w")` makes it.
 """
 
 from __future__ import annotations
@@ -8,13 +10,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from geoloc import faults
+
+
+def _new_beside(target: Path, create: Callable[[Path], None]) -> Path:
+    """A new, uniquely named `.NAME.XXXX.tmp` beside `target`, made by `create` (which must refuse
+    an existing path with FileExistsError). Unlike tempfile's 0600 / 0700, the umask applies."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -22,9 +40,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_beside(target, _create_file)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -62,7 +78,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = _new_beside(target, lambda path: path.mkdir(0o777))
     try:
         yield tmp
         if target.exists():

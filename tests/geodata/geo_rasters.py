@@ -16,6 +16,7 @@ def write_raster(
     data: np.ndarray,
     crs: str | None = "EPSG:32618",
     transform: Any = None,
+    driver: str = "GTiff",
     **profile: Any,
 ) -> Path:
     import rasterio
@@ -25,7 +26,7 @@ def write_raster(
     with rasterio.open(
         path,
         "w",
-        driver="GTiff",
+        driver=driver,
         width=width,
         height=height,
         count=count,

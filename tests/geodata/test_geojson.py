@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 from geoloc.cli import main
 from geoloc.data.manifest import read_manifest
 from geoloc.errors import DataError
-from geoloc.geodata.footprint import signed_area
+from geoloc.geodata.footprint import box_ring, signed_area
 from geoloc.geodata.geojson import feature_collection
 
 
@@ -44,6 +46,60 @@ def test_results_without_footprints_become_points_or_null_geometry() -> None:
     assert point["geometry"] == {"type": "Point", "coordinates": [-74.0, 40.7]} and point["id"] == "a.png"
     assert unplaced["geometry"] is None and unplaced["properties"]["centre"] is None
     assert collection["query"] == "q" and collection["bbox"] == [-74.0, 40.7, -74.0, 40.7]
+
+
+def _results() -> list[dict]:
+    """A tile with a footprint, one known by its centre only, and one with no coordinates."""
+    ring = box_ring(-74.01, 40.70, -74.00, 40.71)
+    return [
+        {
+            "rank": 1,
+            "score": 0.9,
+            "key": "a.png",
+            "lat": 40.705,
+            "lon": -74.005,
+            "group": "a",
+            "footprint": ring,
+        },
+        {
+            "rank": 2,
+            "score": 0.8,
+            "key": "b.png",
+            "lat": 40.72,
+            "lon": -74.02,
+            "group": "b",
+            "footprint": None,
+        },
+        {"rank": 3, "score": 0.7, "key": "c.png", "lat": None, "lon": None, "group": "c", "footprint": None},
+    ]
+
+
+def test_a_collection_holds_one_geometry_type() -> None:
+    collection = feature_collection(_results())
+    polygon, centre_only, unplaced = collection["features"]
+    assert polygon["geometry"]["type"] == "Polygon"
+    assert centre_only["geometry"] is None and unplaced["geometry"] is None  # not a Point among Polygons
+    assert (centre_only["properties"]["lon"], centre_only["properties"]["lat"]) == (-74.02, 40.72)
+    assert collection["bbox"] == [-74.01, 40.70, -74.00, 40.71]
+    # One footprint across the antimeridian makes every polygon a MultiPolygon.
+    across = {"rank": 4, "score": 0.6, "key": "d.png", "lat": -16.5, "lon": 180.0, "group": "d"}
+    across["footprint"] = box_ring(179.99, -16.51, 180.01, -16.49)
+    collection = feature_collection([*_results(), across])
+    assert {f["geometry"]["type"] for f in collection["features"] if f["geometry"]} == {"MultiPolygon"}
+
+
+@pytest.mark.skipif(shutil.which("ogr2ogr") is None, reason="GDAL's command-line tools are not installed")
+@pytest.mark.parametrize("driver, suffix", [("ESRI Shapefile", ".shp"), ("GPKG", ".gpkg")])
+def test_gdal_converts_the_answer_into_one_typed_layer(tmp_path: Path, driver: str, suffix: str) -> None:
+    answer = tmp_path / "hits.geojson"
+    answer.write_text(json.dumps(feature_collection(_results(), query="q", k=3)))
+    out = tmp_path / f"hits{suffix}"
+    done = subprocess.run(["ogr2ogr", "-f", driver, str(out), str(answer)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = subprocess.run(
+        ["ogrinfo", "-so", "-al", str(out)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Geometry: Polygon" in info and "Feature Count: 3" in info
 
 
 def test_raster_to_tiles_to_index_to_geojson(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -219,3 +219,43 @@ def test_cli_cuts_and_reports(utm_raster: Path, tmp_path: Path, capsys: pytest.C
     assert "16 tiles written, 0 skipped as mostly nodata" in printed
     assert "bands red=1 green=2 blue=3" in printed
     assert "tiles/s" in printed and str(out / "manifest.jsonl") in printed
+
+
+def test_a_paletted_raster_is_cut_in_its_colours(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 16, (1, 200, 200), dtype=np.uint8)
+    colours = {i: (int(r), int(g), int(b), 255) for i, (r, g, b) in enumerate(rng.integers(0, 256, (16, 3)))}
+    path = write_raster(tmp_path / "pct.tif", indices, photometric="palette")
+    import rasterio
+
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, colours)
+    table = np.array([colours[i][:3] for i in range(16)], np.uint8)
+    # At the window's own size the tile is the colour table applied to the indices, exactly.
+    exact = cut_raster(path, tmp_path / "exact", TilingSettings(tile_m=50, px=100))
+    row = next(
+        r for r in _rows(exact.manifest) if r["window"]["col_off"] == 100 and r["window"]["row_off"] == 0
+    )
+    tile = np.asarray(Image.open(exact.manifest.parent / row["image"]))
+    assert np.array_equal(tile, table[indices[0, 0:100, 100:200]])
+    # Shrunk, each pixel is still one of the table's colours (nearest index), never an average.
+    shrunk = cut_raster(path, tmp_path / "shrunk", TilingSettings(tile_m=50, px=32))
+    pixels = np.concatenate(
+        [
+            np.asarray(Image.open(shrunk.manifest.parent / r["image"])).reshape(-1, 3)
+            for r in _rows(shrunk.manifest)
+        ]
+    )
+    assert {tuple(p) for p in pixels.tolist()} <= {tuple(c) for c in table.tolist()}
+    assert json.loads((shrunk.manifest.parent / "tiles.json").read_text())["palette"] is True
+
+
+def test_galleries_cut_from_two_rasters_or_at_two_sizes_share_no_key(tmp_path: Path) -> None:
+    first = write_raster(tmp_path / "first.tif", noise(3, 400, 400, seed=1))
+    second = write_raster(tmp_path / "second.tif", noise(3, 400, 400, seed=2))
+    keys = []
+    for path, tile_m, out in ((first, 100, "a"), (second, 100, "b"), (first, 50, "c")):
+        result = cut_raster(path, tmp_path / out, TilingSettings(tile_m=tile_m, px=16))
+        keys.append({r.key for r in read_manifest(result.manifest, require_texts=False).records})
+    assert all(keys) and not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    assert "tiles/first/r000000_c000000_200x200.png" in keys[0]

@@ -192,7 +192,7 @@ def _check_georeferencing(src: Any, raster: Path) -> None:
         if gcps:
             raise GeolocError(
                 f"{raster}: georeferenced by ground control points only ({len(gcps)} GCPs); "
-                "warp it first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
+                "warp it first, e.g. gdalwarp -t_srs EPSG:32618 in.tif out.tif"
             )
         if src.crs is None:
             raise GeolocError(
