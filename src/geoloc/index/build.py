@@ -94,11 +94,7 @@ def build_index(
 
     settings = settings or AnnSettings()
     out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
-        # The new index replaces `out` whole: never a folder that is not an index (a typo'd --out).
-        raise GeolocError(
-            f"{out}: exists and is not a geoloc index; refusing to replace it (choose another --out)"
-        )
+    _refuse_a_non_index(out)
     dataset = _read_gallery(gallery, split, on_bad_record, out)
     if encoder is None:
         encoder = load_encoder(model, device=device, dtype=dtype)
@@ -113,6 +109,45 @@ def build_index(
             galleries=[str(dataset.source)],
         )
     return read_index(out).manifest
+
+
+def build_index_from_geoparquet(
+    model: str | Path,
+    parquet: str | Path,
+    out: str | Path,
+    settings: AnnSettings | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """An index from a file of `geoloc index export`, without encoding again; return its manifest.
+
+    `model` is loaded and must be the model that made the file's vectors (its fingerprint), since
+    it will encode the queries.
+    """
+    from geoloc.index.geoparquet import read_geoparquet
+
+    out = Path(out)
+    _refuse_a_non_index(out)
+    vectors, tiles, info = read_geoparquet(parquet)
+    record = info["model"]
+    encoder = load_index_model(record, str(parquet), str(model), device)
+    with index_lock(out):
+        write_index(
+            out,
+            vectors,
+            tiles,
+            model_record(encoder, model_source(model), record["dtype"]),
+            settings or AnnSettings(),
+            galleries=info.get("galleries", []),
+        )
+    return read_index(out).manifest
+
+
+def _refuse_a_non_index(out: Path) -> None:
+    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
+        # The new index replaces `out` whole: never a folder that is not an index (a typo'd --out).
+        raise GeolocError(
+            f"{out}: exists and is not a geoloc index; refusing to replace it (choose another --out)"
+        )
 
 
 def add_to_index(

@@ -40,19 +40,26 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         rescore=args.rescore,
     )
-    manifest = build_index(
-        args.model,
-        args.gallery,
-        args.out,
-        settings=settings,
-        split=args.split,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        on_bad_record=args.on_bad_record,
-    )
+    if args.from_parquet:
+        from geoloc.index.build import build_index_from_geoparquet
+
+        manifest = build_index_from_geoparquet(
+            args.model, args.from_parquet, args.out, settings=settings, device=args.device
+        )
+    else:
+        manifest = build_index(
+            args.model,
+            args.gallery,
+            args.out,
+            settings=settings,
+            split=args.split,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            on_bad_record=args.on_bad_record,
+        )
     count, dim = manifest["count"], manifest["dimension"]
     print(f"indexed {count} tiles ({settings.kind}, dimension {dim}) in {args.out}")
     return 0
@@ -90,6 +97,14 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
         raise GeolocError("no keys to remove: give tile keys, or --keys-file with one key a line")
     removed = remove_from_index(args.index, keys)
     print(f"removed {removed} tiles from {args.index}")
+    return 0
+
+
+def cmd_index_export(args: argparse.Namespace) -> int:
+    from geoloc.index.geoparquet import export_geoparquet
+
+    collection = export_geoparquet(args.index, args.out)
+    print(f"wrote {args.out} (GeoParquet 1.1) and its STAC Collection {collection}")
     return 0
 
 
@@ -204,7 +219,15 @@ def register(subparsers: Any) -> None:
 
     p = actions.add_parser("build", help="embed a gallery's tiles into a new index folder")
     p.add_argument("model", help="run directory, saved model, HF id / model folder, or preset")
-    p.add_argument("--gallery", required=True, help="gallery manifest, or a folder holding manifest.jsonl")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gallery", help="gallery manifest, or a folder holding manifest.jsonl")
+    source.add_argument(
+        "--from",
+        dest="from_parquet",
+        metavar="FILE.parquet",
+        help="a GeoParquet file of `geoloc index export`: its vectors, not encoded again (MODEL must be "
+        "the model that made them)",
+    )
     p.add_argument("--out", required=True, help="the index folder to write")
     p.add_argument(
         "--kind",
@@ -250,6 +273,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("keys", nargs="*", help="tile keys (the manifest's image paths)")
     p.add_argument("--keys-file", help="a file of keys, one a line")
     p.set_defaults(func=cmd_index_remove)
+
+    p = actions.add_parser(
+        "export", help="write an index's tiles and embeddings as GeoParquet 1.1, with a STAC Collection"
+    )
+    p.add_argument("index", help="the index folder")
+    p.add_argument("--out", required=True, help="the .parquet file (the STAC Collection goes beside it)")
+    p.set_defaults(func=cmd_index_export)
 
     p = actions.add_parser("info", help="print an index's manifest")
     p.add_argument("index", help="the index folder")

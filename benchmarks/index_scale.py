@@ -1,0 +1,184 @@
+"""Galleries at scale: what each index kind costs in memory and time, and what it finds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/index_scale.py --n 1000000 --dim 576
+
+The gallery is `n` synthetic clustered unit vectors (as embeddings cluster), written to disk in
+chunks and never held in RAM whole, with tile centres spread over the globe. Each query is a
+gallery vector plus noise. For each kind (`--kinds`) the script builds a real index folder with
+`geoloc.index.store.write_index`, then, in a fresh process (as a server would be):
+opens it (seconds), runs the queries one at a time and reports p50 / p99 latency, recall@10
+against the exact top 10, the process's resident memory, and the same with a region filter
+(a box holding about 1 % of the tiles, scored exactly; one holding about 13 %, searched through
+FAISS's ID selector; recall against the exact top 10 of the tiles inside).
+Bytes per tile: in RAM, the FAISS structure (`index.faiss`, memory-mapped; the float32 vectors
+stay on disk); on disk, the whole folder. Prints one JSON line per kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 100_000
+
+
+def write_gallery(folder: Path, n: int, dim: int, seed: int) -> np.memmap:
+    """n clustered unit vectors in vectors.npy (written by chunks), and their lat / lon."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(16, n // 1000), dim)).astype(np.float32)
+    vectors = np.lib.format.open_memmap(folder / "gallery.npy", "w+", np.float32, (n, dim))
+    for start in range(0, n, CHUNK):
+        size = min(CHUNK, n - start)
+        chunk = centres[rng.integers(0, len(centres), size)] + rng.standard_normal((size, dim), np.float32)
+        vectors[start : start + size] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    vectors.flush()
+    np.save(folder / "lat.npy", rng.uniform(-60, 70, n))
+    np.save(folder / "lon.npy", rng.uniform(-180, 180, n))
+    return np.load(folder / "gallery.npy", mmap_mode="r")
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The exact top k rows per query (over `rows` if given), read from disk by chunks."""
+    rows = np.arange(len(vectors)) if rows is None else rows
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start : start + CHUNK]
+        scores = queries @ np.asarray(vectors[part]).T
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, np.broadcast_to(part, scores.shape)], axis=1)
+        keep = np.argsort(-best_scores, axis=1)[:, :k]
+        best_scores = np.take_along_axis(best_scores, keep, axis=1)
+        best_rows = np.take_along_axis(best_rows, keep, axis=1)
+    return best_rows
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def build(folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict:
+    from geoloc.index.ann import AnnSettings
+    from geoloc.index.store import Tiles, write_index
+
+    keys = [str(i) for i in range(len(vectors))]
+    tiles = Tiles(keys, keys, lat.tolist(), lon.tolist(), [""] * len(keys))
+    start = time.perf_counter()
+    write_index(folder, vectors, tiles, {"id": "synthetic", "fingerprint": "-"}, AnnSettings(kind=kind), [])
+    return {"build_s": round(time.perf_counter() - start, 1)}
+
+
+BOXES = {"small_region": [-10.0, 0.0, 26.0, 26.0], "large_region": [-180.0, 0.0, -60.0, 50.0]}
+
+
+def serve_like(folder: str, queries_file: str, k: int) -> dict:
+    """In a fresh process: open the index, answer each query alone, with and without the region."""
+    from geoloc.index.region import Region
+    from geoloc.index.search import SearchIndex
+    from geoloc.index.store import read_index
+
+    before = _rss_mb()[0]  # Python, numpy, FAISS and torch (imported by geoloc.index), no index yet
+    start = time.perf_counter()
+    index = SearchIndex(read_index(folder), encoder=None)
+    opened = time.perf_counter() - start
+    queries = np.load(queries_file)
+    out: dict = {"open_s": round(opened, 2)}
+    regions = [("", None)] + [(f"{name}_", Region.bbox(*box)) for name, box in BOXES.items()]
+    for name, where in regions:
+        times, found = [], []
+        for query in queries:
+            start = time.perf_counter()
+            hits = index.search_vectors(query[None], k, where)[0]
+            times.append(1000 * (time.perf_counter() - start))
+            found.append([int(hit.key) for hit in hits])
+        out[f"{name}p50_ms"] = round(float(np.percentile(times, 50)), 2)
+        out[f"{name}p99_ms"] = round(float(np.percentile(times, 99)), 2)
+        out[f"{name}found"] = found
+    out["rss_before_open_mb"] = before
+    out["rss_mb"], out["peak_rss_mb"] = _rss_mb()
+    return out
+
+
+def _rss_mb() -> tuple[int, int]:
+    """(resident, peak resident) memory of this process, MB."""
+    status = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+    )
+    return round(int(status["VmRSS"].split()[0]) / 1024), round(int(status["VmHWM"].split()[0]) / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100_000, help="gallery size")
+    parser.add_argument("--dim", type=int, default=576, help="dimension (SmolVLM-256M: 576)")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--kinds", default="sq8,ivf-pq", help="comma-separated index kinds")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.serve:
+        folder, queries_file, k = args.serve
+        print(json.dumps(serve_like(folder, queries_file, int(k))))
+        return
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        vectors = write_gallery(work, args.n, args.dim, args.seed)
+        lat, lon = np.load(work / "lat.npy"), np.load(work / "lon.npy")
+        rng = np.random.default_rng(args.seed + 1)
+        queries = np.asarray(vectors[np.sort(rng.choice(args.n, args.queries, replace=False))])
+        queries = queries + 0.5 * rng.standard_normal(queries.shape, np.float32) / np.sqrt(args.dim)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        np.save(work / "queries.npy", queries)
+        truth = exact_top(vectors, queries, args.k)
+        inside, region_truth = {}, {}
+        for name, (west, south, east, north) in BOXES.items():
+            inside[name] = np.flatnonzero((lat >= south) & (lat <= north) & (lon >= west) & (lon <= east))
+            region_truth[name] = exact_top(vectors, queries, args.k, inside[name])
+        for kind in args.kinds.split(","):
+            folder = work / kind
+            row = {"n": args.n, "dim": args.dim, "kind": kind} | build(folder, kind, vectors, lat, lon)
+            child = [sys.executable, __file__, "--serve", str(folder), str(work / "queries.npy"), str(args.k)]
+            served = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+            faiss_file = folder / "index.faiss"  # an exact index is the vectors, copied into RAM on open
+            ram = faiss_file.stat().st_size if faiss_file.exists() else 4 * args.dim * args.n
+            disk = sum(f.stat().st_size for f in folder.iterdir())
+            row |= {
+                "ram_bytes_per_tile": round(ram / args.n, 1),
+                "disk_bytes_per_tile": round(disk / args.n, 1),
+                "open_s": served["open_s"],
+                "p50_ms": served["p50_ms"],
+                "p99_ms": served["p99_ms"],
+                f"recall@{args.k}": round(recall(served["found"], truth), 4),
+                "server_rss_before_open_mb": served["rss_before_open_mb"],
+                "server_rss_mb": served["rss_mb"],
+                "server_peak_rss_mb": served["peak_rss_mb"],
+            }
+            for name in BOXES:
+                row |= {
+                    f"{name}_tiles": len(inside[name]),
+                    f"{name}_p50_ms": served[f"{name}_p50_ms"],
+                    f"{name}_p99_ms": served[f"{name}_p99_ms"],
+                    f"{name}_recall@{args.k}": round(recall(served[f"{name}_found"], region_truth[name]), 4),
+                }
+            print(json.dumps(row), flush=True)
+            for file in folder.iterdir():  # free the disk before the next kind
+                file.unlink()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
