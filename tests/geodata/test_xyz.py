@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import mercantile
@@ -91,3 +93,80 @@ def test_bad_names_are_refused_and_nothing_written(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and reason in err and str(xyz_folder) in err
     assert not (xyz_folder / "manifest.jsonl").exists()
+
+
+TILEMAP = """<?xml version="1.0" encoding="utf-8"?>
+<TileMap version="1.0.0" tilemapservice="http://tms.osgeo.org/1.0.0">
+  <SRS>{srs}</SRS>
+  <TileFormat width="256" height="256" mime-type="image/png" extension="png"/>
+  <TileSets profile="{profile}"><TileSet href="17" units-per-pixel="1.19432856674194" order="17"/></TileSets>
+</TileMap>
+"""
+
+
+def _gdal2tiles_layout(folder: Path, profile: str = "mercator", srs: str = "EPSG:3857") -> Path:
+    """What gdal2tiles.py writes by default: TMS rows, the XML, .kml beside tiles, transparent edges."""
+    _tile(folder, 17, 38589, 2**17 - 1 - 49284)
+    edge = folder / "17" / "38590" / f"{2**17 - 1 - 49284}.png"
+    edge.parent.mkdir(parents=True)
+    Image.new("RGBA", (256, 256), (0, 0, 0, 0)).save(edge)  # beyond the raster's edge: transparent
+    (folder / "17" / "38589" / f"{2**17 - 1 - 49284}.kml").write_text("<kml/>")
+    (folder / "doc.kml").write_text("<kml/>")
+    (folder / "tilemapresource.xml").write_text(TILEMAP.format(profile=profile, srs=srs))
+    return folder
+
+
+def test_a_gdal2tiles_pyramid_is_read_as_its_xml_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _gdal2tiles_layout(tmp_path / "pyramid")
+    assert main(["xyz", str(folder)]) == 0  # no --tms: the XML says the rows count from the south
+    printed = capsys.readouterr().out
+    assert "1 tiles, rows counted from the south (TMS)" in printed
+    assert "1 mostly transparent tiles and 1 other files skipped" in printed
+    (row,) = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert row["tile"] == {"z": 17, "x": 38589, "y": 49284}  # XYZ numbers; the file is 17/38589/81787.png
+    assert row["lat"] == pytest.approx(40.70, abs=0.01) and row["lon"] == pytest.approx(-74.01, abs=0.01)
+
+
+def test_a_geodetic_pyramid_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _gdal2tiles_layout(tmp_path / "geodetic", profile="geodetic", srs="EPSG:4326")
+    assert main(["xyz", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tilemapresource.xml" in err and "geodetic" in err and "-p mercator" in err
+    assert not (folder / "manifest.jsonl").exists()
+
+
+def test_a_link_leading_outside_the_folder_is_refused(
+    xyz_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (xyz_folder / "17" / "38589" / "49286.png").symlink_to(outside)
+    assert main(["xyz", str(xyz_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "49286.png: a symbolic link to" in err and "outside" in err
+    assert not (xyz_folder / "manifest.jsonl").exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("gdal2tiles.py") is None, reason="GDAL's command-line tools are not installed"
+)
+def test_gdal2tiles_own_output_lands_where_the_raster_is(tmp_path: Path) -> None:
+    import rasterio
+    from geo_rasters import noise, write_raster
+    from rasterio.warp import transform_bounds
+
+    from geoloc.geodata.xyz import scan_xyz
+
+    raster = write_raster(tmp_path / "r.tif", noise(3, 256, 256))
+    folder = tmp_path / "pyramid"
+    # 128 m of raster; zoom 19's tiles are about 45 m here: a few whole ones, transparent edges.
+    subprocess.run(["gdal2tiles.py", "-q", "-z", "19", str(raster), str(folder)], check=True)
+    scan = scan_xyz(folder)  # no tms=True: the pyramid's XML says so
+    assert scan.tms and len(scan.rows) >= 2 and scan.transparent
+    with rasterio.open(raster) as src:
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    for row in scan.rows:
+        lons, lats = zip(*row["footprint"]["coordinates"][0], strict=True)
+        assert min(lons) < east and max(lons) > west and min(lats) < north and max(lats) > south

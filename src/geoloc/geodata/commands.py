@@ -67,9 +67,12 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 def cmd_xyz(args: argparse.Namespace) -> int:
     from geoloc.geodata.xyz import xyz_manifest
 
-    manifest = xyz_manifest(args.folder, tms=args.tms)
-    count = sum(1 for _ in manifest.open(encoding="utf-8"))
-    print(f"wrote the manifest of {count} tiles: {manifest}")
+    scan = xyz_manifest(args.folder, tms=True if args.tms else None, max_transparent=args.max_nodata)
+    order = "from the south (TMS)" if scan.tms else "from the north (XYZ)"
+    print(
+        f"wrote the manifest of {len(scan.rows)} tiles, rows counted {order}: {scan.manifest}; "
+        f"{len(scan.transparent)} mostly transparent tiles and {len(scan.not_tiles)} other files skipped"
+    )
     return 0
 
 
@@ -119,6 +122,14 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("xyz", help="write the manifest of a z/x/y.png folder of web-map tiles")
     p.add_argument("folder", help="the folder holding z/x/y.png; manifest.jsonl is written in it")
     p.add_argument(
-        "--tms", action="store_true", help="rows counted from the south (TMS, gdal2tiles' default)"
+        "--tms",
+        action="store_true",
+        help="rows counted from the south (TMS, gdal2tiles' default; implied by a tilemapresource.xml)",
+    )
+    p.add_argument(
+        "--max-nodata",
+        type=float,
+        default=0.5,
+        help="skip tiles with more fully transparent pixels than this share (default 0.5)",
     )
     p.set_defaults(func=cmd_xyz)

@@ -1,24 +1,51 @@
 """A gallery manifest straight from a folder of slippy-map tiles, `z/x/y.png`.
 
-    manifest = xyz_manifest("tiles_folder")   # writes tiles_folder/manifest.jsonl
+    scan = xyz_manifest("tiles_folder")   # writes tiles_folder/manifest.jsonl
 
 Every tile's footprint and centre come from the tile math of web maps (spherical Mercator,
 EPSG:3857, through mercantile): tile x, y at zoom z covers a known longitude / latitude box.
-Folders written in the TMS layout (y counted from the south, as gdal2tiles writes by default)
-need `tms=True`. The folder is checked whole before anything is written.
+
+Rows are counted from the north (XYZ, as OpenStreetMap and `gdal2tiles.py --xyz` write them)
+unless the folder says otherwise: a `tilemapresource.xml` (which gdal2tiles writes beside a TMS
+pyramid, its default) means rows counted from the south, and its profile must be `mercator`;
+`tms=True` says so for a folder without one. A row's `tile.y` is always the XYZ number, which
+for a TMS folder is not the number in the file's name.
+
+Files in the tile folders that are not tile images (gdal2tiles' `.kml` files) are passed over
+and counted, and so are tiles that are mostly transparent (the edges of a pyramid). A symbolic
+link that leads outside the folder is refused: an index would refuse its row. The folder is
+checked whole before anything is written.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geoloc.data.manifest import write_manifest
 from geoloc.errors import GeolocError
-from geoloc.geodata.footprint import box_ring, polygon
+from geoloc.geodata.footprint import box_ring, geometry
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_ZOOM = 30
+TILEMAP_FILE = "tilemapresource.xml"  # the OSGeo TMS description gdal2tiles writes
+MERCATOR_SRS = {"EPSG:3857", "EPSG:900913", "OSGEO:41001"}
+
+
+@dataclass
+class XyzScan:
+    """The rows of a tile folder and what was passed over."""
+
+    rows: list[dict[str, Any]]
+    tms: bool
+    """Whether the files' rows were counted from the south."""
+    transparent: list[str] = field(default_factory=list)
+    """Tiles (paths relative to the folder) skipped as mostly transparent."""
+    not_tiles: list[str] = field(default_factory=list)
+    """Files in the tile folders that are not tile images (gdal2tiles' .kml, ...)."""
+    manifest: Path | None = None
 
 
 def _number(part: str, path: Path, what: str) -> int:
@@ -27,9 +54,49 @@ def _number(part: str, path: Path, what: str) -> int:
     return int(part)
 
 
-def _tiles(folder: Path) -> list[tuple[int, int, int, Path]]:
+def read_tilemap(folder: Path) -> bool | None:
+    """Whether `folder/tilemapresource.xml` describes a TMS Mercator pyramid (True), or None without one.
+
+    Any other profile (gdal2tiles' geodetic or raster) is refused: its tiles are not web-map tiles.
+    """
+    path = folder / TILEMAP_FILE
+    if not path.is_file():
+        return None
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        raise GeolocError(f"{path}: not a readable TMS description ({error})") from None
+    srs = (root.findtext("SRS") or "").strip().upper()
+    tile_sets = root.find("TileSets")
+    profile = (tile_sets.get("profile") if tile_sets is not None else None) or ""
+    if profile == "mercator" or (not profile and srs in MERCATOR_SRS):
+        return True
+    raise GeolocError(
+        f"{path}: a {profile or srs or 'unknown'} pyramid; geoloc reads web-map (mercator) tiles only: "
+        "tile the raster again with gdal2tiles.py -p mercator, or cut it with geoloc tiles"
+    )
+
+
+def _transparent_share(file: Path) -> float:
+    """The share of fully transparent pixels in a tile image (0 for one without alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(file) as image:
+        if "A" not in image.getbands() and "transparency" not in image.info:
+            return 0.0
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    return float((alpha == 0).mean())
+
+
+def _inside(path: Path, real_folder: Path) -> bool:
+    return path.resolve().is_relative_to(real_folder)
+
+
+def _tiles(folder: Path, scan: XyzScan) -> list[tuple[int, int, int, Path]]:
     """(z, x, y, file) of every tile under `folder`, in z, x, y order; bad names refused."""
     found: list[tuple[int, int, int, Path]] = []
+    real_folder = folder.resolve()
     for z_dir in sorted(folder.iterdir()):
         if z_dir.name.startswith(".") or z_dir.is_file():  # the manifest, a README, hidden files
             continue
@@ -46,51 +113,74 @@ def _tiles(folder: Path) -> list[tuple[int, int, int, Path]]:
                 if file.name.startswith("."):
                     continue
                 if file.suffix.lower() not in TILE_SUFFIXES or not file.is_file():
-                    raise GeolocError(f"{file}: not a tile image (expected y.png, .jpg, .jpeg or .webp)")
+                    scan.not_tiles.append(file.relative_to(folder).as_posix())
+                    continue
                 y = _number(file.stem, file, "row")
                 if x >= 2**z or y >= 2**z:
                     raise GeolocError(f"{file}: tile {z}/{x}/{y} does not exist (x and y go to {2**z - 1})")
+                if not _inside(file, real_folder):
+                    raise GeolocError(
+                        f"{file}: a symbolic link to {file.resolve()}, outside {folder}; an index reads "
+                        "tiles inside their gallery only: copy the tile in, or remove the link"
+                    )
                 found.append((z, x, y, file))
     return sorted(found, key=lambda t: (t[0], t[1], t[2]))
 
 
-def xyz_rows(folder: str | Path, tms: bool = False) -> list[dict[str, Any]]:
-    """The manifest rows of the tiles under `folder` (image paths relative to it)."""
+def scan_xyz(folder: str | Path, tms: bool | None = None, max_transparent: float = 0.5) -> XyzScan:
+    """The manifest rows of the tiles under `folder` (image paths relative to it), and what was skipped.
+
+    `tms`: rows counted from the south (True) or north (False); None: from `tilemapresource.xml`
+    when the folder has one (TMS), else from the north. A tile with more than `max_transparent`
+    of its pixels fully transparent is skipped.
+    """
     import mercantile
 
     folder = Path(folder).absolute()
     if not folder.is_dir():
         raise GeolocError(f"{folder}: no such folder")
-    tiles = _tiles(folder)
+    described = read_tilemap(folder)
+    scan = XyzScan(rows=[], tms=tms if tms is not None else bool(described))
+    tiles = _tiles(folder, scan)
     if not tiles:
         raise GeolocError(f"{folder}: holds no z/x/y tiles ({', '.join(TILE_SUFFIXES)})")
-    rows = []
     for z, x, y, file in tiles:
-        xyz_y = (2**z - 1 - y) if tms else y
+        image = file.relative_to(folder).as_posix()
+        if _transparent_share(file) > max_transparent:
+            scan.transparent.append(image)
+            continue
+        xyz_y = (2**z - 1 - y) if scan.tms else y
         box = mercantile.bounds(x, xyz_y, z)
         # The centre in the map's own projection: half way across the tile as drawn.
         west, south, east, north = mercantile.xy_bounds(x, xyz_y, z)
         lon, lat = mercantile.lnglat((west + east) / 2, (south + north) / 2)
-        rows.append(
+        scan.rows.append(
             {
-                "image": file.relative_to(folder).as_posix(),
+                "image": image,
                 "lat": round(lat, 9),
                 "lon": round(lon, 9),
-                "footprint": polygon(box_ring(box.west, box.south, box.east, box.north)),
+                "footprint": geometry(box_ring(box.west, box.south, box.east, box.north)),
                 "crs": "EPSG:3857",
                 "tile": {"z": z, "x": x, "y": xyz_y},
             }
         )
-    return rows
+    if not scan.rows:
+        raise GeolocError(f"{folder}: every one of its {len(tiles)} tiles is mostly transparent")
+    return scan
 
 
-def xyz_manifest(folder: str | Path, tms: bool = False) -> Path:
-    """Write `folder/manifest.jsonl` for the tiles under `folder`; return its path.
+def xyz_rows(folder: str | Path, tms: bool | None = None) -> list[dict[str, Any]]:
+    """The manifest rows of the tiles under `folder`: see `scan_xyz`."""
+    return scan_xyz(folder, tms).rows
+
+
+def xyz_manifest(folder: str | Path, tms: bool | None = None, max_transparent: float = 0.5) -> XyzScan:
+    """Write `folder/manifest.jsonl` for the tiles under `folder`; return the scan, with its path.
 
     The manifest sits in the folder because a manifest's image paths are relative to its own
     folder and may not leave it.
     """
-    rows = xyz_rows(folder, tms)
-    manifest = Path(folder).absolute() / "manifest.jsonl"
-    write_manifest(manifest, rows)
-    return manifest
+    scan = scan_xyz(folder, tms, max_transparent)
+    scan.manifest = Path(folder).absolute() / "manifest.jsonl"
+    write_manifest(scan.manifest, scan.rows)
+    return scan
