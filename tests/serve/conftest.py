@@ -6,6 +6,7 @@ processes and a tiny forward pass takes ten times longer.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -48,17 +49,13 @@ def unused_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="session")
-def live_server(served_index) -> Iterator[str]:
-    """The app served by uvicorn on loopback, in a thread; yields its base URL."""
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """`app` served by uvicorn on loopback, in a thread; yields its base URL."""
     import uvicorn
 
-    from geoloc.serve.app import create_app
-
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(served_index), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -71,3 +68,12 @@ def live_server(served_index) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(served_index) -> Iterator[str]:
+    """The app served by uvicorn on loopback, in a thread; yields its base URL."""
+    from geoloc.serve.app import create_app
+
+    with serve_in_thread(create_app(served_index)) as url:
+        yield url

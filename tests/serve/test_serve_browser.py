@@ -189,3 +189,36 @@ def test_a_drawn_rectangle_limits_the_search_to_it(live_server: str, served_inde
         finally:
             browser.close()
     print(f"screenshot: {tmp_path / 'area.png'}")
+
+
+def test_the_page_asks_for_the_token_once(served_index, tmp_path: Path) -> None:
+    """Against a server with a token: one prompt, then searches, the heat map and the tile
+    images (fetched with the token) all work."""
+    from conftest import serve_in_thread
+    from playwright.sync_api import sync_playwright
+
+    from geoloc.serve.app import create_app
+
+    token = "page-token-0123456789abcdef"
+    query = "a red square building with a pond on its left"
+    with serve_in_thread(create_app(served_index, token=token)) as url, sync_playwright() as p:
+        browser = _launch(p, tmp_path)
+        try:
+            page = browser.new_page()
+            prompts: list[str] = []
+            page.on("dialog", lambda dialog: (prompts.append(dialog.message), dialog.accept(token)))
+            page.goto(url + "/")
+            for _ in range(2):
+                page.fill("#query", query)
+                page.fill("#k", "5")
+                page.click("#search-button")
+                images = "[...document.querySelectorAll('.result img')]"
+                page.wait_for_function(
+                    f"{images}.length === 5 && {images}.every(i => i.complete && i.naturalWidth > 0)"
+                )
+                page.wait_for_function("document.querySelectorAll('path.heat-cell').length === 40")
+            assert len(prompts) == 1 and "access token" in prompts[0]
+            keys = page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.key)")
+            assert keys == [h.key for h in served_index.search(query, k=5)]
+        finally:
+            browser.close()

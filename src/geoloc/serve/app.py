@@ -42,6 +42,7 @@ from geoloc.index.explain import MAX_JUDGED, search_and_judge
 from geoloc.index.heatmap import heat_cells, score_gallery
 from geoloc.index.region import MAX_RADIUS_KM, Region
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, Hit, SearchIndex
+from geoloc.serve import auth
 from geoloc.serve.batcher import QueryBatcher
 
 STATIC = Path(__file__).parent / "static"
@@ -268,11 +269,27 @@ class Problem(BaseModel):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
         400: "the request cannot be answered (the message says why)",
+        401: "the server needs its bearer token (Authorization: Bearer TOKEN), and this is not it",
         404: "no such tile in this index",
         413: "the request body is larger than the server's limit",
         422: "the body is not valid: malformed JSON, a wrong type, a value out of range, an unknown field",
     }
     return {code: {"model": Problem, "description": what[code]} for code in codes}
+
+
+def _require_bearer(schema: dict[str, Any]) -> None:
+    """State the bearer token in the schema: the scheme, and 401 on every operation that needs it."""
+    schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in schema["paths"].items():
+        if auth.is_open(path):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["401"] = {
+                "description": "no bearer token, or not the server's",
+                "content": {"application/json": {"schema": problem}},
+            }
 
 
 def tile_url(key: str) -> str:
@@ -283,8 +300,9 @@ def _rows(items: list[Any]) -> list[dict[str, Any]]:
     return [row | {"tile_url": tile_url(row["key"])} for row in (item.to_dict() for item in items)]
 
 
-def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app serving `index`; its query batcher runs while the app does."""
+def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: str | None = None) -> FastAPI:
+    """The app serving `index`; its query batcher runs while the app does. With `token`, every
+    request for data must carry it as a bearer token (see `auth`)."""
     state: dict[str, Any] = {"searches": 0}
 
     @contextlib.asynccontextmanager
@@ -302,6 +320,18 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
         max_body_size=max_body_bytes,
     )
     model = index.manifest["model"]
+
+    if token is not None:
+
+        @app.middleware("http")
+        async def _bearer(request: Request, call_next: Any) -> Any:
+            if auth.is_open(request.url.path) or auth.authorised(request.headers.get("authorization"), token):
+                return await call_next(request)
+            return JSONResponse(
+                status_code=401,
+                content={"detail": "this server needs its bearer token: Authorization: Bearer TOKEN"},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.exception_handler(GeolocError)
     async def _user_error(request: Request, error: GeolocError) -> JSONResponse:
@@ -413,8 +443,11 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
                 definition = extra.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(definition.pop("$defs", {}))
                 components[extra.__name__] = definition
-            # A real key as the example, so that a client trying the API can fetch a tile.
-            if len(index):
+            if token is not None:
+                _require_bearer(schema)
+            # A real key as the example, so that a client trying the API can fetch a tile (not
+            # when a token guards the data: the description is open).
+            elif len(index):
                 for parameter in schema["paths"]["/tiles/{key}"]["get"].get("parameters", []):
                     parameter["example"] = index.stored.tiles.key[0]
             app.openapi_schema = schema

@@ -1,4 +1,5 @@
-"""CLI: `geoloc serve INDEX` -- the HTTP API and web page on loopback (uvicorn)."""
+"""CLI: `geoloc serve INDEX` -- the HTTP API and web page on loopback (uvicorn); elsewhere only
+with a bearer token (from $GEOLOC_API_TOKEN or --token-file)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,21 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from geoloc.errors import GeolocError
     from geoloc.index.search import SearchIndex
     from geoloc.serve.app import create_app
+    from geoloc.serve.auth import ENV, HOW, read_token
 
-    index = SearchIndex.open(args.index, model=args.model, device=args.device)
-    app = create_app(index, max_body_bytes=args.max_body_bytes)
-    if not _is_loopback(args.host):
-        print(
-            f"geoloc: serving on {args.host}: reachable from other machines, with no authentication",
-            file=sys.stderr,
+    token = read_token(args.token_file)
+    if token is None and not _is_loopback(args.host):
+        raise GeolocError(
+            f"serving on {args.host} reaches other machines: give a bearer token in ${ENV} or a file "
+            f"with --token-file ({HOW}); clients then send Authorization: Bearer TOKEN"
         )
+    index = SearchIndex.open(args.index, model=args.model, device=args.device)
+    app = create_app(index, max_body_bytes=args.max_body_bytes, token=token)
+    if token is not None:
+        print("geoloc: every request for data needs the bearer token", file=sys.stderr)
     print(f"serving {len(index)} tiles of {args.index} on http://{args.host}:{args.port}/ (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
@@ -53,4 +59,8 @@ def register(subparsers: Any) -> None:
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--token-file",
+        help="file holding the bearer token clients must send (else $GEOLOC_API_TOKEN); needed off loopback",
+    )
     p.set_defaults(func=cmd_serve)

@@ -63,8 +63,28 @@ function describeError(body, status) {
   return `HTTP ${status}`;
 }
 
+// A server shared by a team needs its bearer token: the page asks for it once, on the first
+// 401, keeps it for the tab's session, and sends it with every request (tile images included,
+// fetched with the header and shown from blob URLs).
+let token = sessionStorage.getItem("geoloc-token");
+
+async function authorisedFetch(path, options = {}) {
+  for (;;) {
+    const sent = token;
+    const headers = { ...(options.headers || {}) };
+    if (sent) headers.Authorization = `Bearer ${sent}`;
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) return response;
+    if (token !== sent) continue; // another request got the token meanwhile
+    const given = window.prompt("This geoloc server needs its access token:");
+    if (!given || !given.trim()) return response;
+    token = given.trim();
+    sessionStorage.setItem("geoloc-token", token);
+  }
+}
+
 async function post(path, payload) {
-  const response = await fetch(path, {
+  const response = await authorisedFetch(path, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(payload),
@@ -72,6 +92,13 @@ async function post(path, payload) {
   const body = await response.json().catch(() => null);
   if (!response.ok) throw new Error(describeError(body, response.status));
   return body;
+}
+
+// A tile image's URL for <img> and the map: the URL itself, or with a token a blob of the image.
+async function tileSource(url) {
+  if (!token) return url;
+  const response = await authorisedFetch(url);
+  return response.ok ? URL.createObjectURL(await response.blob()) : url;
 }
 
 function highlight(key) {
@@ -148,7 +175,7 @@ function showResults(results) {
     li.className = "result";
     li.dataset.key = r.key;
     const img = document.createElement("img");
-    img.src = r.tile_url;
+    tileSource(r.tile_url).then((src) => { img.src = src; });
     img.alt = r.key;
     img.loading = "lazy";
     const info = document.createElement("div");
@@ -177,9 +204,10 @@ function showResults(results) {
       if (r.footprint) {
         const ring = ringLatLngs(r.footprint);
         // The tile's own image, stretched over its footprint's bounds, under its outline.
-        L.imageOverlay(r.tile_url, L.latLngBounds(ring), {
+        const overlay = L.imageOverlay("", L.latLngBounds(ring), {
           pane: "tileImages", className: "tile-overlay", alt: r.key,
         }).addTo(imageLayer);
+        tileSource(r.tile_url).then((src) => overlay.setUrl(src));
         L.polygon(ring, { className: "footprint", color: "#ff00ff", weight: 3, fill: false })
           .bindTooltip(`#${r.rank}`).addTo(footprintLayer);
         points.push(...ring);
@@ -207,7 +235,8 @@ async function run(kind) {
     showResults(body.results);
     lastQuery = query;
     loadHeatmap(query);
-    setStatus(`${body.results.length} tiles in ${body.took_ms} ms${body.rerank ? ", re-ranked by the model" : ""}`);
+    const where = area && kind !== "explain" ? ", inside the drawn area" : "";
+    setStatus(`${body.results.length} tiles in ${body.took_ms} ms${where}${body.rerank ? ", re-ranked by the model" : ""}`);
   } catch (error) {
     setStatus(error.message, true);
   }
