@@ -86,7 +86,7 @@ def serve_like(folder: str, queries_file: str, k: int) -> dict:
     from geoloc.index.search import SearchIndex
     from geoloc.index.store import read_index
 
-    before = _rss_mb()[0]  # Python, numpy, FAISS and torch (imported by geoloc.index), no index yet
+    before = _rss_mb()["rss"]  # Python, numpy, FAISS and torch (imported by geoloc.index), no index yet
     start = time.perf_counter()
     index = SearchIndex(read_index(folder), encoder=None)
     opened = time.perf_counter() - start
@@ -104,16 +104,19 @@ def serve_like(folder: str, queries_file: str, k: int) -> dict:
         out[f"{name}p99_ms"] = round(float(np.percentile(times, 99)), 2)
         out[f"{name}found"] = found
     out["rss_before_open_mb"] = before
-    out["rss_mb"], out["peak_rss_mb"] = _rss_mb()
+    out["rss_mb"] = _rss_mb()
+    out["peak_rss_mb"] = out["rss_mb"]["peak"]
     return out
 
 
-def _rss_mb() -> tuple[int, int]:
-    """(resident, peak resident) memory of this process, MB."""
+def _rss_mb() -> dict[str, int]:
+    """Resident memory of this process, MB: all, anonymous (the heap), file pages (memory-mapped
+    index files: clean, dropped by the kernel under pressure), and the peak."""
     status = dict(
         line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
     )
-    return round(int(status["VmRSS"].split()[0]) / 1024), round(int(status["VmHWM"].split()[0]) / 1024)
+    names = {"rss": "VmRSS", "anon": "RssAnon", "file": "RssFile", "peak": "VmHWM"}
+    return {name: round(int(status[field].split()[0]) / 1024) for name, field in names.items()}
 
 
 def main() -> None:
@@ -165,7 +168,6 @@ def main() -> None:
                 f"recall@{args.k}": round(recall(served["found"], truth), 4),
                 "server_rss_before_open_mb": served["rss_before_open_mb"],
                 "server_rss_mb": served["rss_mb"],
-                "server_peak_rss_mb": served["peak_rss_mb"],
             }
             for name in BOXES:
                 row |= {

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,13 +171,38 @@ def read_manifest_json(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def map_vectors(file: str | Path) -> np.ndarray:
+    """A .npy file's array, memory-mapped read-only and advised for random reads.
+
+    Searches read scattered rows (the candidates to re-score, a region's tiles): without the
+    advice the kernel would read, and keep resident, the pages around each row as well.
+    """
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran_order, dtype = read_header[version](f)
+        if fortran_order or dtype.hasobject:
+            raise ValueError("not a C-ordered array of numbers")
+        offset = f.tell()
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    count = int(np.prod(shape))
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
 def read_index(path: str | Path) -> StoredIndex:
     """Open an index folder, checking that its files agree with its manifest."""
     path = Path(path)
     manifest = read_manifest_json(path)
     settings = AnnSettings.from_dict(manifest["index"])
     try:
-        vectors = np.load(path / VECTORS, mmap_mode="r", allow_pickle=False)
+        vectors = map_vectors(path / VECTORS)
         tiles = Tiles.from_arrow(pq.read_table(path / METADATA))
         index = (
             faiss.read_index(str(path / FAISS_FILE), _MMAP.get(settings.kind, faiss.IO_FLAG_MMAP_IFC))
