@@ -131,6 +131,13 @@ class TrainConfig:
     # Several processes: "ddp" keeps a whole model in each; "fsdp" splits the frozen language
     # model's weights across them (train/sharding.py), for backbones too large to replicate.
     sharding: Sharding = "ddp"
+    # Processes that decode and preprocess tiles while the model computes (data/pipeline.py).
+    # "auto": this process's share of the machine's cores less one, at most 8; 0 decodes in
+    # the training process itself. Any count gives the same batches in the same order.
+    num_workers: int | Literal["auto"] = "auto"
+    # Run the encoder's forward through torch.compile; texts are padded to a few bucket
+    # lengths (powers of two) so that it compiles a bounded number of times.
+    compile: bool = False
 
 
 @dataclass

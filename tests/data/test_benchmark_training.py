@@ -194,9 +194,9 @@ def test_geoloc_train_with_val_fraction_zero_trains_on_everything(
     trained: list[str] = []
     original = Trainer.train_step
 
-    def recording_step(self, batch):
+    def recording_step(self, batch, *inputs):
         trained.extend(self.texts[i] for i in batch)
-        return original(self, batch)
+        return original(self, batch, *inputs)
 
     monkeypatch.setattr(Trainer, "train_step", recording_step)
     data = {"benchmark": "geotext1652", "root": str(geotext_root), "val_fraction": 0}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from geoloc.encoder.inputs import TileProcessor
 from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import GeolocError
 
@@ -130,6 +131,9 @@ def test_image_normalising_to_all_zeros_is_not_dropped(encoders: dict) -> None:
     processor = copy.deepcopy(encoder.image_processor)
     processor.image_mean = [128 / 255] * 3
     encoder.image_processor = processor
+    encoder.tile_processor = TileProcessor.for_processor(
+        processor, encoder.image_size, image_axis=True, nudge_all_zero=encoder.family.drops_all_zero_images
+    )
     grey = Image.new("RGB", (64, 64), (128, 128, 128))
     raw = processor([[grey]], return_tensors="pt", do_image_splitting=False)["pixel_values"]
     assert (raw == 0).all(), "precondition: this grey normalises to all zeros"

@@ -9,6 +9,7 @@ the chat prompt of explain/rerank.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -95,12 +96,9 @@ def test_padding_side_never_changes_a_vector_and_pooling_reads_the_last_real_tok
     name, encoder = loaded
     right = encoder.encode_text(TEXTS)
     alone = np.concatenate([encoder.encode_text([text]) for text in TEXTS])
-    encoder.spec.padding_side = "left"
-    try:
-        left = encoder.encode_text(TEXTS)
-        left_inputs = encoder.text_inputs(TEXTS)
-    finally:
-        encoder.spec.padding_side = "right"
+    left_encoder = encoder.rebuilt(spec=dataclasses.replace(encoder.spec, padding_side="left"))
+    left = left_encoder.encode_text(TEXTS)
+    left_inputs = left_encoder.text_inputs(TEXTS)
     assert left_inputs["attention_mask"][0, 0] == 0  # the short text really is left-padded
     np.testing.assert_allclose(left, right, atol=2e-5)
     np.testing.assert_allclose(alone, right, atol=2e-5)  # padding changes nothing either way

@@ -64,5 +64,9 @@ def test_bad_templates_and_dual_encoders_are_refused(encoder: GeoEncoder) -> Non
     with pytest.raises(GeolocError, match="must contain {text} exactly once"):
         with_templates(encoder, "no slot")
     dual = load_encoder("tiny-clip")
-    with pytest.raises(GeolocError, match="only be changed at evaluation for an MLLM encoder"):
-        with_templates(dual, RELEASED_EVAL_TEXT_TEMPLATE)
+    with pytest.raises(GeolocError, match="a dual encoder has no image prompt"):
+        with_templates(dual, None, "a satellite view: {image}")
+    # A dual encoder's text template may change: the same weights, other token ids.
+    prompted = with_templates(dual, RELEASED_EVAL_TEXT_TEMPLATE)
+    assert prompted.spec.text_template == RELEASED_EVAL_TEXT_TEMPLATE and prompted.backbone is dual.backbone
+    assert not np.allclose(prompted.encode_text(["a red roof"]), dual.encode_text(["a red roof"]))

@@ -35,7 +35,7 @@ train: {{epochs: 1, max_steps: 6, batch_size: 8, lr: 1.0e-3, save_every: 2, eval
 """
 TIMEOUT_S = 180
 # Fields that measure time, not training: they differ between any two runs.
-TIMING_FIELDS = ("pairs_per_s",)
+TIMING_FIELDS = ("pairs_per_s", "data_wait_s", "step_s")
 
 
 def _train(config: Path, run: Path, fault: str | None, resume: bool) -> subprocess.CompletedProcess[str]:

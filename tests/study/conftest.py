@@ -54,10 +54,10 @@ def resumed_sweep(small_city: Path, tmp_path_factory: pytest.TempPathFactory) ->
     original_step = Trainer.train_step
     seen: dict[str, Any] = {"out": out, "sweep": sweep, "first_log": [], "second_log": [], "steps_run": []}
 
-    def interrupted_step(self: Trainer, batch: list[int]) -> float:
-        if "symmetric" in self.run_dir.name and self.step == 2:  # after the step-2 checkpoint
+    def interrupted_step(self: Trainer, batch: list[int], *inputs: Any) -> float:
+        if "symmetric" in self.run_dir.name and self.state.step == 2:  # after the step-2 checkpoint
             raise KeyboardInterrupt
-        return original_step(self, batch)
+        return original_step(self, batch, *inputs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_step", interrupted_step)
@@ -74,9 +74,9 @@ def resumed_sweep(small_city: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "first_result_mtime": (first / "result.json").stat().st_mtime_ns,
     }
 
-    def counted_step(self: Trainer, batch: list[int]) -> float:
-        seen["steps_run"].append((self.run_dir.name, self.step + 1))
-        return original_step(self, batch)
+    def counted_step(self: Trainer, batch: list[int], *inputs: Any) -> float:
+        seen["steps_run"].append((self.run_dir.name, self.state.step + 1))
+        return original_step(self, batch, *inputs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_step", counted_step)

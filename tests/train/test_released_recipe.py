@@ -95,7 +95,7 @@ def reference_decayed(names: list[str]) -> set[str]:
 def decayed_by_trainer(config: object, tmp_path: Path) -> tuple[set[str], list[str]]:
     """(names in the optimizer's decayed group, all trainable names) of a built trainer."""
     trainer = trainer_module.Trainer(config, tmp_path / "run")
-    trainer._build(None)
+    trainer.build()
     names = {id(p): n for n, p in trainer.encoder.named_parameters() if p.requires_grad}
     decayed: set[str] = set()
     for group in trainer.optimizer.param_groups:
@@ -150,7 +150,7 @@ def test_bf16_weights_with_bf16_mixed_steps(tiny_city: Path, tmp_path: Path) -> 
         tiny_city, model={"dtype": "bfloat16"}, train={"precision": "bf16", "batch_size": 8, "max_steps": 1}
     )
     trainer = trainer_module.Trainer(config, tmp_path / "run")
-    trainer._build(None)
+    trainer.build()
     frozen = {p.dtype for p in trainer.encoder.parameters() if not p.requires_grad}
     trainable = {n: p for n, p in trainer.encoder.named_parameters() if p.requires_grad}
     assert frozen == {torch.bfloat16}

@@ -93,11 +93,11 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_city: Path, tmp_path:
     real_step = trainer_module.Trainer.train_step
     calls = {"n": 0}
 
-    def crashing_step(self, batch):  # noqa: ANN001, ANN202
+    def crashing_step(self, batch, *inputs):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 5:  # after the checkpoint of step 3, in the middle of the run
             raise _Crash()
-        return real_step(self, batch)
+        return real_step(self, batch, *inputs)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", crashing_step)
     with pytest.raises(_Crash):
@@ -183,10 +183,10 @@ def test_checkpoint_restores_every_devices_random_state(
     assert [s.tolist() for s in state["rng_per_process"][0]["cuda"]] == [s.tolist() for s in fake.states]
 
     resumed = trainer_module.Trainer(config, tmp_path / "run")
-    resumed._build(checkpoint)
+    resumed.build(checkpoint)
     with monkeypatch.context() as patched:
         fake.install(patched)
-        resumed._restore(checkpoint)
+        resumed.restore(checkpoint)
     assert fake.restored is not None
     assert [s.tolist() for s in fake.restored] == [s.tolist() for s in fake.states]
     assert torch.equal(torch.get_rng_state(), state["rng_per_process"][0]["cpu"])
@@ -223,7 +223,7 @@ def test_one_step_updates_adapters_under_each_setting(
     config.model.pooling = overrides["pooling"]
     config.loss.learnable_temperature = True
     trainer = trainer_module.Trainer(config, tmp_path / "run")
-    trainer._build(None)
+    trainer.build()
     before = {n: p.detach().clone() for n, p in trainer.encoder.named_parameters() if p.requires_grad}
     assert before and all("lora" in n or "pooler" in n for n in before)
     trainer.train_step(list(range(8)))

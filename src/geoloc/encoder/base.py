@@ -17,6 +17,7 @@ the encoder adds (the MLLM's pooling head).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
+from geoloc.encoder.inputs import Inputs, Preprocessing, TextInputs, TileProcessor
 from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig, count_parameters
 from geoloc.errors import ConfigError, GeolocError
@@ -57,6 +59,10 @@ class EmbeddingSettings:
     image_template: str = "{image}"
     max_text_tokens: int = 300
     padding_side: PaddingSide = "right"
+    # How a tile becomes pixels: "one-resize" (one resize to the model's square, then the image
+    # processor's own rescale and normalise) or "released" (the image processor as the released
+    # code calls it; for SmolVLM a 512-px tile goes up to 2048 px and back). docs/preprocessing.md.
+    preprocessing: Preprocessing = "one-resize"
 
     def embedding_settings(self) -> dict[str, Any]:
         """These fields and their values, e.g. as `spec_overrides` of a new encoder."""
@@ -109,15 +115,22 @@ class Encoder(nn.Module):
     """What every geoloc encoder is: its structure, batched encoding to unit vectors, and the
     saved-folder layout.
 
-    An encoder provides `text_inputs`, `image_inputs`, `forward`, `embedding_dim`, `image_size`
-    and `text_tower`; it may add files to a save with `_save_extra`, and change how tile files
-    are prepared with `_prepare_images`.
+    An encoder provides `forward`, `embedding_dim`, `image_size`, `text_tower`, `rebuilt`, and
+    two picklable input builders, `text_builder` (texts -> token inputs) and `tile_processor`
+    (a decoded tile -> pixels), which DataLoader workers run (data/pipeline.py). Callers build
+    inputs through `text_inputs`, `pixel_inputs` and `image_token_inputs` and never ask which
+    encoder they hold. It may add files to a save with `_save_extra`.
     """
 
     backbone: nn.Module
     tokenizer: Any
     image_processor: Any
     spec: EncoderSpec
+    text_builder: TextInputs
+    tile_processor: TileProcessor
+    # Whether tile features can be computed once and read from disk (tile_features.py): only an
+    # encoder that feeds projected vision features into a language model has them.
+    has_tile_features: bool = False
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -155,13 +168,26 @@ class Encoder(nn.Module):
         serving quantises."""
         raise NotImplementedError
 
-    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids (and attention mask) of raw query texts."""
+    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> Encoder:
+        """An encoder on these same weights with another spec's input settings (or, for an
+        encoder with tile features, reading them from `tile_features`)."""
         raise NotImplementedError
 
-    def image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    def text_inputs(self, texts: list[str]) -> Inputs:
+        """Token ids (and attention mask) of raw query texts."""
+        return self.text_builder(list(texts))
+
+    def pixel_inputs(self, images: list[Image.Image]) -> Inputs:
+        """Pixel tensors of decoded RGB tiles."""
+        return self.tile_processor(images)
+
+    def image_token_inputs(self, count: int) -> Inputs:
+        """The token inputs that go with `count` tiles' pixels (none for a dual encoder)."""
+        return {}
+
+    def image_inputs(self, images: list[Image.Image]) -> Inputs:
         """Everything `forward` needs for RGB tiles."""
-        raise NotImplementedError
+        return self.image_token_inputs(len(images)) | self.pixel_inputs(images)
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self)
@@ -171,44 +197,76 @@ class Encoder(nn.Module):
 
     # -- encoding ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def _encode(
-        self, items: list[Any], prepare: Any, batch_size: int, show_progress: bool | None
-    ) -> np.ndarray:
+    def _encode_batches(self, batches: Iterable[Inputs], progress: Any = None) -> np.ndarray:
         was_training = self.training
         self.eval()
-        batches = range(0, len(items), batch_size)
-        if show_progress is None:
-            show_progress = len(batches) > 20
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, unit="batch", desc="encoding")
         out: list[np.ndarray] = []
         try:
-            for start in batches:
-                out.append(self(prepare(items[start : start + batch_size])).cpu().numpy())
+            for inputs in batches:
+                out.append(self(inputs).cpu().numpy())
+                if progress is not None:
+                    progress.update(out[-1].shape[0])
         finally:
             self.train(was_training)
+            if progress is not None:
+                progress.close()
         if not out:
             return np.zeros((0, self.embedding_dim), np.float32)
         return np.concatenate(out).astype(np.float32)
+
+    @staticmethod
+    def _progress(total: int, unit: str, show: bool | None, batch_size: int) -> Any:
+        if show is None:
+            show = total > 20 * batch_size
+        if not show:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit=unit, unit_scale=False, desc="encoding")  # shows tiles/s
 
     def encode_text(
         self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
     ) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
-        return self._encode(list(texts), self.text_inputs, batch_size, show_progress)
+        texts = list(texts)
+        batches = (self.text_inputs(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size))
+        return self._encode_batches(batches, self._progress(len(texts), "text", show_progress, batch_size))
 
-    def _prepare_images(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
-        from geoloc.data.images import pil_from_any
+    def tile_batches(
+        self,
+        tiles: Sequence[str | Path | Image.Image],
+        batch_size: int = 16,
+        num_workers: int | str = "auto",
+        records: Sequence[str] | None = None,
+    ) -> Iterator[Inputs]:
+        """Model inputs of tiles (files or PIL images), in order, `batch_size` at a time, decoded
+        and preprocessed in DataLoader workers (none for a single batch: not worth a process)."""
+        from geoloc.data.pipeline import TileCollator, TileDataset, checked, make_loader, resolve_workers
 
-        return self.image_inputs([pil_from_any(item) for item in chunk])
+        workers = resolve_workers(num_workers) if len(tiles) > batch_size else 0
+        loader = make_loader(
+            TileDataset(tiles, self.tile_processor, records),
+            TileCollator(self.tile_processor),
+            workers,
+            self.device,
+            batch_size=batch_size,
+        )
+        for pixels in loader:
+            pixels = checked(pixels)
+            yield self.image_token_inputs(pixels["pixel_values"].shape[0]) | pixels
 
     def encode_images(
-        self, images: list[str | Path | Image.Image], batch_size: int = 16, show_progress: bool | None = None
+        self,
+        images: Sequence[str | Path | Image.Image],
+        batch_size: int = 16,
+        show_progress: bool | None = None,
+        num_workers: int | str = "auto",
     ) -> np.ndarray:
-        return self._encode(list(images), self._prepare_images, batch_size, show_progress)
+        """Unit vectors of tiles (files or PIL images), in order."""
+        images = list(images)
+        progress = self._progress(len(images), "tile", show_progress, batch_size)
+        return self._encode_batches(self.tile_batches(images, batch_size, num_workers), progress)
 
     # -- saving --------------------------------------------------------------------------------
     def _save_extra(self, folder: Path) -> None:

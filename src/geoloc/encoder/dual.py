@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from geoloc.encoder.base import (
@@ -40,6 +39,7 @@ from geoloc.encoder.base import (
     saved_encoder_dir,
 )
 from geoloc.encoder.families import BackboneFamily
+from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.presets import DUAL_PRESETS, PRESETS, dual_preset_model, dual_preset_processing
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, matching_modules
 from geoloc.errors import ConfigError, GeolocError
@@ -186,13 +186,33 @@ class DualEncoder(Encoder):
             raise ConfigError(f"max_text_tokens must be at least 1, not {spec.max_text_tokens}")
         prefix, suffix = _split_text_template(spec.text_template)
         start = [tokenizer.bos_token_id] if self.family.starts_with_bos else []
-        self._text_prefix = start + self._token_ids(prefix)
-        self._text_suffix = self._token_ids(suffix) + [tokenizer.eos_token_id]
-        self._max_length = int(self.config.text_config.max_position_embeddings)
-        room = self._max_length - len(self._text_prefix) - len(self._text_suffix)
+        text_prefix = start + self._token_ids(prefix)
+        text_suffix = self._token_ids(suffix) + [tokenizer.eos_token_id]
+        max_length = int(self.config.text_config.max_position_embeddings)
+        room = max_length - len(text_prefix) - len(text_suffix)
         if room < 1:
             raise ConfigError(f"text template {spec.text_template!r} leaves no room for the text")
-        self._text_room = min(room, spec.max_text_tokens)
+        self.text_builder = TextInputs(
+            tokenizer,
+            text_prefix,
+            text_suffix,
+            limit=min(room, spec.max_text_tokens),
+            fixed_length=max_length if self.family.pad_to_max else None,
+            with_attention_mask=self.family.attention_mask,
+        )
+        self.tile_processor = TileProcessor.for_processor(
+            image_processor, self.image_size, spec.preprocessing
+        )
+
+    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> DualEncoder:
+        """An encoder on these same weights with another spec's text template; a dual encoder
+        has no tile features to read."""
+        spec = spec or self.spec
+        if tile_features is not None:
+            raise GeolocError("a dual encoder has no tile features to read from a store")
+        if spec.family != self.spec.family or spec.tuning != self.spec.tuning:
+            raise GeolocError("a rebuilt encoder keeps its weights: only input settings may change")
+        return DualEncoder(self.backbone, self.tokenizer, self.image_processor, spec).train(self.training)
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -208,42 +228,10 @@ class DualEncoder(Encoder):
     def text_tower(self) -> nn.Module:
         return self.base_model.text_model
 
-    # -- inputs ------------------------------------------------------------------------------
-    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids of raw texts, cut to fit the text tower; start / end tokens and template kept."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise GeolocError(f"text {i} is empty: every query needs some words")
-        body = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        sequences = [self._text_prefix + ids[: self._text_room] + self._text_suffix for ids in body]
-        length = self._max_length if self.family.pad_to_max else max(len(s) for s in sequences)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        return (
-            {"input_ids": ids, "attention_mask": mask} if self.family.attention_mask else {"input_ids": ids}
-        )
-
-    def pixel_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Pixel tensors for RGB tiles, each resized to the vision tower's square."""
-        size = self.image_size
-        square = [im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC) for im in images]
-        return {"pixel_values": self.image_processor(square, return_tensors="pt")["pixel_values"]}
-
-    def image_token_inputs(self, count: int) -> dict[str, torch.Tensor]:
-        """Nothing: a tile is pixels only (kept so that callers treat both encoders alike)."""
-        return {}
-
-    def image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        return self.pixel_inputs(images)
-
     # -- forward -----------------------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised embeddings of a batch: pixels go to the vision tower, tokens to the text one."""
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         model = self.base_model  # adapters are injected into its layers, so they run here too
         if "pixel_values" in inputs:
             out = model.get_image_features(pixel_values=inputs["pixel_values"].to(self.dtype))

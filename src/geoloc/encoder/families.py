@@ -15,9 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
-
 from geoloc.errors import GeolocError
 
 
@@ -59,24 +56,6 @@ class BackboneFamily:
 
     def placeholder(self, config: Any) -> str:
         return self.image_prefix + self.image_token * self.image_seq_len(config) + self.image_suffix
-
-    def pixel_values(self, image_processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Pixels for a batch of already square-resized RGB images, one image per sample."""
-        batch_images: list[Any] = [[im] for im in images] if self.pixels_have_image_axis else list(images)
-        out = image_processor(batch_images, return_tensors="pt", **self.image_processor_kwargs)
-        pixels = out["pixel_values"]
-        if self.drops_all_zero_images:
-            flat = pixels.flatten(start_dim=1 if pixels.dim() == 4 else 2)
-            all_zero = (flat == 0).all(dim=-1)
-            if all_zero.any():
-                # A uniform mid-grey tile normalises to all zeros; nudge one value so the
-                # model does not mistake it for padding and drop it.
-                pixels = pixels.clone()
-                pixels.view(*all_zero.shape, -1)[..., 0][all_zero] = 1e-6
-        result = {"pixel_values": pixels}
-        if "pixel_attention_mask" in out:
-            result["pixel_attention_mask"] = out["pixel_attention_mask"]
-        return result
 
 
 def _idefics3_seq_len(config: Any) -> int:

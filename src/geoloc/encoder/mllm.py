@@ -13,6 +13,7 @@ that may be either kind goes through `geoloc.load_encoder`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from geoloc.encoder.base import (
 )
 from geoloc.encoder.dual import dual_family
 from geoloc.encoder.families import FAMILIES, BackboneFamily, config_from_source, family_for_model_type
+from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
 from geoloc.encoder.tuning import apply_tuning
@@ -72,8 +74,21 @@ class GeoEncoder(Encoder):
             self.pooler = build_pooling(spec.pooling, hidden, spec.query_tokens, spec.query_heads)
         except ValueError as error:  # e.g. query_heads not dividing the hidden size
             raise ConfigError(str(error)) from error
-        self._text_prefix, self._text_suffix = (
-            self._token_ids(part) for part in split_template(spec.text_template, "{text}", "text")
+        text_prefix, text_suffix = split_template(spec.text_template, "{text}", "text")
+        self.text_builder = TextInputs(
+            tokenizer,
+            self._token_ids(text_prefix),
+            self._token_ids(text_suffix),
+            limit=spec.max_text_tokens,
+            padding_side=spec.padding_side,
+        )
+        self.tile_processor = TileProcessor.for_processor(
+            image_processor,
+            self.image_size,
+            spec.preprocessing,
+            image_axis=self.family.pixels_have_image_axis,
+            nudge_all_zero=self.family.drops_all_zero_images,
+            released_kwargs=self.family.image_processor_kwargs,
         )
         image_prefix, image_suffix = split_template(spec.image_template, "{image}", "image")
         self._image_ids = self._token_ids(image_prefix + self.family.placeholder(self.config) + image_suffix)
@@ -111,43 +126,12 @@ class GeoEncoder(Encoder):
         return self.base_model.get_submodule(self.family.llm_path)
 
     # -- inputs ------------------------------------------------------------------------------
-    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        longest = max(len(s) for s in sequences)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            span = (
-                slice(0, len(seq))
-                if self.spec.padding_side == "right"
-                else slice(longest - len(seq), longest)
-            )
-            ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            mask[row, span] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids of raw texts, truncated at max_text_tokens; template parts never cut."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise GeolocError(f"text {i} is empty: every query needs some words")
-        body = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        limit = self.spec.max_text_tokens
-        return self._pad([self._text_prefix + ids[:limit] + self._text_suffix for ids in body])
-
-    def pixel_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Pixel tensors for RGB tiles, each resized to a square (no splitting, no tiling)."""
-        size = self.image_size
-        square = [im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC) for im in images]
-        return self.family.pixel_values(self.image_processor, square)
+    has_tile_features = True
 
     def image_token_inputs(self, count: int) -> dict[str, torch.Tensor]:
         """Token ids of `count` tiles: every tile is the same placeholder sequence."""
-        return self._pad([self._image_ids] * count)
-
-    def image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Placeholder tokens plus pixels for RGB tiles."""
-        return self.image_token_inputs(len(images)) | self.pixel_inputs(images)
+        ids = torch.tensor([self._image_ids] * count, dtype=torch.long).reshape(count, len(self._image_ids))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     # -- forward -----------------------------------------------------------------------------
     def image_features(self, pixel_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -156,7 +140,9 @@ class GeoEncoder(Encoder):
         When neither the vision tower nor the projector is adapted these are fixed per tile, and
         the trainer may compute them once (see tile_features.py).
         """
-        pixels = {k: v.to(self.device) for k, v in pixel_inputs.items() if k.startswith("pixel")}
+        pixels = {
+            k: v.to(self.device, non_blocking=True) for k, v in pixel_inputs.items() if k.startswith("pixel")
+        }
         pixels["pixel_values"] = pixels["pixel_values"].to(self.dtype)
         core = self.base_model.model
         out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
@@ -166,8 +152,8 @@ class GeoEncoder(Encoder):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised embeddings of a prepared batch: text inputs, or image tokens plus pixels or
         precomputed `image_features`."""
-        ids = inputs["input_ids"].to(self.device)
-        mask = inputs["attention_mask"].to(self.device)
+        ids = inputs["input_ids"].to(self.device, non_blocking=True)
+        mask = inputs["attention_mask"].to(self.device, non_blocking=True)
         core = self.base_model.model  # the backbone without its language-model head
         if "pixel_values" in inputs:
             features = self.image_features(inputs)
@@ -192,11 +178,22 @@ class GeoEncoder(Encoder):
         pooled = self.pooler(hidden, mask)
         return nn.functional.normalize(pooled.float(), dim=-1)
 
-    def _prepare_images(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
-        if self.tile_features is not None and all(isinstance(i, (str, Path)) for i in chunk):
+    def tile_batches(
+        self,
+        tiles: Sequence[str | Path | Image.Image],
+        batch_size: int = 16,
+        num_workers: int | str = "auto",
+        records: Sequence[str] | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """As Encoder.tile_batches; tile files come as their stored features when this encoder
+        reads them from a TileFeatureStore."""
+        if self.tile_features is None or not all(isinstance(t, (str, Path)) for t in tiles):
+            yield from super().tile_batches(tiles, batch_size, num_workers, records)
+            return
+        for start in range(0, len(tiles), batch_size):
+            chunk = [Path(t) for t in tiles[start : start + batch_size]]  # type: ignore[arg-type]
             features = self.tile_features.features(chunk)
-            return self.image_token_inputs(len(chunk)) | {"image_features": features}
-        return super()._prepare_images(chunk)
+            yield self.image_token_inputs(len(chunk)) | {"image_features": features}
 
     # -- saving and loading ------------------------------------------------------------------
     def _save_extra(self, folder: Path) -> None:

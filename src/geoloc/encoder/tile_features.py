@@ -72,11 +72,13 @@ class TileFeatureStore:
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         precision: str = "float32",
         batch_size: int = 16,
+        num_workers: int | str = "auto",
     ):
         self.encoder = encoder
         self.autocast = autocast
         self.precision = precision
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.dir = Path(root or default_feature_dir()) / feature_model_key(encoder, precision)
         self._content: dict[Path, str] = {}
         self.computed = 0  # tiles encoded by this store (the rest came from disk)
@@ -88,16 +90,23 @@ class TileFeatureStore:
         return self.dir / name[:2] / f"{name}.npy"
 
     def _compute(self, images: list[Path], records: list[str] | None) -> None:
-        from geoloc.data.images import load_image
+        """Features of tiles not on disk yet, decoded and preprocessed in DataLoader workers."""
+        from geoloc.data.pipeline import TileCollator, TileDataset, checked, make_loader, resolve_workers
 
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            names = records[start : start + self.batch_size] if records else [None] * len(chunk)
-            pixels = self.encoder.pixel_inputs(
-                [load_image(p, record=r) for p, r in zip(chunk, names, strict=True)]
-            )
+        processor = self.encoder.tile_processor
+        workers = resolve_workers(self.num_workers) if len(images) > self.batch_size else 0
+        loader = make_loader(
+            TileDataset(images, processor, records),
+            TileCollator(processor),
+            workers,
+            self.encoder.device,
+            batch_size=self.batch_size,
+        )
+        done = 0
+        for pixels in loader:
+            chunk = images[done : done + self.batch_size]
             with torch.no_grad(), self.autocast():
-                features = features_of(self.encoder, pixels).float().cpu().numpy()
+                features = features_of(self.encoder, checked(pixels)).float().cpu().numpy()
             for image, array in zip(chunk, features, strict=True):
                 target = self._file(image)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +114,7 @@ class TileFeatureStore:
                 with open(partial, "wb") as f:
                     np.save(f, array)
                 os.replace(partial, target)
+            done += len(chunk)
             self.computed += len(chunk)
 
     def features(self, images: list[str | Path], records: list[str] | None = None) -> torch.Tensor:

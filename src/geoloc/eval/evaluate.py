@@ -20,7 +20,6 @@ import numpy as np
 
 from geoloc import atomic
 from geoloc.data.manifest import Dataset
-from geoloc.errors import GeolocError
 from geoloc.eval.metrics import retrieval_metrics
 from geoloc.eval.results import with_flat_keys
 
@@ -63,8 +62,6 @@ def with_templates(encoder: Any, text_template: str | None = None, image_templat
     returned encoder's spec names the templates it uses, so the embedding cache keys them, and
     the saved model on disk is untouched. None keeps a template as it is.
     """
-    from geoloc.encoder.mllm import GeoEncoder
-
     spec = encoder.spec
     changed = dataclasses.replace(
         spec,
@@ -73,12 +70,8 @@ def with_templates(encoder: Any, text_template: str | None = None, image_templat
     )
     if changed == spec:
         return encoder
-    if not isinstance(encoder, GeoEncoder):
-        raise GeolocError(
-            "input templates can only be changed at evaluation for an MLLM encoder, "
-            f"not a {type(encoder).__name__}"
-        )
-    # The same backbone, tokenizer and pooling head: only the template token ids differ.
+    # The same weights: only the template token ids differ (a dual encoder refuses an image
+    # template, having no image prompt).
     return encoder.rebuilt(spec=changed)
 
 

@@ -270,16 +270,14 @@ def _score_zero_shot(config: Config, run_dir: Path) -> None:
 
 def _train_stats(run_dir: Path) -> dict[str, Any]:
     """Steps, minutes and throughput of a finished run, from its own records."""
-    import torch
-
+    from geoloc.train.state import read_train_state
     from geoloc.train.trainer import CHECKPOINT, TRAINER_STATE
 
     stats: dict[str, Any] = {"steps": 0, "train_minutes": 0.0, "pairs_per_s": None}
-    state_file = run_dir / CHECKPOINT / TRAINER_STATE
-    if state_file.is_file():
-        state = torch.load(state_file, weights_only=True)
-        stats["steps"] = int(state["step"])
-        stats["train_minutes"] = round(float(state["elapsed"]) / 60, 2)
+    if (run_dir / CHECKPOINT / TRAINER_STATE).is_file():
+        state = read_train_state(run_dir / CHECKPOINT)
+        stats["steps"] = state.step
+        stats["train_minutes"] = round(state.elapsed_s / 60, 2)
     rates = [r["pairs_per_s"] for r in read_metrics(run_dir) if r.get("type") == "train" and r["step"] > 1]
     if rates:
         stats["pairs_per_s"] = round(statistics.median(rates), 1)

@@ -8,7 +8,7 @@ run sees exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -53,3 +53,38 @@ def epoch_batches(groups: Sequence[str], batch_size: int, seed: int, epoch: int)
     while batch:
         start_batch()
     return batches
+
+
+class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """`epoch_batches` as a DataLoader batch sampler: the order is decided here, in the main
+    process, never by the workers, so any number of workers yields the same batches.
+
+    `set_epoch(epoch, start)` picks the epoch and skips its first `start` batches (a resumed
+    run), which are never decoded. `local` maps a global batch to the indices this process
+    encodes (its share of the batch when several processes train).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[str],
+        batch_size: int,
+        seed: int,
+        local: Callable[[list[int]], list[int]] = lambda batch: batch,
+    ):
+        self.groups, self.batch_size, self.seed, self.local = groups, batch_size, seed, local
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+        self.batches = epoch_batches(self.groups, self.batch_size, self.seed, epoch)
+
+    def remaining(self) -> list[list[int]]:
+        """The epoch's global batches from `start` on: what iterating yields, in order."""
+        return self.batches[self.start :]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.remaining():
+            yield self.local(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.start

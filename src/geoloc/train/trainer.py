@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -25,25 +26,28 @@ import torch
 
 from geoloc import atomic, faults
 from geoloc.config import Config, NoDecayRule, TrainPrecision, WarmupRule, save_config
-from geoloc.data.images import load_image
-from geoloc.data.manifest import Dataset
-from geoloc.encoder.base import SAVED_BACKBONE, resolve_device
+from geoloc.data.pipeline import PairBatch, PairCollator, PairDataset, checked, make_loader, resolve_workers
+from geoloc.encoder.base import SAVED_BACKBONE, Encoder, resolve_device
+from geoloc.encoder.inputs import bucket_lengths
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.eval.results import primary_value
-from geoloc.train.batching import epoch_batches
+from geoloc.train.batching import EpochBatchSampler
 from geoloc.train.loss import InfoNCE
 from geoloc.train.sharding import check_shardable, local_parameter_bytes, shard_language_model
 from geoloc.train.splits import Splits, carve_splits
+from geoloc.train.state import TRAINER_STATE, TrainState, rng_state, set_rng_state
 from geoloc.train.step import ContrastiveStep, PairEncoder
 from geoloc.world import World, join_world
 
 CHECKPOINT = "checkpoints/latest"
-TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.jsonl"
+# `geoloc train` warns (once) when steps wait longer than this share of their time for data.
+DATA_WAIT_WARNING = 0.10
+
+__all__ = ["CHECKPOINT", "TRAINER_STATE", "Trainer", "TrainState", "rng_state", "set_rng_state", "train"]
 
 
 def _file_size(path: Path) -> int:
@@ -55,31 +59,6 @@ def _truncate(path: Path, size: int | None) -> None:
     if size is not None and _file_size(path) > size:
         with open(path, "r+b") as f:
             f.truncate(size)
-
-
-class PixelCache:
-    """Processed pixels per training image, kept when they fit in memory (no augmentation)."""
-
-    def __init__(self, encoder: GeoEncoder, dataset: Dataset, max_bytes: int = 2 << 30):
-        self.encoder, self.dataset = encoder, dataset
-        per_image = 3 * 4 * encoder.image_size**2
-        self.enabled = per_image * len(dataset.records) <= max_bytes
-        self.store: dict[int, dict[str, torch.Tensor]] = {}
-
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        missing = [i for i in dict.fromkeys(indices) if i not in self.store]
-        fresh: dict[int, dict[str, torch.Tensor]] = {}
-        if missing:
-            records = [self.dataset.records[i] for i in missing]
-            pixels = self.encoder.pixel_inputs([load_image(r.image, record=r.key) for r in records])
-            fresh = {i: {k: v[n : n + 1] for k, v in pixels.items()} for n, i in enumerate(missing)}
-            if self.enabled:
-                self.store.update(fresh)
-        return _stack([fresh[i] if i in fresh else self.store[i] for i in indices])
-
-
-def _stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([item[k] for item in items]) for k in items[0]}
 
 
 RELEASED_NO_DECAY = ("bias", "LayerNorm.weight")
@@ -147,35 +126,10 @@ def _autocast(device: torch.device, precision: TrainPrecision) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, precision))
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's random state: the CPU generator and every visible CUDA device's.
-
-    Dropout (LoRA's included) on a GPU draws from that device's generator, not the CPU's, so an
-    exact resume on GPUs needs both.
-    """
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore `rng_state()`. The CUDA states go back only onto as many devices as were saved:
-    a run resumed elsewhere (on the CPU, or other GPUs) continues, but not bit for bit."""
-    torch.set_rng_state(state["cpu"])
-    cuda = state.get("cuda") or []
-    if not cuda:
-        return
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available != len(cuda):
-        warnings.warn(
-            f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) but {available} "
-            "are visible: the resumed run's dropout will not repeat the interrupted one's",
-            stacklevel=2,
-        )
-        return
-    torch.cuda.set_rng_state_all(cuda)
-
-
 class Trainer:
+    """A training run. `run()` builds it, trains and saves; `build()` alone sets it up (tests and
+    benchmarks take single steps with `train_step`)."""
+
     def __init__(
         self, config: Config, run_dir: str | Path, world: World | None = None, splits: Splits | None = None
     ):
@@ -183,20 +137,37 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.world = world or join_world()
         self._given_splits = splits  # already carved (and checked) by the caller, else carved here
+        self.state = TrainState()
+        self._warned_data_wait = False
 
     # -- set-up ------------------------------------------------------------------------------
-    def _build(self, resume_from: Path | None) -> None:
-        config = self.config
-        self.device = resolve_device(config.train.device)
+    def build(self, resume_from: Path | None = None) -> None:
+        """Everything a run needs, in order: device, encoder, tile features, loss and step, data,
+        optimizer. `resume_from`: a checkpoint folder whose encoder is loaded (its TrainState and
+        optimizer come back with `restore`)."""
+        self._choose_device()
+        self._load_encoder(resume_from)
+        self._attach_tile_features()
+        params = self._build_step()
+        self._build_data()
+        self.optimizer = _optimizer(params, self.config)
+        self.scheduler = _schedule(self.optimizer, self.total_steps, self.config)
+        self.state = TrainState()
+
+    def _choose_device(self) -> None:
+        self.device = resolve_device(self.config.train.device)
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(self.config.train.seed)
+
+    def _load_encoder(self, resume_from: Path | None) -> None:
+        config = self.config
         self.sharded = config.train.sharding == "fsdp" and self.world.distributed
         # Sharded: built on the CPU and sharded before it moves, so it is never whole on a GPU.
         load_device = "cpu" if self.sharded else str(self.device)
         if resume_from is not None:
-            self.encoder = load_encoder(resume_from / "encoder", device=load_device, trainable=True)
+            self.encoder: Encoder = load_encoder(resume_from / "encoder", device=load_device, trainable=True)
         else:
             # Every model setting the encoder records in its spec comes from the config.
             overrides = config.model.embedding_settings() | {"tuning": config.tuning}
@@ -210,10 +181,17 @@ class Trainer:
             self.encoder.base_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+
+    def _attach_tile_features(self) -> None:
         self.feature_store = self._feature_store()
         if self.feature_store is not None and self.feature_store.precision == "float32":
             # Validation encodes in float32 too, so the encoder reads the same stored features.
             self.encoder = self.encoder.rebuilt(tile_features=self.feature_store)
+
+    def _build_step(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The loss and the contrastive step (DDP or FSDP around the encoder); returns the
+        trainable parameters."""
+        config = self.config
         self.loss_fn = InfoNCE(
             config.loss.temperature, config.loss.learnable_temperature, config.loss.direction
         )
@@ -240,6 +218,9 @@ class Trainer:
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
+        self.parameter_bytes = local_parameter_bytes(self.encoder)  # after sharding: this process's share
+        if config.train.compile:
+            self._compile()
         self.contrastive_step = ContrastiveStep(
             self.step_model,
             self.loss_fn,
@@ -249,27 +230,63 @@ class Trainer:
             chunk=config.train.grad_cache_chunk,
             averaged=averaged,
         )
+        return params
+
+    def _compile(self) -> None:
+        """torch.compile on the encoder's forward; texts padded to power-of-two bucket lengths
+        so that it meets (and compiles for) a bounded number of shapes."""
+        builder = self.encoder.text_builder
+        longest = len(builder.prefix) + builder.limit + len(builder.suffix)
+        builder.length_buckets = bucket_lengths(longest)
+        self.encoder.compile()
+
+    def _build_data(self) -> None:
+        """The training pairs, their batch order, and the DataLoader that prepares them."""
+        config = self.config
         self.splits = self._given_splits or carve_splits(config)
-        texts, image_index = self.splits.train.texts_with_image_index()
-        self.texts, self.image_index = texts, image_index
-        groups = self.splits.train.groups
-        self.text_groups = [groups[i] for i in image_index]
-        self.steps_per_epoch = len(
-            epoch_batches(self.text_groups, config.train.batch_size, config.train.seed, 0)
+        train_set = self.splits.train
+        self.texts, self.image_index = train_set.texts_with_image_index()
+        self.text_groups = [train_set.groups[i] for i in self.image_index]
+        self.sampler = EpochBatchSampler(
+            self.text_groups, config.train.batch_size, config.train.seed, local=self._local_rows
         )
+        self.steps_per_epoch = len(self.sampler.batches)
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
-        self.parameter_bytes = local_parameter_bytes(self.encoder)
-        self.optimizer = _optimizer(params, config)
-        self.scheduler = _schedule(self.optimizer, self.total_steps, config)
-        self.pixels = PixelCache(self.encoder, self.splits.train)
-        self.step, self.epoch, self.batch_in_epoch, self.best_r1 = 0, 0, 0, -1.0
-        self.elapsed = 0.0
+        try:
+            self.num_workers = resolve_workers(config.train.num_workers, self._processes_per_machine())
+        except ValueError as error:
+            raise ConfigError(f"train.num_workers: {error}") from error
+        # Tiles whose features come from the store need no pixels: workers then only tokenize.
+        processor = None if self.feature_store is not None else self.encoder.tile_processor
+        records = train_set.records
+        self.pairs = PairDataset(
+            self.texts, self.image_index, [r.image for r in records], [r.key for r in records], processor
+        )
+        self.collate = PairCollator(self.encoder.text_builder, processor)
+        self.loader = make_loader(
+            self.pairs,
+            self.collate,
+            self.num_workers,
+            self.device,
+            seed=config.train.seed,
+            batch_sampler=self.sampler,
+            persistent=True,  # workers start once, not at every epoch
+        )
+
+    def _processes_per_machine(self) -> int:
+        import os
+
+        return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if self.world.distributed else 1
+
+    def _local_rows(self, batch: list[int]) -> list[int]:
+        """The rows of a global batch this process encodes (padded to equal shares under FSDP)."""
+        return self.world.padded_slice_of(batch)[0] if self.sharded else self.world.slice_of(batch)[0]
 
     def _feature_store(self) -> TileFeatureStore | None:
         """Tile features from disk when the vision side is frozen (train.tile_features)."""
         train = self.config.train
-        if not isinstance(self.encoder, GeoEncoder):  # a dual encoder has no LLM to feed features to
+        if not self.encoder.has_tile_features:  # a dual encoder has no LLM to feed features to
             if train.tile_features == "cache":
                 raise ConfigError("train.tile_features=cache is for MLLM backbones, not dual encoders")
             return None
@@ -283,56 +300,44 @@ class Trainer:
         if train.tile_features == "compute" or adapted:
             return None
         bf16 = _uses_bf16(self.device, train.precision)
-        store = TileFeatureStore(
+        return TileFeatureStore(
             self.encoder,
             train.tile_feature_dir or None,
             autocast=lambda: _autocast(self.device, train.precision),
             precision="bf16" if bf16 else "float32",
+            num_workers=train.num_workers,
         )
-        return store
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "loss": self.loss_fn.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "rng_per_process": rng_states,  # every process's rng_state(), in rank order
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "best_r1": self.best_r1,
-            "elapsed": self.elapsed,
-            "metrics_bytes": _file_size(self.run_dir / METRICS),
-        }
-
     def save_checkpoint(self) -> None:
         # Every process holds the same weights and optimizer state: the first one writes. The
         # random state differs per process (each draws dropout on its own GPU): all are kept.
-        rng_states = self.world.gather_objects(rng_state())
+        self.state.rng_per_process = self.world.gather_objects(rng_state())
+        self.state.metrics_bytes = _file_size(self.run_dir / METRICS)
         if self.world.is_main:
             with atomic.atomic_dir(self.run_dir / CHECKPOINT) as tmp:
                 self.encoder.save(tmp / "encoder")
                 faults.point("checkpoint.write")
-                torch.save(self._state(rng_states), tmp / TRAINER_STATE)
+                saved = self.state.to_dict() | {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "loss": self.loss_fn.state_dict(),
+                }
+                torch.save(saved, tmp / TRAINER_STATE)
         self.world.barrier()
 
-    def _restore(self, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.loss_fn.load_state_dict(state["loss"])
-        per_process = state.get("rng_per_process")
-        if per_process:  # a checkpoint from before every device's state was kept has only the CPU's
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint: optimizer, scheduler, loss and the whole TrainState."""
+        saved = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.loss_fn.load_state_dict(saved["loss"])
+        self.state = TrainState.from_dict(saved)
+        per_process = self.state.rng_per_process
+        if per_process:
             set_rng_state(per_process[min(self.world.rank, len(per_process) - 1)])
-        else:
-            torch.set_rng_state(state["torch_rng"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch, self.best_r1 = state["batch_in_epoch"], state["best_r1"]
-        self.elapsed = state["elapsed"]
         if self.world.is_main:  # what was logged after this checkpoint is logged again from here
-            _truncate(self.run_dir / METRICS, state.get("metrics_bytes"))
+            _truncate(self.run_dir / METRICS, saved.get("metrics_bytes"))
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
@@ -341,25 +346,30 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
-    def train_step(self, batch: list[int]) -> float:
-        """One optimizer step on a global batch; this process encodes its share of it."""
+    def prepare(self, batch: list[int]) -> PairBatch:
+        """This process's inputs of a global batch, built here rather than in a worker."""
+        return checked(self.collate([self.pairs[i] for i in self._local_rows(batch)]))
+
+    def train_step(self, batch: list[int], inputs: PairBatch | None = None) -> float:
+        """One optimizer step on a global batch; this process encodes its share of it, whose
+        inputs the DataLoader prepared (`inputs`), or are prepared here."""
         self.encoder.train()
+        if inputs is None:
+            inputs = self.prepare(batch)
         if self.sharded:  # every process runs the same passes: equal shares, padded
             local, offset, real = self.world.padded_slice_of(batch)
         else:
             local, offset = self.world.slice_of(batch)
             real = len(local)
-        text_inputs = self.encoder.text_inputs([self.texts[i] for i in local])
-        images = [self.image_index[i] for i in local]
-        tokens = self.encoder.image_token_inputs(len(images))
-        if self.feature_store is not None:
-            records = [self.splits.train.records[i] for i in images]
+        tokens = self.encoder.image_token_inputs(len(local))
+        if inputs.pixels is None:  # the tiles' features come from the store
+            records = [self.splits.train.records[self.image_index[i]] for i in local]
             features = self.feature_store.features([r.image for r in records], [r.key for r in records])
             image_inputs = tokens | {"image_features": features}
         else:
-            image_inputs = tokens | self.pixels(images)
+            image_inputs = tokens | inputs.pixels
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.contrastive_step(text_inputs, image_inputs, offset, len(batch), real)
+        loss = self.contrastive_step(inputs.text, image_inputs, offset, len(batch), real)
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         self.optimizer.step()
@@ -382,16 +392,38 @@ class Trainer:
         if not self.world.is_main:
             self.world.barrier()
             return {}
-        record = {"type": "val", "step": self.step, "epoch": self.epoch, **metrics}
+        record = {"type": "val", "step": self.state.step, "epoch": self.state.epoch, **metrics}
         self._log(record)
         faults.point("validate")
         score = primary_value(metrics)  # the model is selected by the results' primary metric
-        if score > self.best_r1:
-            self.best_r1 = score
+        if score > self.state.best_primary_metric:
+            self.state.best_primary_metric = score
             self.encoder.save(self.run_dir / "best")
-            atomic.write_json(self.run_dir / "best.json", {"step": self.step, **metrics})
+            atomic.write_json(self.run_dir / "best.json", {"step": self.state.step, **metrics})
         self.world.barrier()
         return metrics
+
+    def _epoch_batches(self) -> Any:
+        """(global batch, prepared inputs, seconds waited for them) for the rest of this epoch,
+        prepared by the DataLoader's workers ahead of the step that takes them."""
+        self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
+        batches = self.sampler.remaining()
+        prepared = iter(self.loader)
+        for batch in batches:
+            waited = time.perf_counter()
+            inputs = checked(next(prepared))
+            yield batch, inputs, time.perf_counter() - waited
+
+    def _warn_if_waiting(self, wait_s: float, step_s: float) -> None:
+        share = wait_s / max(1e-9, wait_s + step_s)
+        if share > DATA_WAIT_WARNING and not self._warned_data_wait and self.world.is_main:
+            self._warned_data_wait = True
+            warnings.warn(
+                f"training steps waited {share:.0%} of their time for input batches: raise "
+                f"train.num_workers (now {self.num_workers}; this machine has "
+                f"{os.cpu_count()} cores) or put the tiles on faster storage",
+                stacklevel=2,
+            )
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         checkpoint = self.run_dir / CHECKPOINT
@@ -404,14 +436,15 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._build(checkpoint if resume else None)
+        self.build(checkpoint if resume else None)
         if resume:
-            self._restore(checkpoint)
+            self.restore(checkpoint)
         if self.world.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
         train = self.config.train
+        state = self.state
         deadline = (
-            time.monotonic() + train.max_minutes * 60 - self.elapsed if train.max_minutes > 0 else math.inf
+            time.monotonic() + train.max_minutes * 60 - state.elapsed_s if train.max_minutes > 0 else math.inf
         )
         progress = None
         if train.progress and self.world.is_main:
@@ -420,51 +453,61 @@ class Trainer:
             # Far fewer refreshes when stderr is a log file, not a terminal.
             interval = 0.5 if sys.stderr.isatty() else 30.0
             progress = tqdm(
-                total=self.total_steps, initial=self.step, unit="step", desc="training", mininterval=interval
+                total=self.total_steps, initial=state.step, unit="step", desc="training", mininterval=interval
             )
         started, window_pairs, window_start = time.monotonic(), 0, time.monotonic()
-        elapsed_at_start = self.elapsed
+        window_wait = window_compute = 0.0
+        elapsed_at_start = state.elapsed_s
         stopped_early = False
-        while self.step < self.total_steps and self.epoch < train.epochs:
-            batches = epoch_batches(self.text_groups, train.batch_size, train.seed, self.epoch)
-            while self.batch_in_epoch < len(batches) and self.step < self.total_steps:
-                batch = batches[self.batch_in_epoch]
-                loss = self.train_step(batch)
-                self.step += 1
-                self.batch_in_epoch += 1
+        while state.step < self.total_steps and state.epoch < train.epochs:
+            for batch, inputs, wait_s in self._epoch_batches():
+                if state.step >= self.total_steps:
+                    break
+                computing = time.perf_counter()
+                loss = self.train_step(batch, inputs)
+                step_s = time.perf_counter() - computing
+                state.step += 1
+                state.batch_in_epoch += 1
                 window_pairs += len(batch)
-                self.elapsed = elapsed_at_start + time.monotonic() - started
-                if self.step % train.log_every == 0 or self.step == 1:
+                window_wait += wait_s
+                window_compute += step_s
+                state.elapsed_s = elapsed_at_start + time.monotonic() - started
+                if state.step % train.log_every == 0 or state.step == 1:
                     rate = window_pairs / max(1e-9, time.monotonic() - window_start)
                     self._log(
                         {
                             "type": "train",
-                            "step": self.step,
-                            "epoch": self.epoch,
+                            "step": state.step,
+                            "epoch": state.epoch,
                             "loss": loss,
                             "lr": self.scheduler.get_last_lr()[0],
                             "temperature": self.loss_fn.temperature,
                             "pairs_per_s": rate,
+                            "data_wait_s": wait_s,  # this step's wait for its batch
+                            "step_s": step_s,  # this step's computing time
                             "processes": self.world.size,
                             "parameter_bytes_per_process": self.parameter_bytes,
                         }
                     )
+                    if state.step > 1:  # the first batch waits for the workers to start
+                        self._warn_if_waiting(window_wait, window_compute)
                     window_pairs, window_start = 0, time.monotonic()
+                    window_wait = window_compute = 0.0
                     if progress is not None:
                         progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
                 if progress is not None:
                     progress.update(1)
-                if train.eval_every and self.step % train.eval_every == 0:
+                if train.eval_every and state.step % train.eval_every == 0:
                     self.validate()
-                if train.save_every and self.step % train.save_every == 0:
+                if train.save_every and state.step % train.save_every == 0:
                     self.save_checkpoint()
                 if time.monotonic() > deadline:
                     stopped_early = True
                     break
-            if self.batch_in_epoch < len(batches):
+            if state.batch_in_epoch < len(self.sampler.batches):  # epochs differ in length
                 break  # stopped inside the epoch (step or time budget): resume continues it
-            self.epoch += 1
-            self.batch_in_epoch = 0
+            state.epoch += 1
+            state.batch_in_epoch = 0
             if not train.eval_every:
                 self.validate()
         if progress is not None:
@@ -474,10 +517,11 @@ class Trainer:
         if self.world.is_main:
             self.encoder.save(self.run_dir / "final")
         self.world.barrier()
+        best = state.best_primary_metric
         return {
-            "steps": self.step,
+            "steps": state.step,
             # None when nothing validated: the run's model is then final/.
-            "best_val_r1": self.best_r1 if self.best_r1 >= 0 else None,
+            "best_val_r1": best if best >= 0 else None,
             "final_val": final,
             "stopped_early": stopped_early,
         }
