@@ -259,3 +259,38 @@ def test_galleries_cut_from_two_rasters_or_at_two_sizes_share_no_key(tmp_path: P
         keys.append({r.key for r in read_manifest(result.manifest, require_texts=False).records})
     assert all(keys) and not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
     assert "tiles/first/r000000_c000000_200x200.png" in keys[0]
+
+
+def test_resampling_can_be_chosen(tmp_path: Path) -> None:
+    board = np.where((np.indices((200, 200)).sum(axis=0) % 2) == 0, 10, 200).astype(np.uint8)
+    path = write_raster(tmp_path / "board.tif", np.stack([board] * 3))
+    values = {}
+    for name in (None, "nearest"):
+        result = cut_raster(path, tmp_path / str(name), TilingSettings(tile_m=100, px=50, resampling=name))
+        tile = np.asarray(Image.open(result.manifest.parent / _rows(result.manifest)[0]["image"]))
+        values[name] = set(np.unique(tile).tolist())
+    assert values[None] == {105}  # averaged: a one-pixel checkerboard turns grey
+    assert values["nearest"] <= {10, 200}
+    with pytest.raises(GeolocError, match="resampling is one of"):
+        cut_raster(path, tmp_path / "bad", TilingSettings(tile_m=100, px=50, resampling="fancy"))
+
+
+def test_world_files_place_each_tile_in_gdal(tmp_path: Path) -> None:
+    import rasterio
+    from affine import Affine
+
+    # A geotransform rotated by 30 degrees, as a raster in a polar CRS can be.
+    transform = Affine.translation(WEST, NORTH) * Affine.rotation(30) * Affine.scale(PIXEL_M, -PIXEL_M)
+    path = write_raster(tmp_path / "rot.tif", noise(3, 200, 200), transform=transform)
+    result = cut_raster(path, tmp_path / "out", TilingSettings(tile_m=50, px=50, world_files=True))
+    for row in _rows(result.manifest):
+        window = row["window"]
+        tile = result.manifest.parent / row["image"]
+        with rasterio.open(tile) as placed:  # GDAL reads the .pgw and the .png.aux.xml beside it
+            assert placed.crs.to_epsg() == 32618
+            expected = (
+                transform
+                * Affine.translation(window["col_off"], window["row_off"])
+                * Affine.scale(window["width"] / 50, window["height"] / 50)
+            )
+            assert np.allclose(tuple(placed.transform)[:6], tuple(expected)[:6], atol=1e-6)

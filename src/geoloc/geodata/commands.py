@@ -33,6 +33,8 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         scale=_numbers(args.scale, "--scale") if args.scale else None,  # type: ignore[arg-type]
         bounds=bounds,  # type: ignore[arg-type]
         bounds_crs=args.bounds_crs,
+        resampling=args.resampling,
+        world_files=args.world_files,
     )
     if settings.scale is not None and len(settings.scale) != 2:
         raise GeolocError(f"--scale is MIN,MAX, not {args.scale!r}")
@@ -112,6 +114,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--bounds-crs", help="the CRS of --bounds, e.g. EPSG:4326 for degrees (default: the raster's CRS)"
+    )
+    p.add_argument(
+        "--resampling",
+        help="GDAL's resampling to --px: nearest, bilinear, cubic, lanczos, average or mode "
+        "(default: average when shrinking, bilinear when enlarging)",
+    )
+    p.add_argument(
+        "--world-files",
+        action="store_true",
+        help="write each tile's georeferencing beside it (.pgw and .png.aux.xml), for QGIS and GDAL",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print how many windows would be cut, and write nothing"

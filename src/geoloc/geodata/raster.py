@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
@@ -39,6 +40,7 @@ STATE_VERSION = 1
 GDAL_CACHE_MB = 64  # GDAL's block cache; with one window at a time, this bounds the memory used
 MAX_PX = 4096
 SAMPLE_PX = 1024  # longest side of the decimated read that the automatic contrast stretch uses
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "lanczos", "average", "mode")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class TilingSettings:
     """Cut only the windows that overlap this area, (west, south, east, north) in `bounds_crs`."""
     bounds_crs: str | None = None
     """The CRS of `bounds` (e.g. "EPSG:4326" for degrees); None: the raster's own CRS."""
+    resampling: str | None = None
+    """GDAL's resampling from the window to `px` (one of RESAMPLINGS); None: average when
+    shrinking, bilinear when enlarging. Paletted bands are always resampled nearest."""
+    world_files: bool = False
+    """Write each tile's georeferencing beside it (a world file and a `.aux.xml` with the CRS)."""
 
 
 @dataclass
@@ -105,6 +112,8 @@ def _check_settings(settings: TilingSettings) -> None:
         raise GeolocError(f"the nodata share is in [0, 1], not {settings.max_nodata}")
     if settings.bands is not None and len(settings.bands) not in (1, 3):
         raise GeolocError(f"give 3 bands (red, green, blue) or 1 (grey), not {len(settings.bands)}")
+    if settings.resampling is not None and settings.resampling not in RESAMPLINGS:
+        raise GeolocError(f"the resampling is one of {', '.join(RESAMPLINGS)}, not {settings.resampling!r}")
     if settings.scale is not None and not settings.scale[0] < settings.scale[1]:
         raise GeolocError(f"the scale range must be MIN,MAX with MIN < MAX, not {settings.scale}")
 
@@ -409,7 +418,9 @@ def tile_row(
     }
 
 
-def _read_window(src: Any, plan: _Plan, col_off: int, row_off: int, px: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_window(
+    src: Any, plan: _Plan, col_off: int, row_off: int, px: int, resampling_name: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The window's chosen bands resampled to px x px, and its validity mask (True = data)."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
@@ -425,9 +436,39 @@ def _read_window(src: Any, plan: _Plan, col_off: int, row_off: int, px: int) -> 
         return table[indices].transpose(2, 0, 1), mask
     # Averaging when shrinking keeps thin features (roads) visible; bilinear when enlarging.
     resampling = Resampling.average if max(plan.window_px) > px else Resampling.bilinear
+    if resampling_name is not None:
+        resampling = Resampling[resampling_name]
     unique = sorted(set(plan.bands))
     data = src.read(unique, window=window, out_shape=(len(unique), px, px), resampling=resampling)
     return data[[unique.index(b) for b in plan.bands]], mask
+
+
+def write_world_file(
+    tile: Path, src: Any, col_off: int, row_off: int, window_px: tuple[int, int], px: int
+) -> None:
+    """Write `tile`'s georeferencing beside it, as GDAL and QGIS read it: a world file (.pgw, the
+    affine geotransform of its pixel centres) and a .aux.xml holding the raster's CRS."""
+    from rasterio.windows import Window
+
+    from geoloc.geodata.footprint import DIGITS
+
+    affine = src.window_transform(Window(col_off, row_off, *window_px))
+    a, b, c, d, e, f = (
+        affine.a * window_px[0] / px,
+        affine.b * window_px[1] / px,
+        affine.c,
+        affine.d * window_px[0] / px,
+        affine.e * window_px[1] / px,
+        affine.f,
+    )
+    # A world file names the centre of the top-left pixel, in the order A, D, B, E, C, F.
+    lines = [a, d, b, e, c + a / 2 + b / 2, f + d / 2 + e / 2]
+    atomic.write_text(tile.with_suffix(".pgw"), "".join(f"{v:.{DIGITS + 3}f}\n" for v in lines))
+    srs = xml_escape(src.crs.to_wkt())
+    atomic.write_text(
+        tile.with_name(tile.name + ".aux.xml"),
+        f'<PAMDataset>\n  <SRS dataAxisToSRSAxisMapping="1,2">{srs}</SRS>\n</PAMDataset>\n',
+    )
 
 
 def _unreadable(plan: _Plan, col_off: int, row_off: int, error: Exception) -> GeolocError:
@@ -508,7 +549,7 @@ def _cut_windows(
         for i in range(first, plan.windows):
             col_off, row_off = plan.window(i)
             try:
-                data, mask = _read_window(src, plan, col_off, row_off, settings.px)
+                data, mask = _read_window(src, plan, col_off, row_off, settings.px, settings.resampling)
             except RasterioError as error:
                 raise _unreadable(plan, col_off, row_off, error) from None
             nodata_share = 1.0 - float(mask.mean())
@@ -522,6 +563,8 @@ def _cut_windows(
                     Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(
                         tmp, format="PNG", compress_level=3
                     )
+                if settings.world_files:
+                    write_world_file(out / row["image"], src, col_off, row_off, plan.window_px, settings.px)
                 entry = {"i": i, "status": "tile", "row": row}
             # After the PNG: a logged tile is always on disk.
             progress.write(json.dumps(entry) + "\n")
@@ -569,6 +612,8 @@ def _finish(out: Path, plan: _Plan, settings: TilingSettings, seconds: float, re
         "px": settings.px,
         "bounds": list(settings.bounds) if settings.bounds else None,
         "bounds_crs": settings.bounds_crs,
+        "resampling": settings.resampling,
+        "world_files": settings.world_files,
         "window_px": list(plan.window_px),
         "pixel_m": [round(v, 4) for v in plan.pixel_m],
         "windows": result.windows,
