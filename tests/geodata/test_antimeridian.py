@@ -1,4 +1,5 @@
-"""Rasters across the antimeridian: footprints cut in two as RFC 7946 asks, longitudes in range."""
+"""Footprints as GIS tools draw them: cut in two across the antimeridian (RFC 7946), longitudes in
+range, and curved edges of large tiles kept."""
 
 from __future__ import annotations
 
@@ -123,3 +124,29 @@ def test_the_longitude_extent_crosses_180_only_when_narrower() -> None:
     assert lon_extent([(179.99, 180.01), (170.0, 171.0)]) == (170.0, -179.99)
     assert lon_extent([(-74.1, -74.0), (-73.9, -73.8)]) == (-74.1, -73.8)
     assert lon_extent([(-170.0, -169.0), (169.0, 170.0)]) == (169.0, -169.0)
+
+
+def test_large_tiles_get_their_curved_edges(tmp_path: Path) -> None:
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+
+    # Polar stereographic north (EPSG:3413), 1 km pixels over Greenland: 100 km tiles, whose
+    # straight edges bow by about 0.7 km in longitude / latitude.
+    transform = from_origin(-300_000, -1_700_000, 1000, 1000)
+    path = write_raster(tmp_path / "polar.tif", noise(3, 300, 300), crs="EPSG:3413", transform=transform)
+    result = cut_raster(path, tmp_path / "out", TilingSettings(tile_m=100_000, px=16))
+    to_lonlat = Transformer.from_crs("EPSG:3413", "EPSG:4326", always_xy=True)
+    along = [0.001 + 0.998 * t / 20 for t in range(21)]
+    inside = [(u, 0.001) for u in along] + [(0.001, v) for v in along]
+    inside += [(1 - u, 1 - v) for u, v in inside]  # 100 m inside each of the four edges
+    for row in _rows(result.manifest):
+        (ring,) = _polygons(row["footprint"])
+        w = row["window"]
+        x0, y0, size = -300_000 + w["col_off"] * 1000, -1_700_000 - w["row_off"] * 1000, w["width"] * 1000
+        points = [to_lonlat.transform(x0 + u * size, y0 - v * size) for u, v in inside]
+        assert len(ring) > 5 and all(_inside(p, ring) for p in points)
+        # The four corners alone would leave some of them outside.
+        corners = make_ring(
+            [to_lonlat.transform(x0 + u * size, y0 - v * size) for u, v in ((0, 0), (0, 1), (1, 1), (1, 0))]
+        )
+        assert not all(_inside(p, corners) for p in points)

@@ -14,11 +14,13 @@ longitude in [-180, 180]. Reading a manifest joins the parts back into one ring.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Ring = list[list[float]]
 DIGITS = 9  # decimals of a degree: about 0.1 mm on the ground
+DENSIFY_TOLERANCE = 1e-6  # degrees, about 0.1 m: a straight lon / lat edge this close stays straight
+MAX_HALVINGS = 5  # at most 32 segments an edge
 
 
 def signed_area(ring: Sequence[Sequence[float]]) -> float:
@@ -52,6 +54,39 @@ def make_ring(corners: Sequence[Sequence[float]], digits: int = DIGITS) -> Ring:
     if signed_area(ring) < 0:
         ring.reverse()
     return ring
+
+
+def _wrapped(step: float) -> float:
+    """A longitude difference taken the short way round, in [-180, 180)."""
+    return (step + 180.0) % 360.0 - 180.0
+
+
+def densified(
+    corners: Sequence[tuple[float, float]],
+    to_lonlat: Callable[[float, float], tuple[float, float]],
+    tolerance: float = DENSIFY_TOLERANCE,
+) -> list[tuple[float, float]]:
+    """[lon, lat] points around a tile given by its `corners` in its own coordinates.
+
+    Each edge is halved until its true midpoint lies within `tolerance` degrees of the straight
+    lon / lat line between its ends, at most MAX_HALVINGS times: a 150 m UTM tile keeps its four
+    corners, a 700 km Web-Mercator tile or a polar stereographic one gets its curved edges.
+    """
+
+    def edge(a: tuple[float, float], b: tuple[float, float], halvings: int) -> list[tuple[float, float]]:
+        (lon0, lat0), (lon1, lat1) = to_lonlat(*a), to_lonlat(*b)
+        mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+        lon, lat = to_lonlat(*mid)
+        off_lon = _wrapped(lon - (lon0 + _wrapped(lon1 - lon0) / 2))
+        off_lat = lat - (lat0 + lat1) / 2
+        if halvings >= MAX_HALVINGS or max(abs(off_lon), abs(off_lat)) <= tolerance:
+            return [a]
+        return edge(a, mid, halvings + 1) + edge(mid, b, halvings + 1)
+
+    points = []
+    for a, b in zip(corners, [*corners[1:], corners[0]], strict=True):
+        points += edge(a, b, 0)
+    return [to_lonlat(*point) for point in points]
 
 
 def box_ring(west: float, south: float, east: float, north: float) -> Ring:

@@ -31,7 +31,7 @@ import numpy as np
 
 from geoloc import atomic
 from geoloc.errors import GeolocError
-from geoloc.geodata.footprint import geometry, make_ring, normalise_lon
+from geoloc.geodata.footprint import densified, geometry, make_ring, normalise_lon
 
 STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
 PROGRESS_FILE = ".geoloc-tiles.progress.jsonl"  # one line per window done: what resuming reads
@@ -400,12 +400,20 @@ def tile_name(plan: _Plan, col_off: int, row_off: int) -> str:
 def tile_row(
     plan: _Plan, transform: Any, to_wgs84: Any, col_off: int, row_off: int, nodata_share: float
 ) -> dict[str, Any]:
-    """The manifest row of one window: centre, WGS84 footprint, CRS and pixel window."""
+    """The manifest row of one window: centre, WGS84 footprint, CRS and pixel window.
+
+    The footprint is the window's outline: its corners, and points along edges that are curved
+    in lon / lat (see `footprint.densified`).
+    """
     width, height = plan.window_px
+
+    def to_lonlat(col: float, row: float) -> tuple[float, float]:
+        return to_wgs84.transform(*pixel_to_crs(transform, col, row))
+
     corners = [(col_off, row_off), (col_off, row_off + height), (col_off + width, row_off + height)]
     corners.append((col_off + width, row_off))
-    ground = [to_wgs84.transform(*pixel_to_crs(transform, *corner)) for corner in corners]
-    lon, lat = to_wgs84.transform(*pixel_to_crs(transform, col_off + width / 2, row_off + height / 2))
+    ground = densified(corners, to_lonlat)
+    lon, lat = to_lonlat(col_off + width / 2, row_off + height / 2)
     return {
         "image": tile_name(plan, col_off, row_off),
         "lat": round(lat, 9),
