@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import mercantile
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -170,3 +171,47 @@ def test_gdal2tiles_own_output_lands_where_the_raster_is(tmp_path: Path) -> None
     for row in scan.rows:
         lons, lats = zip(*row["footprint"]["coordinates"][0], strict=True)
         assert min(lons) < east and max(lons) > west and min(lats) < north and max(lats) > south
+
+
+def _mbtiles(path: Path, tiles: dict[tuple[int, int, int], bytes], form: str = "png") -> Path:
+    """An MBTiles file: tiles by (z, x, TMS row)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE metadata (name TEXT, value TEXT)")
+        db.execute(
+            "CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB)"
+        )
+        db.execute("INSERT INTO metadata VALUES ('format', ?)", (form,))
+        db.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?)", [(*key, data) for key, data in tiles.items()])
+    return path
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_mbtiles_file_becomes_a_gallery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tms_row = 2**17 - 1 - 49284
+    source = _mbtiles(
+        tmp_path / "area.mbtiles",
+        {(17, 38589, tms_row): _png((200, 0, 0)), (17, 38590, tms_row): _png((0, 200, 0))},
+    )
+    out = tmp_path / "gallery"
+    assert main(["xyz", str(source), "--out", str(out)]) == 0
+    assert "2 tiles, rows counted from the north (XYZ)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == ["17/38589/49284.png", "17/38590/49284.png"]
+    assert rows[0]["lat"] == pytest.approx(40.70, abs=0.01) and rows[0]["lon"] == pytest.approx(
+        -74.01, abs=0.01
+    )
+    assert np.asarray(Image.open(out / rows[0]["image"]))[0, 0].tolist() == [200, 0, 0]
+    assert len(read_manifest(out, require_texts=False)) == 2
+    # Vector tiles are not images: refused, and no folder is left.
+    vector = _mbtiles(tmp_path / "vector.mbtiles", {(0, 0, 0): b"\x1f\x8b"}, form="pbf")
+    assert main(["xyz", str(vector), "--out", str(tmp_path / "v")]) == 2
+    assert "holds pbf tiles" in capsys.readouterr().err and not (tmp_path / "v").exists()

@@ -67,9 +67,19 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def cmd_xyz(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from geoloc.geodata.mbtiles import mbtiles_gallery
     from geoloc.geodata.xyz import xyz_manifest
 
-    scan = xyz_manifest(args.folder, tms=True if args.tms else None, max_transparent=args.max_nodata)
+    if Path(args.folder).suffix.lower() == ".mbtiles":
+        if not args.out:
+            raise GeolocError(f"{args.folder}: an MBTiles file needs --out, a folder for its tiles")
+        scan = mbtiles_gallery(args.folder, args.out, max_transparent=args.max_nodata)
+    else:
+        if args.out:
+            raise GeolocError("--out is for an MBTiles file; a folder's manifest is written in the folder")
+        scan = xyz_manifest(args.folder, tms=True if args.tms else None, max_transparent=args.max_nodata)
     order = "from the south (TMS)" if scan.tms else "from the north (XYZ)"
     print(
         f"wrote the manifest of {len(scan.rows)} tiles, rows counted {order}: {scan.manifest}; "
@@ -131,8 +141,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tiles)
 
-    p = subparsers.add_parser("xyz", help="write the manifest of a z/x/y.png folder of web-map tiles")
-    p.add_argument("folder", help="the folder holding z/x/y.png; manifest.jsonl is written in it")
+    p = subparsers.add_parser(
+        "xyz", help="write the manifest of a z/x/y.png folder of web-map tiles, or of an MBTiles file's"
+    )
+    p.add_argument(
+        "folder",
+        help="the folder holding z/x/y.png (manifest.jsonl is written in it), or an .mbtiles file",
+    )
+    p.add_argument("--out", help="for an .mbtiles file: the new folder its tiles and manifest are written to")
     p.add_argument(
         "--tms",
         action="store_true",
