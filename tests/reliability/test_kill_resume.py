@@ -5,6 +5,9 @@ moment is hit deterministically, without timing. One run is killed again and aga
 moment each time, and resumed until it finishes; its final adapter, best model and metrics must be
 bit-identical to those of a run that was never interrupted (CPU, fixed seed, dropout 0).
 
+Tiles are decoded in two DataLoader workers (train.num_workers: 2), so the kills also check that
+no worker outlives its killed run.
+
 Schedule (6 steps, a checkpoint every 2, a validation every 3 and at the end):
     step 1  2:ckpt  3:val  4:ckpt  5  6:val,ckpt  final val, ckpt, final/
 """
@@ -31,7 +34,7 @@ tuning: {{strategy: lora, rank: 4, dropout: 0.0, init: gaussian}}
 loss: {{temperature: 0.05, direction: symmetric}}
 data: {{train: {data}}}
 train: {{epochs: 1, max_steps: 6, batch_size: 8, lr: 1.0e-3, save_every: 2, eval_every: 3, log_every: 1,
-         progress: false, device: cpu, precision: float32, seed: 0}}
+         progress: false, device: cpu, precision: float32, seed: 0, num_workers: 2}}
 """
 TIMEOUT_S = 180
 # Fields that measure time, not training: they differ between any two runs.
@@ -53,6 +56,32 @@ def _train(config: Path, run: Path, fault: str | None, resume: bool) -> subproce
 def _metrics(run: Path) -> list[dict[str, Any]]:
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in lines]
+
+
+def _processes_of(run: Path) -> list[int]:
+    """Live processes whose command line names `run`: a training run and its DataLoader workers."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(run).encode() in (proc / "cmdline").read_bytes():
+                status = (proc / "status").read_text()
+                if "\nState:\tZ" not in status:  # a zombie has exited, only its entry is left
+                    pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def _no_worker_outlives(run: Path, within_s: float = 20.0) -> bool:
+    """Workers notice that their parent was killed and exit (torch checks every few seconds)."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while _processes_of(run):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _saved_step(run: Path) -> int | None:
@@ -100,6 +129,7 @@ def test_killed_anywhere_and_resumed_equals_the_uninterrupted_run(config: Path, 
     for attempt, (fault, expected_step, moment) in enumerate(KILLS):
         done = _train(config, run, fault, resume=attempt > 0)
         assert done.returncode == -signal.SIGKILL, f"{fault} ({moment}) did not kill: {done.stderr[-2000:]}"
+        assert _no_worker_outlives(run), f"{fault}: DataLoader workers still running after the kill"
         assert not (run / "final").exists(), moment
         if fault.startswith("atomic_dir.swap"):
             # Killed between the renames: no folder under the real name, the old one set aside whole.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +205,15 @@ def checked(batch: Any) -> Any:
     if isinstance(batch, BadTile):
         batch.raise_error()
     return batch
+
+
+def batches_of(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """A DataLoader's batches, bad tiles raised as DataError. Its workers are shut down as soon
+    as this generator ends, is closed or fails, not whenever the garbage collector gets to them
+    (an error's traceback would otherwise keep them alive)."""
+    iterator = iter(loader)
+    try:
+        for batch in iterator:
+            yield checked(batch)
+    finally:
+        del iterator  # the last reference: the DataLoader's iterator stops its workers

@@ -17,7 +17,7 @@ the encoder adds (the MLLM's pooling head).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -197,7 +197,9 @@ class Encoder(nn.Module):
 
     # -- encoding ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def _encode_batches(self, batches: Iterable[Inputs], progress: Any = None) -> np.ndarray:
+    def _encode_batches(self, batches: Iterator[Inputs], progress: Any = None) -> np.ndarray:
+        """Vectors of prepared batches; `batches` is closed at the end, which stops any
+        DataLoader workers behind it even when encoding fails."""
         was_training = self.training
         self.eval()
         out: list[np.ndarray] = []
@@ -208,6 +210,9 @@ class Encoder(nn.Module):
                     progress.update(out[-1].shape[0])
         finally:
             self.train(was_training)
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
             if progress is not None:
                 progress.close()
         if not out:
@@ -242,7 +247,7 @@ class Encoder(nn.Module):
     ) -> Iterator[Inputs]:
         """Model inputs of tiles (files or PIL images), in order, `batch_size` at a time, decoded
         and preprocessed in DataLoader workers (none for a single batch: not worth a process)."""
-        from geoloc.data.pipeline import TileCollator, TileDataset, checked, make_loader, resolve_workers
+        from geoloc.data.pipeline import TileCollator, TileDataset, batches_of, make_loader, resolve_workers
 
         workers = resolve_workers(num_workers) if len(tiles) > batch_size else 0
         loader = make_loader(
@@ -252,8 +257,7 @@ class Encoder(nn.Module):
             self.device,
             batch_size=batch_size,
         )
-        for pixels in loader:
-            pixels = checked(pixels)
+        for pixels in batches_of(loader):
             yield self.image_token_inputs(pixels["pixel_values"].shape[0]) | pixels
 
     def encode_images(

@@ -91,7 +91,7 @@ class TileFeatureStore:
 
     def _compute(self, images: list[Path], records: list[str] | None) -> None:
         """Features of tiles not on disk yet, decoded and preprocessed in DataLoader workers."""
-        from geoloc.data.pipeline import TileCollator, TileDataset, checked, make_loader, resolve_workers
+        from geoloc.data.pipeline import TileCollator, TileDataset, batches_of, make_loader, resolve_workers
 
         processor = self.encoder.tile_processor
         workers = resolve_workers(self.num_workers) if len(images) > self.batch_size else 0
@@ -103,10 +103,10 @@ class TileFeatureStore:
             batch_size=self.batch_size,
         )
         done = 0
-        for pixels in loader:
+        for pixels in batches_of(loader):
             chunk = images[done : done + self.batch_size]
             with torch.no_grad(), self.autocast():
-                features = features_of(self.encoder, checked(pixels)).float().cpu().numpy()
+                features = features_of(self.encoder, pixels).float().cpu().numpy()
             for image, array in zip(chunk, features, strict=True):
                 target = self._file(image)
                 target.parent.mkdir(parents=True, exist_ok=True)

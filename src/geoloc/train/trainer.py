@@ -13,6 +13,7 @@ directory loads as its final/ (the released recipe trains on everything and keep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,15 @@ import torch
 
 from geoloc import atomic, faults
 from geoloc.config import Config, NoDecayRule, TrainPrecision, WarmupRule, save_config
-from geoloc.data.pipeline import PairBatch, PairCollator, PairDataset, checked, make_loader, resolve_workers
+from geoloc.data.pipeline import (
+    PairBatch,
+    PairCollator,
+    PairDataset,
+    batches_of,
+    checked,
+    make_loader,
+    resolve_workers,
+)
 from geoloc.encoder.base import SAVED_BACKBONE, Encoder, resolve_device
 from geoloc.encoder.inputs import bucket_lengths
 from geoloc.encoder.loading import load_encoder
@@ -271,7 +280,6 @@ class Trainer:
             self.device,
             seed=config.train.seed,
             batch_sampler=self.sampler,
-            persistent=True,  # workers start once, not at every epoch
         )
 
     def _processes_per_machine(self) -> int:
@@ -408,11 +416,14 @@ class Trainer:
         prepared by the DataLoader's workers ahead of the step that takes them."""
         self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
         batches = self.sampler.remaining()
-        prepared = iter(self.loader)
-        for batch in batches:
-            waited = time.perf_counter()
-            inputs = checked(next(prepared))
-            yield batch, inputs, time.perf_counter() - waited
+        prepared = batches_of(self.loader)
+        try:
+            for batch in batches:
+                waited = time.perf_counter()
+                inputs = next(prepared)
+                yield batch, inputs, time.perf_counter() - waited
+        finally:
+            prepared.close()  # the epoch's workers stop here, however the epoch ends
 
     def _warn_if_waiting(self, wait_s: float, step_s: float) -> None:
         share = wait_s / max(1e-9, wait_s + step_s)
@@ -460,50 +471,51 @@ class Trainer:
         elapsed_at_start = state.elapsed_s
         stopped_early = False
         while state.step < self.total_steps and state.epoch < train.epochs:
-            for batch, inputs, wait_s in self._epoch_batches():
-                if state.step >= self.total_steps:
-                    break
-                computing = time.perf_counter()
-                loss = self.train_step(batch, inputs)
-                step_s = time.perf_counter() - computing
-                state.step += 1
-                state.batch_in_epoch += 1
-                window_pairs += len(batch)
-                window_wait += wait_s
-                window_compute += step_s
-                state.elapsed_s = elapsed_at_start + time.monotonic() - started
-                if state.step % train.log_every == 0 or state.step == 1:
-                    rate = window_pairs / max(1e-9, time.monotonic() - window_start)
-                    self._log(
-                        {
-                            "type": "train",
-                            "step": state.step,
-                            "epoch": state.epoch,
-                            "loss": loss,
-                            "lr": self.scheduler.get_last_lr()[0],
-                            "temperature": self.loss_fn.temperature,
-                            "pairs_per_s": rate,
-                            "data_wait_s": wait_s,  # this step's wait for its batch
-                            "step_s": step_s,  # this step's computing time
-                            "processes": self.world.size,
-                            "parameter_bytes_per_process": self.parameter_bytes,
-                        }
-                    )
-                    if state.step > 1:  # the first batch waits for the workers to start
-                        self._warn_if_waiting(window_wait, window_compute)
-                    window_pairs, window_start = 0, time.monotonic()
-                    window_wait = window_compute = 0.0
+            with contextlib.closing(self._epoch_batches()) as epoch_batches:
+                for batch, inputs, wait_s in epoch_batches:
+                    if state.step >= self.total_steps:
+                        break
+                    computing = time.perf_counter()
+                    loss = self.train_step(batch, inputs)
+                    step_s = time.perf_counter() - computing
+                    state.step += 1
+                    state.batch_in_epoch += 1
+                    window_pairs += len(batch)
+                    window_wait += wait_s
+                    window_compute += step_s
+                    state.elapsed_s = elapsed_at_start + time.monotonic() - started
+                    if state.step % train.log_every == 0 or state.step == 1:
+                        rate = window_pairs / max(1e-9, time.monotonic() - window_start)
+                        self._log(
+                            {
+                                "type": "train",
+                                "step": state.step,
+                                "epoch": state.epoch,
+                                "loss": loss,
+                                "lr": self.scheduler.get_last_lr()[0],
+                                "temperature": self.loss_fn.temperature,
+                                "pairs_per_s": rate,
+                                "data_wait_s": wait_s,  # this step's wait for its batch
+                                "step_s": step_s,  # this step's computing time
+                                "processes": self.world.size,
+                                "parameter_bytes_per_process": self.parameter_bytes,
+                            }
+                        )
+                        if state.step > 1:  # the first batch waits for the workers to start
+                            self._warn_if_waiting(window_wait, window_compute)
+                        window_pairs, window_start = 0, time.monotonic()
+                        window_wait = window_compute = 0.0
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
                     if progress is not None:
-                        progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
-                if progress is not None:
-                    progress.update(1)
-                if train.eval_every and state.step % train.eval_every == 0:
-                    self.validate()
-                if train.save_every and state.step % train.save_every == 0:
-                    self.save_checkpoint()
-                if time.monotonic() > deadline:
-                    stopped_early = True
-                    break
+                        progress.update(1)
+                    if train.eval_every and state.step % train.eval_every == 0:
+                        self.validate()
+                    if train.save_every and state.step % train.save_every == 0:
+                        self.save_checkpoint()
+                    if time.monotonic() > deadline:
+                        stopped_early = True
+                        break
             if state.batch_in_epoch < len(self.sampler.batches):  # epochs differ in length
                 break  # stopped inside the epoch (step or time budget): resume continues it
             state.epoch += 1
