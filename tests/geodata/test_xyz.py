@@ -99,6 +99,7 @@ def test_bad_names_are_refused_and_nothing_written(
 TILEMAP = """<?xml version="1.0" encoding="utf-8"?>
 <TileMap version="1.0.0" tilemapservice="http://tms.osgeo.org/1.0.0">
   <SRS>{srs}</SRS>
+  <BoundingBox minx="-74.0174" miny="40.7086" maxx="-74.0159" maxy="40.7097"/>
   <TileFormat width="256" height="256" mime-type="image/png" extension="png"/>
   <TileSets profile="{profile}"><TileSet href="17" units-per-pixel="1.19432856674194" order="17"/></TileSets>
 </TileMap>
@@ -130,11 +131,28 @@ def test_a_gdal2tiles_pyramid_is_read_as_its_xml_says(
     assert row["lat"] == pytest.approx(40.70, abs=0.01) and row["lon"] == pytest.approx(-74.01, abs=0.01)
 
 
-def test_a_geodetic_pyramid_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = _gdal2tiles_layout(tmp_path / "geodetic", profile="geodetic", srs="EPSG:4326")
+def test_a_geodetic_pyramid_is_placed_on_its_lon_lat_grid(tmp_path: Path) -> None:
+    from geoloc.geodata.xyz import scan_xyz
+
+    folder = tmp_path / "geodetic"
+    # gdal2tiles -p geodetic (its default grid: a zoom-0 tile of 360 degrees) over lower Manhattan.
+    _tile(folder, 16, 19293, 23794)
+    (folder / "tilemapresource.xml").write_text(TILEMAP.format(profile="geodetic", srs="EPSG:4326"))
+    (row,) = scan_xyz(folder).rows
+    side = 360 / 2**16
+    west, south = -180 + 19293 * side, -90 + 23794 * side
+    assert row["crs"] == "EPSG:4326" and row["tile"] == {"z": 16, "x": 19293, "y": 23794}
+    assert row["lon"] == pytest.approx(west + side / 2) and row["lat"] == pytest.approx(south + side / 2)
+    assert -74.0174 > west and 40.7097 > south  # on the data's BoundingBox, not 9,500 km away
+
+
+def test_a_raster_profile_pyramid_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _gdal2tiles_layout(tmp_path / "raster", profile="raster", srs="")
     assert main(["xyz", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "tilemapresource.xml" in err and "geodetic" in err and "-p mercator" in err
+    assert (
+        "\n" not in err and "tilemapresource.xml" in err and "raster pyramid" in err and "-p mercator" in err
+    )
     assert not (folder / "manifest.jsonl").exists()
 
 
@@ -153,7 +171,8 @@ def test_a_link_leading_outside_the_folder_is_refused(
 @pytest.mark.skipif(
     shutil.which("gdal2tiles.py") is None, reason="GDAL's command-line tools are not installed"
 )
-def test_gdal2tiles_own_output_lands_where_the_raster_is(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", [[], ["-p", "geodetic"], ["-p", "geodetic", "--tmscompatible"]])
+def test_gdal2tiles_own_output_lands_where_the_raster_is(tmp_path: Path, profile: list[str]) -> None:
     import rasterio
     from geo_rasters import noise, write_raster
     from rasterio.warp import transform_bounds
@@ -163,7 +182,7 @@ def test_gdal2tiles_own_output_lands_where_the_raster_is(tmp_path: Path) -> None
     raster = write_raster(tmp_path / "r.tif", noise(3, 256, 256))
     folder = tmp_path / "pyramid"
     # 128 m of raster; zoom 19's tiles are about 45 m here: a few whole ones, transparent edges.
-    subprocess.run(["gdal2tiles.py", "-q", "-z", "19", str(raster), str(folder)], check=True)
+    subprocess.run(["gdal2tiles.py", "-q", *profile, "-z", "19", str(raster), str(folder)], check=True)
     scan = scan_xyz(folder)  # no tms=True: the pyramid's XML says so
     assert scan.tms and len(scan.rows) >= 2 and scan.transparent
     with rasterio.open(raster) as src:

@@ -7,9 +7,10 @@ EPSG:3857, through mercantile): tile x, y at zoom z covers a known longitude / l
 
 Rows are counted from the north (XYZ, as OpenStreetMap and `gdal2tiles.py --xyz` write them)
 unless the folder says otherwise: a `tilemapresource.xml` (which gdal2tiles writes beside a TMS
-pyramid, its default) means rows counted from the south, and its profile must be `mercator`;
-`tms=True` says so for a folder without one. A row's `tile.y` is always the XYZ number, which
-for a TMS folder is not the number in the file's name.
+pyramid, its default) means rows counted from the south; `tms=True` says so for a folder
+without one. A row's `tile.y` is the XYZ number, which for a TMS folder is not the number in
+the file's name. A pyramid whose XML says the `geodetic` profile is a lon / lat grid from
+(-180, -90) instead: its rows carry `crs: "EPSG:4326"` and the file's own numbers.
 
 Files in the tile folders that are not tile images (gdal2tiles' `.kml` files) are passed over
 and counted, and so are tiles that are mostly transparent (the edges of a pyramid). A symbolic
@@ -54,10 +55,41 @@ def _number(part: str, path: Path, what: str) -> int:
     return int(part)
 
 
-def read_tilemap(folder: Path) -> bool | None:
-    """Whether `folder/tilemapresource.xml` describes a TMS Mercator pyramid (True), or None without one.
+@dataclass(frozen=True)
+class TileMap:
+    """What a `tilemapresource.xml` says: the grid's profile and the data's bounds in degrees."""
 
-    Any other profile (gdal2tiles' geodetic or raster) is refused: its tiles are not web-map tiles.
+    profile: str
+    """"mercator" (web-map tiles) or "geodetic" (a lon / lat grid from -180, -90)."""
+    bbox: tuple[float, float, float, float] | None
+    """(west, south, east, north) of the data, as gdal2tiles writes it."""
+
+
+def _bbox(root: ElementTree.Element) -> tuple[float, float, float, float] | None:
+    box = root.find("BoundingBox")
+    try:
+        west, south, east, north = (float(box.get(k, "")) for k in ("minx", "miny", "maxx", "maxy"))
+    except (AttributeError, ValueError):  # no BoundingBox, or not numbers
+        return None
+    return west, south, east, north
+
+
+def _bbox(root: ElementTree.Element) -> tuple[float, float, float, float] | None:
+    box = root.find("BoundingBox")
+    if box is None:
+        return None
+    try:
+        west, south, east, north = (float(box.get(k, "")) for k in ("minx", "miny", "maxx", "maxy"))
+    except ValueError:
+        return None
+    return west, south, east, north
+
+
+def read_tilemap(folder: Path) -> TileMap | None:
+    """What `folder/tilemapresource.xml` says of a TMS pyramid, or None without one.
+
+    A profile other than mercator or geodetic (gdal2tiles' raster profile: pixels with no place
+    on the earth) is refused.
     """
     path = folder / TILEMAP_FILE
     if not path.is_file():
@@ -70,11 +102,41 @@ def read_tilemap(folder: Path) -> bool | None:
     tile_sets = root.find("TileSets")
     profile = (tile_sets.get("profile") if tile_sets is not None else None) or ""
     if profile == "mercator" or (not profile and srs in MERCATOR_SRS):
-        return True
+        return TileMap("mercator", _bbox(root))
+    if profile == "geodetic" or (not profile and srs == "EPSG:4326"):
+        return TileMap("geodetic", _bbox(root))
     raise GeolocError(
-        f"{path}: a {profile or srs or 'unknown'} pyramid; geoloc reads web-map (mercator) tiles only: "
-        "tile the raster again with gdal2tiles.py -p mercator, or cut it with geoloc tiles"
+        f"{path}: a {profile or srs or 'unknown'} pyramid, whose tiles have no place on the earth; "
+        "tile the raster with gdal2tiles.py -p mercator, or cut it with geoloc tiles"
     )
+
+
+def _geodetic_box(z: int, x: int, y: int, zoom0: float) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of geodetic tile z/x/y (rows from the south), zoom 0 `zoom0` degrees."""
+    side = zoom0 / 2**z
+    return -180 + x * side, -90 + y * side, -180 + (x + 1) * side, -90 + (y + 1) * side
+
+
+def _geodetic_zoom0(
+    tiles: list[tuple[int, int, int, Path]], bbox: tuple[float, float, float, float] | None, path: Path
+) -> float:
+    """The side of gdal2tiles' geodetic zoom-0 tile: 180 degrees (--tmscompatible) or 360 (its default).
+
+    Its XML gives the same units-per-pixel for both, so the tiles are placed both ways and the
+    way that puts them on the data's BoundingBox is taken.
+    """
+
+    if bbox is None:
+        raise GeolocError(f"{path}: a geodetic pyramid without a BoundingBox, so its grid is unknown")
+    west, south, east, north = bbox
+
+    def on_the_data(zoom0: float) -> int:
+        boxes = [_geodetic_box(z, x, y, zoom0) for z, x, y, _ in tiles]
+        return sum(1 for w, s, e, n in boxes if w < east and e > west and s < north and n > south)
+
+    if max(on_the_data(180.0), on_the_data(360.0)) == 0:
+        raise GeolocError(f"{path}: a geodetic pyramid whose tiles do not lie on its BoundingBox")
+    return max((180.0, 360.0), key=on_the_data)
 
 
 def _transparent_share(file: Path) -> float:
@@ -139,15 +201,30 @@ def scan_xyz(folder: str | Path, tms: bool | None = None, max_transparent: float
     folder = Path(folder).absolute()
     if not folder.is_dir():
         raise GeolocError(f"{folder}: no such folder")
-    described = read_tilemap(folder)
-    scan = XyzScan(rows=[], tms=tms if tms is not None else bool(described))
+    tilemap = read_tilemap(folder)
+    scan = XyzScan(rows=[], tms=tms if tms is not None else tilemap is not None)
     tiles = _tiles(folder, scan)
     if not tiles:
         raise GeolocError(f"{folder}: holds no z/x/y tiles ({', '.join(TILE_SUFFIXES)})")
+    geodetic = tilemap is not None and tilemap.profile == "geodetic"
+    zoom0 = _geodetic_zoom0(tiles, tilemap.bbox, folder / TILEMAP_FILE) if tilemap and geodetic else 0.0
     for z, x, y, file in tiles:
         image = file.relative_to(folder).as_posix()
         if _transparent_share(file) > max_transparent:
             scan.transparent.append(image)
+            continue
+        if geodetic:
+            box = _geodetic_box(z, x, y, zoom0)
+            scan.rows.append(
+                {
+                    "image": image,
+                    "lat": round((box[1] + box[3]) / 2, 9),
+                    "lon": round((box[0] + box[2]) / 2, 9),
+                    "footprint": geometry(box_ring(*box)),
+                    "crs": "EPSG:4326",
+                    "tile": {"z": z, "x": x, "y": y},
+                }
+            )
             continue
         xyz_y = (2**z - 1 - y) if scan.tms else y
         box = mercantile.bounds(x, xyz_y, z)
