@@ -104,3 +104,18 @@ def test_a_cut_of_a_part_gives_the_whole_cut_s_tiles(utm_raster: Path, tmp_path:
         ).read_bytes()
     with pytest.raises(GeolocError, match="do not overlap the raster"):
         plan_cut(utm_raster, TilingSettings(tile_m=100, bounds=(0, 0, 10, 10)))
+
+
+def test_a_large_cut_says_how_many_windows_before_it_starts(
+    utm_raster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geoloc.geodata import commands
+
+    monkeypatch.setattr(commands, "MANY_WINDOWS", 10)  # "many" for this 16-window cut
+    argv = ["tiles", str(utm_raster), "--out", str(tmp_path / "out"), "--tile-m", "150", "--px", "8"]
+    assert main(argv) == 0
+    assert (
+        "geoloc: note: 16 windows to read; --bounds cuts a part, --dry-run counts" in capsys.readouterr().err
+    )
+    with pytest.raises(GeolocError, match="give --bounds too"):
+        plan_cut(utm_raster, TilingSettings(bounds_crs="EPSG:4326"))

@@ -112,6 +112,8 @@ def _check_settings(settings: TilingSettings) -> None:
         raise GeolocError(f"the nodata share is in [0, 1], not {settings.max_nodata}")
     if settings.bands is not None and len(settings.bands) not in (1, 3):
         raise GeolocError(f"give 3 bands (red, green, blue) or 1 (grey), not {len(settings.bands)}")
+    if settings.bounds_crs is not None and settings.bounds is None:
+        raise GeolocError("--bounds-crs names the CRS of --bounds; give --bounds too")
     if settings.resampling is not None and settings.resampling not in RESAMPLINGS:
         raise GeolocError(f"the resampling is one of {', '.join(RESAMPLINGS)}, not {settings.resampling!r}")
     if settings.scale is not None and not settings.scale[0] < settings.scale[1]:
