@@ -80,8 +80,10 @@ def build(folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np
 BOXES = {"small_region": [-10.0, 0.0, 26.0, 26.0], "large_region": [-180.0, 0.0, -60.0, 50.0]}
 
 
-def serve_like(folder: str, queries_file: str, k: int) -> dict:
+def serve_like(folder: str, queries_file: str, k: int, nprobe: int) -> dict:
     """In a fresh process: open the index, answer each query alone, with and without the region."""
+    import faiss
+
     from geoloc.index.region import Region
     from geoloc.index.search import SearchIndex
     from geoloc.index.store import read_index
@@ -90,6 +92,9 @@ def serve_like(folder: str, queries_file: str, k: int) -> dict:
     start = time.perf_counter()
     index = SearchIndex(read_index(folder), encoder=None)
     opened = time.perf_counter() - start
+    ivf = faiss.try_extract_index_ivf(index.stored.faiss)
+    if ivf is not None and nprobe:
+        ivf.nprobe = nprobe
     queries = np.load(queries_file)
     out: dict = {"open_s": round(opened, 2)}
     regions = [("", None)] + [(f"{name}_", Region.bbox(*box)) for name, box in BOXES.items()]
@@ -105,7 +110,6 @@ def serve_like(folder: str, queries_file: str, k: int) -> dict:
         out[f"{name}found"] = found
     out["rss_before_open_mb"] = before
     out["rss_mb"] = _rss_mb()
-    out["peak_rss_mb"] = out["rss_mb"]["peak"]
     return out
 
 
@@ -130,11 +134,14 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument(
+        "--nprobe", default="16", help="ivf, ivf-pq: comma-separated nprobe values to measure"
+    )
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve:
-        folder, queries_file, k = args.serve
-        print(json.dumps(serve_like(folder, queries_file, int(k))))
+        folder, queries_file, k, nprobe = args.serve
+        print(json.dumps(serve_like(folder, queries_file, int(k), int(nprobe))))
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -153,30 +160,43 @@ def main() -> None:
             region_truth[name] = exact_top(vectors, queries, args.k, inside[name])
         for kind in args.kinds.split(","):
             folder = work / kind
-            row = {"n": args.n, "dim": args.dim, "kind": kind} | build(folder, kind, vectors, lat, lon)
-            child = [sys.executable, __file__, "--serve", str(folder), str(work / "queries.npy"), str(args.k)]
-            served = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
-            faiss_file = folder / "index.faiss"  # an exact index is the vectors, copied into RAM on open
-            ram = faiss_file.stat().st_size if faiss_file.exists() else 4 * args.dim * args.n
-            disk = sum(f.stat().st_size for f in folder.iterdir())
-            row |= {
-                "ram_bytes_per_tile": round(ram / args.n, 1),
-                "disk_bytes_per_tile": round(disk / args.n, 1),
-                "open_s": served["open_s"],
-                "p50_ms": served["p50_ms"],
-                "p99_ms": served["p99_ms"],
-                f"recall@{args.k}": round(recall(served["found"], truth), 4),
-                "server_rss_before_open_mb": served["rss_before_open_mb"],
-                "server_rss_mb": served["rss_mb"],
-            }
-            for name in BOXES:
+            built = build(folder, kind, vectors, lat, lon)
+            for nprobe in args.nprobe.split(",") if "ivf" in kind else ["0"]:
+                row = {"n": args.n, "dim": args.dim, "kind": kind} | built
+                row |= {"nprobe": int(nprobe)} if "ivf" in kind else {}
+                child = [
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    str(folder),
+                    str(work / "queries.npy"),
+                    str(args.k),
+                    nprobe,
+                ]
+                served = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+                faiss_file = folder / "index.faiss"  # an exact index is the vectors, copied into RAM on open
+                ram = faiss_file.stat().st_size if faiss_file.exists() else 4 * args.dim * args.n
+                disk = sum(f.stat().st_size for f in folder.iterdir())
                 row |= {
-                    f"{name}_tiles": len(inside[name]),
-                    f"{name}_p50_ms": served[f"{name}_p50_ms"],
-                    f"{name}_p99_ms": served[f"{name}_p99_ms"],
-                    f"{name}_recall@{args.k}": round(recall(served[f"{name}_found"], region_truth[name]), 4),
+                    "ram_bytes_per_tile": round(ram / args.n, 1),
+                    "disk_bytes_per_tile": round(disk / args.n, 1),
+                    "open_s": served["open_s"],
+                    "p50_ms": served["p50_ms"],
+                    "p99_ms": served["p99_ms"],
+                    f"recall@{args.k}": round(recall(served["found"], truth), 4),
+                    "server_rss_before_open_mb": served["rss_before_open_mb"],
+                    "server_rss_mb": served["rss_mb"],
                 }
-            print(json.dumps(row), flush=True)
+                for name in BOXES:
+                    row |= {
+                        f"{name}_tiles": len(inside[name]),
+                        f"{name}_p50_ms": served[f"{name}_p50_ms"],
+                        f"{name}_p99_ms": served[f"{name}_p99_ms"],
+                        f"{name}_recall@{args.k}": round(
+                            recall(served[f"{name}_found"], region_truth[name]), 4
+                        ),
+                    }
+                print(json.dumps(row), flush=True)
             for file in folder.iterdir():  # free the disk before the next kind
                 file.unlink()
 

@@ -84,7 +84,7 @@ def pq_bytes(settings: AnnSettings, dim: int) -> int:
 
 def training_sample(vectors: np.ndarray, settings: AnnSettings, lists: int) -> np.ndarray:
     """A fixed random sample of the gallery to train on: enough for the clusters and the codes."""
-    size = settings.train_size or max(64 * lists, 2**16)
+    size = settings.train_size or max(40 * lists, 2**16)  # FAISS asks for at least 39 per cluster
     if size >= len(vectors):
         return np.ascontiguousarray(vectors, dtype=np.float32)
     rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))

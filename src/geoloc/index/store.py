@@ -174,8 +174,9 @@ def read_manifest_json(path: str | Path) -> dict[str, Any]:
 def map_vectors(file: str | Path) -> np.ndarray:
     """A .npy file's array, memory-mapped read-only and advised for random reads.
 
-    Searches read scattered rows (the candidates to re-score, a region's tiles): without the
-    advice the kernel would read, and keep resident, the pages around each row as well.
+    Searches read scattered rows (the candidates to re-score, a region's tiles): the advice keeps
+    the kernel from reading ahead of each row on disk. Pages read stay clean file pages, which
+    the kernel drops under memory pressure.
     """
     with open(file, "rb") as f:
         version = np.lib.format.read_magic(f)
