@@ -49,9 +49,9 @@ def test_millions_of_windows_are_planned_in_fixed_memory(sparse_raster: Path) ->
     finally:
         tracemalloc.stop()
     # About 4 million windows of 1004 pixels (1 m pixels, UTM's scale away from its meridian).
-    assert plan.window_px == (1004, 1004) and plan.windows == len(plan.cols) * len(plan.rows) > 3_900_000
-    assert peak < 1_000_000  # bytes: the grid's two axes, not a list of 4 million windows
-    assert plan.window(plan.windows - 1) == (10**6 - 1004, 10**6 - 1004)
+    assert plan.window_px == (1004, 1004) and plan.windows == 1992 * 1992
+    assert peak < 2_000_000  # bytes: 1992 rows of windows, not a list of 4 million windows
+    assert plan.window(plan.windows - 1) == (10**6 - 1004, 10**6 - 1004, 1004, 1004)
 
 
 def test_a_dry_run_counts_and_writes_nothing(
@@ -71,7 +71,7 @@ def test_a_dry_run_counts_and_writes_nothing(
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "3968064 windows of 1004 x 1004 pixels (1992 columns x 1992 rows" in printed
+    assert "3968064 windows of 1004 x 1004 pixels in 1992 rows" in printed
     assert not out.exists()
     # --bounds in the raster's CRS: 3 km x 2 km from the top-left corner.
     box = f"{WEST},{NORTH - 2000},{WEST + 3000},{NORTH}"
@@ -119,3 +119,35 @@ def test_a_large_cut_says_how_many_windows_before_it_starts(
     )
     with pytest.raises(GeolocError, match="give --bounds too"):
         plan_cut(utm_raster, TilingSettings(bounds_crs="EPSG:4326"))
+
+
+def test_a_tile_covers_its_ground_size_wherever_it_lies(tmp_path: Path) -> None:
+    from geo_rasters import noise, write_raster
+    from pyproj import Geod, Transformer
+    from rasterio.transform import from_origin
+
+    # Web Mercator from 4 to 68 degrees north (its metres stretch 2.7 times up there), 20 km pixels.
+    to_3857 = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    _, north = to_3857.transform(0, 68)
+    _, south = to_3857.transform(0, 4)
+    rows = round((north - south) / 20_000)
+    raster = write_raster(
+        tmp_path / "merc.tif",
+        noise(3, rows, 150),
+        crs="EPSG:3857",
+        transform=from_origin(0, north, 20_000, 20_000),
+    )
+    result = cut_raster(raster, tmp_path / "out", TilingSettings(tile_m=700_000, px=8))
+    (small_w, small_h), (large_w, large_h) = result.window_sizes
+    assert large_h > 2 * small_h  # windows of more pixels where the pixels cover less ground
+    to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    geod = Geod(ellps="WGS84")
+    for row in [json.loads(line) for line in result.manifest.read_text().splitlines()]:
+        w = row["window"]
+        x0, x1 = w["col_off"] * 20_000, (w["col_off"] + w["width"]) * 20_000
+        y0, y1 = north - w["row_off"] * 20_000, north - (w["row_off"] + w["height"]) * 20_000
+        left, right = to_lonlat.transform(x0, (y0 + y1) / 2), to_lonlat.transform(x1, (y0 + y1) / 2)
+        top, bottom = to_lonlat.transform((x0 + x1) / 2, y0), to_lonlat.transform((x0 + x1) / 2, y1)
+        across = geod.inv(*left, *right)[2]
+        down = geod.inv(*top, *bottom)[2]
+        assert across == pytest.approx(700_000, rel=0.1) and down == pytest.approx(700_000, rel=0.1)

@@ -18,6 +18,12 @@ def _numbers(text: str, what: str, kind: type = float) -> tuple[Any, ...]:
         raise GeolocError(f"{what} must be comma-separated numbers, not {text!r}") from None
 
 
+def _sizes(sizes: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    """'300 x 300', or '280 x 280 to 320 x 320' when the tile size changes across the raster."""
+    (w0, h0), (w1, h1) = sizes
+    return f"{w0} x {h0}" if (w0, h0) == (w1, h1) else f"{w0} x {h0} to {w1} x {h1}"
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
     from geoloc.geodata.raster import TilingSettings, cut_raster, plan_cut
 
@@ -39,12 +45,11 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     if settings.scale is not None and len(settings.scale) != 2:
         raise GeolocError(f"--scale is MIN,MAX, not {args.scale!r}")
     plan = plan_cut(args.raster, settings)
-    width, height = plan.window_px
     if args.dry_run:
         print(
-            f"{plan.windows} windows of {width} x {height} pixels ({len(plan.cols)} columns x "
-            f"{len(plan.rows)} rows; {plan.crs}) would be read; tiles more than "
-            f"{settings.max_nodata:.0%} nodata would be skipped. Nothing was written."
+            f"{plan.windows} windows of {_sizes(plan.grid.sizes())} pixels in {len(plan.grid.strips)} rows "
+            f"({plan.crs}) would be read; tiles more than {settings.max_nodata:.0%} nodata would be "
+            "skipped. Nothing was written."
         )
         return 0
     if plan.windows > MANY_WINDOWS and not args.quiet:
@@ -54,10 +59,9 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         )
     result = cut_raster(args.raster, args.out, settings, show_progress=False if args.quiet else None)
     red, green, blue = result.bands
-    width, height = result.window_px
     resumed = f", {result.resumed} done by an earlier run" if result.resumed else ""
     print(
-        f"cut {result.windows} windows of {width} x {height} pixels ({result.crs}; "
+        f"cut {result.windows} windows of {_sizes(result.window_sizes)} pixels ({result.crs}; "
         f"bands red={red} green={green} blue={blue}): {result.tiles} tiles written, "
         f"{result.skipped_nodata} skipped as mostly nodata{resumed}; "
         f"{result.windows_per_s:.1f} tiles/s"

@@ -16,6 +16,7 @@ manifest appears only when every window is done.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 from geoloc import atomic
 from geoloc.errors import GeolocError
 from geoloc.geodata.footprint import densified, geometry, make_ring, normalise_lon
+from geoloc.geodata.grid import WindowGrid, plan_grid
 
 STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
 PROGRESS_FILE = ".geoloc-tiles.progress.jsonl"  # one line per window done: what resuming reads
@@ -82,6 +84,9 @@ class TilingResult:
     bands: list[int]
     crs: str
     window_px: tuple[int, int]
+    """A tile's window at the raster's centre, in raster pixels."""
+    window_sizes: tuple[tuple[int, int], tuple[int, int]]
+    """The smallest and largest window: a tile's size is measured at each row of windows."""
 
     @property
     def windows_per_s(self) -> float:
@@ -147,12 +152,21 @@ def pixel_to_crs(transform: Any, col: float, row: float) -> tuple[float, float]:
     )
 
 
-def _pixel_metres(src: Any, to_wgs84: Any) -> tuple[float, float]:
-    """Ground size of one pixel (across, down) in metres, measured geodesically at the centre."""
+@functools.cache
+def _geod() -> Any:
     from pyproj import Geod
 
-    geod = Geod(ellps="WGS84")
-    col, row = src.width / 2, src.height / 2
+    return Geod(ellps="WGS84")
+
+
+def _pixel_metres(
+    src: Any, to_wgs84: Any, col: float | None = None, row: float | None = None
+) -> tuple[float, float]:
+    """Ground size of one pixel (across, down) in metres, measured geodesically at pixel position
+    (col, row), by default the raster's centre."""
+    geod = _geod()
+    col = src.width / 2 if col is None else col
+    row = src.height / 2 if row is None else row
     points = [pixel_to_crs(src.transform, c, r) for c, r in ((col, row), (col + 1, row), (col, row + 1))]
     (lon0, lat0), (lon1, lat1), (lon2, lat2) = (to_wgs84.transform(x, y) for x, y in points)
     across = geod.inv(lon0, lat0, lon1, lat1)[2]
@@ -160,41 +174,30 @@ def _pixel_metres(src: Any, to_wgs84: Any) -> tuple[float, float]:
     return across, down
 
 
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    """Window offsets along one axis: every `stride`, plus one flush with the far edge."""
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
-
-
 @dataclass
 class _Plan:
     """Everything decided before a pixel is read: the cut is refused here or not at all.
 
-    The windows are the grid `cols` x `rows`, row by row from the top left; they are counted and
-    visited one at a time, never listed, so that a raster of 10^6 x 10^6 pixels plans in a few
-    kilobytes.
+    The windows (`grid`) are counted and found one at a time, never listed (see
+    `geoloc.geodata.grid`), so that a raster of 10^6 x 10^6 pixels plans in a few hundred KiB.
     """
 
     raster: Path
     crs: str
     bands: list[int]
-    window_px: tuple[int, int]  # (width, height) of one tile in raster pixels
-    cols: list[int]  # column offsets of the windows, west to east
-    rows: list[int]  # row offsets of the windows, top to bottom
-    pixel_m: tuple[float, float]
+    window_px: tuple[int, int]  # (width, height) of a tile in raster pixels, at the raster's centre
+    grid: WindowGrid
+    pixel_m: tuple[float, float]  # the ground size of a pixel at the raster's centre
     eight_bit: bool
     palette: dict[int, tuple[int, ...]] | None = None  # the colour table of a paletted band
 
     @property
     def windows(self) -> int:
-        return len(self.cols) * len(self.rows)
+        return self.grid.count
 
-    def window(self, i: int) -> tuple[int, int]:
-        """(col_off, row_off) of window number i."""
-        row, col = divmod(i, len(self.cols))
-        return self.cols[col], self.rows[row]
+    def window(self, i: int) -> tuple[int, int, int, int]:
+        """(col_off, row_off, width, height) of window number i."""
+        return self.grid.window(i)
 
 
 def _check_georeferencing(src: Any, raster: Path) -> None:
@@ -271,19 +274,23 @@ def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
                 f"{raster}: the raster ({src.width} x {src.height} pixels) is smaller than one tile of "
                 f"{settings.tile_m:g} m ({window[0]} x {window[1]} pixels); choose a smaller --tile-m"
             )
-        strides = [max(1, round(size * (1 - settings.overlap))) for size in window]
-        col0, row0, col1, row1 = _pixel_range(src, settings, raster)
-        # The grid stays the whole raster's: a cut of a part gives the same tiles as the whole.
-        cols = [c for c in _starts(src.width, window[0], strides[0]) if c < col1 and c + window[0] > col0]
-        rows = [r for r in _starts(src.height, window[1], strides[1]) if r < row1 and r + window[1] > row0]
+
+        def size_at(col: float, row: float) -> tuple[int, int]:
+            """The window of `tile_m` x `tile_m` metres at pixel position (col, row)."""
+            across, down = _pixel_metres(src, to_wgs84, col, row)
+            width = min(src.width, max(1, round(settings.tile_m / across)))
+            return width, min(src.height, max(1, round(settings.tile_m / down)))
+
+        grid = plan_grid(
+            src.width, src.height, size_at, settings.overlap, _pixel_range(src, settings, raster)
+        )
         bands = choose_bands(src, settings.bands, raster)
         return _Plan(
             raster=raster,
             crs=src.crs.to_string(),
             bands=bands,
             window_px=window,
-            cols=cols,
-            rows=rows,
+            grid=grid,
             pixel_m=(across_m, down_m),
             eight_bit=all(dtype == "uint8" for dtype in src.dtypes),
             palette=_palette(src, bands),
@@ -389,25 +396,24 @@ def _progress(out: Path) -> Iterator[dict[str, Any]]:
             yield entry
 
 
-def tile_name(plan: _Plan, col_off: int, row_off: int) -> str:
+def tile_name(plan: _Plan, col_off: int, row_off: int, width: int, height: int) -> str:
     """A tile's path in the gallery, which is its key in an index: the raster's name and the window.
 
     Qualified by the raster's name and the window's size, two galleries cut from different
     rasters, or at different sizes, can share one index.
     """
-    width, height = plan.window_px
     return f"tiles/{plan.raster.stem}/r{row_off:06d}_c{col_off:06d}_{width}x{height}.png"
 
 
 def tile_row(
-    plan: _Plan, transform: Any, to_wgs84: Any, col_off: int, row_off: int, nodata_share: float
+    plan: _Plan, transform: Any, to_wgs84: Any, window: tuple[int, int, int, int], nodata_share: float
 ) -> dict[str, Any]:
     """The manifest row of one window: centre, WGS84 footprint, CRS and pixel window.
 
     The footprint is the window's outline: its corners, and points along edges that are curved
-    in lon / lat (see `footprint.densified`).
+    in lon / lat (see `footprint.densified`). `window` is (col_off, row_off, width, height).
     """
-    width, height = plan.window_px
+    col_off, row_off, width, height = window
 
     def to_lonlat(col: float, row: float) -> tuple[float, float]:
         return to_wgs84.transform(*pixel_to_crs(transform, col, row))
@@ -417,7 +423,7 @@ def tile_row(
     ground = densified(corners, to_lonlat)
     lon, lat = to_lonlat(col_off + width / 2, row_off + height / 2)
     return {
-        "image": tile_name(plan, col_off, row_off),
+        "image": tile_name(plan, col_off, row_off, width, height),
         "lat": round(lat, 9),
         "lon": round(normalise_lon(lon), 9),
         "footprint": geometry(make_ring(ground)),
@@ -429,13 +435,13 @@ def tile_row(
 
 
 def _read_window(
-    src: Any, plan: _Plan, col_off: int, row_off: int, px: int, resampling_name: str | None = None
+    src: Any, plan: _Plan, window_px: tuple[int, int, int, int], px: int, resampling_name: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The window's chosen bands resampled to px x px, and its validity mask (True = data)."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    window = Window(col_off, row_off, *plan.window_px)
+    window = Window(*window_px)
     mask = src.dataset_mask(window=window, out_shape=(px, px)) > 0
     if plan.palette is not None:
         # Colour indices are names, not amounts: take the nearest index, then its colour.
@@ -445,7 +451,7 @@ def _read_window(
             table[index] = colour[:3]
         return table[indices].transpose(2, 0, 1), mask
     # Averaging when shrinking keeps thin features (roads) visible; bilinear when enlarging.
-    resampling = Resampling.average if max(plan.window_px) > px else Resampling.bilinear
+    resampling = Resampling.average if max(window_px[2:]) > px else Resampling.bilinear
     if resampling_name is not None:
         resampling = Resampling[resampling_name]
     unique = sorted(set(plan.bands))
@@ -453,22 +459,21 @@ def _read_window(
     return data[[unique.index(b) for b in plan.bands]], mask
 
 
-def write_world_file(
-    tile: Path, src: Any, col_off: int, row_off: int, window_px: tuple[int, int], px: int
-) -> None:
+def write_world_file(tile: Path, src: Any, window: tuple[int, int, int, int], px: int) -> None:
     """Write `tile`'s georeferencing beside it, as GDAL and QGIS read it: a world file (.pgw, the
     affine geotransform of its pixel centres) and a .aux.xml holding the raster's CRS."""
     from rasterio.windows import Window
 
     from geoloc.geodata.footprint import DIGITS
 
-    affine = src.window_transform(Window(col_off, row_off, *window_px))
+    affine = src.window_transform(Window(*window))
+    width, height = window[2:]
     a, b, c, d, e, f = (
-        affine.a * window_px[0] / px,
-        affine.b * window_px[1] / px,
+        affine.a * width / px,
+        affine.b * height / px,
         affine.c,
-        affine.d * window_px[0] / px,
-        affine.e * window_px[1] / px,
+        affine.d * width / px,
+        affine.e * height / px,
         affine.f,
     )
     # A world file names the centre of the top-left pixel, in the order A, D, B, E, C, F.
@@ -481,10 +486,10 @@ def write_world_file(
     )
 
 
-def _unreadable(plan: _Plan, col_off: int, row_off: int, error: Exception) -> GeolocError:
+def _unreadable(plan: _Plan, window: tuple[int, int, int, int], error: Exception) -> GeolocError:
     cause = error.__cause__ or error
     reason = (str(cause).splitlines() or ["unreadable"])[0]
-    width, height = plan.window_px
+    col_off, row_off, width, height = window
     return GeolocError(
         f"{plan.raster}: cannot read the window at column {col_off}, row {row_off} "
         f"({width} x {height} pixels): {reason} (a truncated or damaged file?); no tiles were kept"
@@ -557,24 +562,24 @@ def _cut_windows(
     )
     with open(out / PROGRESS_FILE, "a", encoding="utf-8") as progress, bar:
         for i in range(first, plan.windows):
-            col_off, row_off = plan.window(i)
+            window = plan.window(i)
             try:
-                data, mask = _read_window(src, plan, col_off, row_off, settings.px, settings.resampling)
+                data, mask = _read_window(src, plan, window, settings.px, settings.resampling)
             except RasterioError as error:
-                raise _unreadable(plan, col_off, row_off, error) from None
+                raise _unreadable(plan, window, error) from None
             nodata_share = 1.0 - float(mask.mean())
             if nodata_share > settings.max_nodata:
                 entry: dict[str, Any] = {"i": i, "status": "nodata"}
             else:
                 rgb = _to_rgb(data, scale)
                 rgb[:, ~mask] = 0  # nodata pixels black, not whatever value marks them
-                row = tile_row(plan, src.transform, to_wgs84, col_off, row_off, nodata_share)
+                row = tile_row(plan, src.transform, to_wgs84, window, nodata_share)
                 with atomic.atomic_path(out / row["image"]) as tmp:
                     Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(
                         tmp, format="PNG", compress_level=3
                     )
                 if settings.world_files:
-                    write_world_file(out / row["image"], src, col_off, row_off, plan.window_px, settings.px)
+                    write_world_file(out / row["image"], src, window, settings.px)
                 entry = {"i": i, "status": "tile", "row": row}
             # After the PNG: a logged tile is always on disk.
             progress.write(json.dumps(entry) + "\n")
@@ -610,6 +615,7 @@ def _finish(out: Path, plan: _Plan, settings: TilingSettings, seconds: float, re
         bands=plan.bands,
         crs=plan.crs,
         window_px=plan.window_px,
+        window_sizes=plan.grid.sizes(),
     )
     summary = {
         "raster": str(plan.raster),
@@ -625,6 +631,7 @@ def _finish(out: Path, plan: _Plan, settings: TilingSettings, seconds: float, re
         "resampling": settings.resampling,
         "world_files": settings.world_files,
         "window_px": list(plan.window_px),
+        "window_px_range": [list(size) for size in plan.grid.sizes()],
         "pixel_m": [round(v, 4) for v in plan.pixel_m],
         "windows": result.windows,
         "tiles": result.tiles,
