@@ -18,7 +18,7 @@ from geoloc.index.region import Region, parse_near, parse_within
 from geoloc.index.search import SearchIndex
 from geoloc.index.store import Tiles, read_index, write_index
 
-COUNT, DIM = 3000, 16
+COUNT, DIM = 2000, 16
 
 
 def gallery(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,7 +75,7 @@ def test_region_search_is_exact_over_the_tiles_inside(
 ) -> None:
     """Small regions are scored exactly; through FAISS's ID selector (forced here), exact, and the
     approximate kinds set to scan everything, give the brute-force answer over the tiles inside."""
-    settings = AnnSettings(kind=kind, nlist=8, nprobe=8, ef_search=400, rescore=3000)
+    settings = AnnSettings(kind=kind, nlist=8, nprobe=8, ef_search=400, pq_m=4, rescore=COUNT)
     index = open_index(tmp_path / "index", settings)
     if through_faiss:
         monkeypatch.setattr(ann, "EXACT_SUBSET", 0)
