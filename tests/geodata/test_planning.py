@@ -151,3 +151,19 @@ def test_a_tile_covers_its_ground_size_wherever_it_lies(tmp_path: Path) -> None:
         across = geod.inv(*left, *right)[2]
         down = geod.inv(*top, *bottom)[2]
         assert across == pytest.approx(700_000, rel=0.1) and down == pytest.approx(700_000, rel=0.1)
+
+
+def test_a_lon_lat_raster_reaching_the_pole_is_planned(tmp_path: Path) -> None:
+    from geo_rasters import noise, write_raster
+    from rasterio.transform import from_origin
+
+    # 0 to 10 degrees east, 85 to 90 degrees south: a pixel's width shrinks to nothing at the pole.
+    raster = write_raster(
+        tmp_path / "pole.tif", noise(3, 100, 200), crs="EPSG:4326", transform=from_origin(0, -85, 0.05, 0.05)
+    )
+    plan = plan_cut(raster, TilingSettings(tile_m=20_000))
+    windows = [plan.window(i) for i in range(plan.windows)]
+    assert windows and all(c >= 0 and r >= 0 and c + w <= 200 and r + h <= 100 for c, r, w, h in windows)
+    assert max(r + h for _, r, _, h in windows) == 100  # down to the pole
+    _, largest = plan.grid.sizes()
+    assert largest[0] == 200  # near the pole a row's tile takes the raster's whole width

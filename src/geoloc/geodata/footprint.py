@@ -124,11 +124,6 @@ def geometry(ring: Ring) -> dict[str, Any]:
     return {"type": "MultiPolygon", "coordinates": [[part] for part in parts]}
 
 
-def polygon(ring: Ring) -> dict[str, Any]:
-    """The GeoJSON geometry of a footprint (kept for callers of the old name): see `geometry`."""
-    return geometry(ring)
-
-
 def bounds(ring: Ring) -> tuple[float, float, float, float]:
     """(west, south, east, north) of a ring; east may pass 180 for a ring across the antimeridian."""
     lons = [p[0] for p in ring]

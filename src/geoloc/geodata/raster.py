@@ -32,7 +32,7 @@ import numpy as np
 
 from geoloc import atomic
 from geoloc.errors import GeolocError
-from geoloc.geodata.footprint import densified, geometry, make_ring, normalise_lon
+from geoloc.geodata.footprint import DIGITS, densified, geometry, make_ring, normalise_lon
 from geoloc.geodata.grid import WindowGrid, plan_grid
 
 STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
@@ -252,6 +252,13 @@ def _palette(src: Any, bands: list[int]) -> dict[int, tuple[int, ...]] | None:
     return src.colormap(bands[0])
 
 
+def _pixels(tile_m: float, pixel_m: float, limit: int) -> int:
+    """Pixels of `pixel_m` metres in `tile_m` metres, 1 to `limit` (all of them at a pole)."""
+    if not (math.isfinite(pixel_m) and pixel_m > 0):
+        return limit
+    return min(limit, max(1, round(tile_m / pixel_m)))
+
+
 def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
     """Check the raster and the settings; return the windows to cut. Nothing is written."""
     from pyproj import CRS, Transformer
@@ -276,10 +283,10 @@ def plan_cut(raster: str | Path, settings: TilingSettings) -> _Plan:
             )
 
         def size_at(col: float, row: float) -> tuple[int, int]:
-            """The window of `tile_m` x `tile_m` metres at pixel position (col, row)."""
+            """The window of `tile_m` x `tile_m` metres at pixel position (col, row), in the raster."""
+            row = min(max(row, 0.0), src.height - 1.0)
             across, down = _pixel_metres(src, to_wgs84, col, row)
-            width = min(src.width, max(1, round(settings.tile_m / across)))
-            return width, min(src.height, max(1, round(settings.tile_m / down)))
+            return _pixels(settings.tile_m, across, src.width), _pixels(settings.tile_m, down, src.height)
 
         grid = plan_grid(
             src.width, src.height, size_at, settings.overlap, _pixel_range(src, settings, raster)
@@ -463,8 +470,6 @@ def write_world_file(tile: Path, src: Any, window: tuple[int, int, int, int], px
     """Write `tile`'s georeferencing beside it, as GDAL and QGIS read it: a world file (.pgw, the
     affine geotransform of its pixel centres) and a .aux.xml holding the raster's CRS."""
     from rasterio.windows import Window
-
-    from geoloc.geodata.footprint import DIGITS
 
     affine = src.window_transform(Window(*window))
     width, height = window[2:]
