@@ -38,7 +38,7 @@ from geoloc.geodata.grid import WindowGrid, plan_grid
 STATE_FILE = ".geoloc-tiles.json"  # the settings of the cut: a rerun must use the same ones
 PROGRESS_FILE = ".geoloc-tiles.progress.jsonl"  # one line per window done: what resuming reads
 SUMMARY_FILE = "tiles.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: tiles named by raster and window size, rows of windows sized where they lie
 GDAL_CACHE_MB = 64  # GDAL's block cache; with one window at a time, this bounds the memory used
 MAX_PX = 4096
 SAMPLE_PX = 1024  # longest side of the decimated read that the automatic contrast stretch uses
