@@ -38,6 +38,7 @@ WarmupRule = Literal["ceil", "released"]
 TrainPrecision = Literal["auto", "float32", "bf16"]
 TileFeatures = Literal["auto", "cache", "compute"]
 Sharding = Literal["ddp", "fsdp"]
+CompileBackend = Literal["inductor", "aot_eager"]
 
 
 @dataclass
@@ -138,6 +139,9 @@ class TrainConfig:
     # Run the encoder's forward through torch.compile; texts are padded to a few bucket
     # lengths (powers of two) so that it compiles a bounded number of times.
     compile: bool = False
+    # torch.compile's backend: "inductor" generates kernels; "aot_eager" traces the same graphs
+    # (forward and backward) without generating code, a quick check that a model compiles.
+    compile_backend: CompileBackend = "inductor"
 
 
 @dataclass

@@ -247,7 +247,10 @@ class Trainer:
         builder = self.encoder.text_builder
         longest = len(builder.prefix) + builder.limit + len(builder.suffix)
         builder.length_buckets = bucket_lengths(longest)
-        self.encoder.compile()
+        # Compiled code is cached per code object, not per model: a run compiles afresh, so
+        # shapes another model's run met (its image size) are never taken for dynamic ones.
+        torch.compiler.reset()
+        self.encoder.compile(backend=self.config.train.compile_backend)
 
     def _build_data(self) -> None:
         """The training pairs, their batch order, and the DataLoader that prepares them."""
