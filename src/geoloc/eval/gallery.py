@@ -66,8 +66,12 @@ def embed_gallery(
     batch_size: int = 16,
     world: Any = None,
     show_progress: bool = True,
+    num_workers: int | str = "auto",
 ) -> EmbedResult:
-    """Embed `dataset`'s tiles into `out`, this process's shards first, then merge (first process)."""
+    """Embed `dataset`'s tiles into `out`, this process's shards first, then merge (first process).
+
+    Tiles are decoded and preprocessed in `num_workers` DataLoader workers; the progress bar
+    counts tiles, so it shows tiles/s."""
     from geoloc.eval.cache import model_fingerprint
     from geoloc.world import World
 
@@ -106,7 +110,9 @@ def embed_gallery(
     started = time.monotonic()
     for index in mine:
         shard = records[index * shard_size : (index + 1) * shard_size]
-        vectors = encoder.encode_images([r.image for r in shard], batch_size=batch_size, show_progress=False)
+        vectors = encoder.encode_images(
+            [r.image for r in shard], batch_size=batch_size, show_progress=False, num_workers=num_workers
+        )
         _write_shard(_shard_path(out, index), [r.key for r in shard], vectors)
         if progress is not None:
             progress.update(len(shard))
