@@ -17,6 +17,7 @@ stay on disk); on disk, the whole folder. Prints one JSON line per kind.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -80,7 +81,7 @@ def build(folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np
 BOXES = {"small_region": [-10.0, 0.0, 26.0, 26.0], "large_region": [-180.0, 0.0, -60.0, 50.0]}
 
 
-def serve_like(folder: str, queries_file: str, k: int, nprobe: int) -> dict:
+def serve_like(folder: str, queries_file: str, k: int, nprobe: int, rescore: int) -> dict:
     """In a fresh process: open the index, answer each query alone, with and without the region."""
     import faiss
 
@@ -95,6 +96,8 @@ def serve_like(folder: str, queries_file: str, k: int, nprobe: int) -> dict:
     ivf = faiss.try_extract_index_ivf(index.stored.faiss)
     if ivf is not None and nprobe:
         ivf.nprobe = nprobe
+    if rescore:
+        index.stored.manifest["index"]["rescore"] = rescore
     queries = np.load(queries_file)
     out: dict = {"open_s": round(opened, 2)}
     regions = [("", None)] + [(f"{name}_", Region.bbox(*box)) for name, box in BOXES.items()]
@@ -137,11 +140,14 @@ def main() -> None:
     parser.add_argument(
         "--nprobe", default="16", help="ivf, ivf-pq: comma-separated nprobe values to measure"
     )
-    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument(
+        "--rescore", default="200", help="sq8, ivf-pq: comma-separated candidate counts to re-score"
+    )
+    parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve:
-        folder, queries_file, k, nprobe = args.serve
-        print(json.dumps(serve_like(folder, queries_file, int(k), int(nprobe))))
+        folder, queries_file, k, nprobe, rescore = args.serve
+        print(json.dumps(serve_like(folder, queries_file, int(k), int(nprobe), int(rescore))))
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -161,17 +167,22 @@ def main() -> None:
         for kind in args.kinds.split(","):
             folder = work / kind
             built = build(folder, kind, vectors, lat, lon)
-            for nprobe in args.nprobe.split(",") if "ivf" in kind else ["0"]:
+            nprobes = args.nprobe.split(",") if "ivf" in kind else ["0"]
+            rescores = args.rescore.split(",") if kind in ("sq8", "ivf-pq") else ["0"]
+            for nprobe, rescore in itertools.product(nprobes, rescores):
                 row = {"n": args.n, "dim": args.dim, "kind": kind} | built
                 row |= {"nprobe": int(nprobe)} if "ivf" in kind else {}
+                row |= {"rescore": int(rescore)} if kind in ("sq8", "ivf-pq") else {}
+                queries_file = str(work / "queries.npy")
                 child = [
                     sys.executable,
                     __file__,
                     "--serve",
                     str(folder),
-                    str(work / "queries.npy"),
+                    queries_file,
                     str(args.k),
                     nprobe,
+                    rescore,
                 ]
                 served = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
                 faiss_file = folder / "index.faiss"  # an exact index is the vectors, copied into RAM on open
