@@ -47,7 +47,7 @@ class AnnSettings:
     ef_search: int = 64  # hnsw: candidate list size while searching
     pq_m: int = 0  # ivf-pq: bytes per code (sub-quantisers); 0 = the largest divisor of d up to 64
     train_size: int = 0  # ivf-pq, sq8: vectors sampled for training; 0 = automatic
-    rescore: int = 200  # ivf-pq, sq8: candidates re-scored with the exact vectors; 0 = none
+    rescore: int = 1000  # ivf-pq, sq8: candidates re-scored with the exact vectors; 0 = none
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

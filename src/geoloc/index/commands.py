@@ -251,8 +251,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--rescore",
         type=int,
-        default=200,
-        help="sq8, ivf-pq: candidates re-scored with the exact vectors on disk (default 200; 0: none)",
+        default=1000,
+        help="sq8, ivf-pq: candidates re-scored with the exact vectors on disk (default 1000; 0: none)",
     )
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     p.add_argument("--ef-search", type=int, default=64, help="hnsw: candidates kept while searching")
