@@ -84,3 +84,27 @@ def test_an_index_built_from_the_file_is_the_same_index(
     (tmp_path / "plain.parquet").write_bytes(b"PAR1 not really")
     assert main([*args[:4], str(tmp_path / "plain.parquet"), "--out", str(tmp_path / "x")]) == 2
     assert "plain.parquet: not a readable GeoParquet file" in capsys.readouterr().err
+
+
+def test_a_footprint_across_the_antimeridian_goes_out_split_and_comes_back_whole(tmp_path: Path) -> None:
+    """RFC 7946: out as a MultiPolygon cut at 180 (longitudes in range, so the file stays valid
+    GeoParquet); back as the one ring geoloc keeps."""
+    import geoparquet_validator
+
+    from geoloc.geodata.footprint import box_ring
+    from geoloc.index.ann import AnnSettings
+    from geoloc.index.geoparquet import export_geoparquet, read_geoparquet
+    from geoloc.index.store import Tiles, write_index
+
+    rings = [box_ring(179.99, 10.0, 180.01, 10.02), box_ring(5.0, 45.0, 5.01, 45.01)]
+    tiles = Tiles(["a", "b", "c"], ["a", "b", "c"], [10.01, 45.005, None], [-179.99, 5.005, None],
+                  ["g"] * 3, [*rings, None])  # fmt: skip
+    vectors = np.eye(3, 4, dtype=np.float32)
+    model = {"id": "m", "fingerprint": "f" * 64, "dtype": "float32"}
+    write_index(tmp_path / "i", vectors, tiles, model, AnnSettings(), [])
+    export_geoparquet(tmp_path / "i", tmp_path / "t.parquet")
+    assert geoparquet_validator.failed(geoparquet_validator.check(str(tmp_path / "t.parquet"))) == []
+    geo = json.loads(pq.read_schema(tmp_path / "t.parquet").metadata[b"geo"])
+    assert geo["columns"]["geometry"]["geometry_types"] == ["MultiPolygon", "Polygon"]
+    back_vectors, back_tiles, info = read_geoparquet(tmp_path / "t.parquet")
+    assert np.array_equal(back_vectors, vectors) and back_tiles == tiles and info["model"] == model

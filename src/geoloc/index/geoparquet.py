@@ -23,9 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
+import shapely.geometry
 
 from geoloc.atomic import atomic_path, write_json
 from geoloc.errors import GeolocError
+from geoloc.geodata.footprint import geometry as footprint_geometry
+from geoloc.geodata.footprint import parse_footprint
 from geoloc.index.store import Tiles, read_index
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -42,12 +45,13 @@ def collection_path(parquet: str | Path) -> Path:
 
 
 def _geometries(tiles: Tiles, rows: range) -> list[Any]:
-    """Each tile's shapely geometry: its footprint polygon, else its centre, else None."""
+    """Each tile's shapely geometry: its footprint (RFC 7946: a Polygon, or a MultiPolygon cut at
+    the antimeridian), else its centre, else None."""
     out: list[Any] = []
     for i in rows:
         ring, lat, lon = tiles.footprint[i], tiles.lat[i], tiles.lon[i]  # type: ignore[index]
         if ring:
-            out.append(shapely.Polygon(ring))
+            out.append(shapely.geometry.shape(footprint_geometry(ring)))
         elif lat is not None and lon is not None:
             out.append(shapely.Point(lon, lat))
         else:
@@ -228,9 +232,14 @@ def read_geoparquet(path: str | Path) -> tuple[np.ndarray, Tiles, dict[str, Any]
     if len(set(keys)) != len(keys) or None in keys:
         raise GeolocError(f"{path}: tile keys must be present and unique")
     footprints = []
-    for wkb in table.column("geometry").to_pylist():
+    for row, wkb in enumerate(table.column("geometry").to_pylist()):
         geometry = None if wkb is None else shapely.from_wkb(wkb)
-        polygon = geometry is not None and geometry.geom_type == "Polygon"
-        footprints.append([list(p) for p in geometry.exterior.coords] if polygon else None)
+        if geometry is None or geometry.geom_type not in ("Polygon", "MultiPolygon"):
+            footprints.append(None)  # a point: the tile's centre, in lat / lon
+            continue
+        try:
+            footprints.append(parse_footprint(json.loads(shapely.to_geojson(geometry))))
+        except ValueError as error:
+            raise GeolocError(f"{path}: row {row}: not a tile's footprint ({error})") from error
     tiles = Tiles(keys, *(table.column(n).to_pylist() for n in ("image", "lat", "lon", "group")), footprints)
     return vectors, tiles, info
