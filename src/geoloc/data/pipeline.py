@@ -87,7 +87,7 @@ class TileDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor | BadTile:
         record = self.records[index] if self.records is not None else None
         try:
-            return self.processor.tensor(_load_tile(self.tiles[index], record))
+            return self.processor.raw(_load_tile(self.tiles[index], record))
         except DataError as error:
             return BadTile(str(error))
 
@@ -128,7 +128,7 @@ class PairDataset(torch.utils.data.Dataset):
             return self.texts[index], None
         tile = self.tile_of_text[index]
         try:
-            pixels = self.processor.tensor(_load_tile(self.tiles[tile], self.tile_records[tile]))
+            pixels = self.processor.raw(_load_tile(self.tiles[tile], self.tile_records[tile]))
         except DataError as error:
             return self.texts[index], BadTile(str(error))
         return self.texts[index], pixels

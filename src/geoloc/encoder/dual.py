@@ -234,7 +234,8 @@ class DualEncoder(Encoder):
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         model = self.base_model  # adapters are injected into its layers, so they run here too
         if "pixel_values" in inputs:
-            out = model.get_image_features(pixel_values=inputs["pixel_values"].to(self.dtype))
+            pixels = self.tile_processor.model_pixels(inputs["pixel_values"])  # uint8 -> normalised
+            out = model.get_image_features(pixel_values=pixels.to(self.dtype))
         else:
             out = model.get_text_features(**inputs)
         return nn.functional.normalize(out.pooler_output.float(), dim=-1)

@@ -149,13 +149,18 @@ class TileProcessor:
             return image
         return image.resize((self.size, self.size), Image.Resampling(self.resample))
 
-    def tensor(self, image: Image.Image) -> torch.Tensor:
-        """(3, size, size) float32 pixels of one RGB tile."""
+    def raw(self, image: Image.Image) -> torch.Tensor:
+        """What a worker ships for one RGB tile: (3, size, size) uint8 pixels after the one
+        resize (a quarter of float32's bytes to copy between processes and to the accelerator),
+        or, under `released`, the processor's float32 pixels."""
         if self.released is not None:
             return self._released_tensor(image)
         pixels = np.asarray(self.square(image).convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-        channels = np.stack([self.table[c][pixels[..., c]] for c in range(3)])
-        return torch.from_numpy(channels)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def tensor(self, image: Image.Image) -> torch.Tensor:
+        """(3, size, size) float32 pixels of one RGB tile, as the model reads them."""
+        return self.normalise(self.raw(image).unsqueeze(0))[0]
 
     def _released_tensor(self, image: Image.Image) -> torch.Tensor:
         # The released path: a bicubic square first (geoloc's own step before the processor), then
@@ -165,16 +170,36 @@ class TileProcessor:
         pixels = self.released(batch, return_tensors="pt", **self.released_kwargs)["pixel_values"]
         return pixels.reshape(3, self.size, self.size)
 
-    def collate(self, tensors: list[torch.Tensor]) -> Inputs:
-        """The pixel inputs of a batch of `tensor()` outputs."""
-        pixels = torch.stack(tensors)
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(tiles, 3, H, W) uint8 -> float32 through the table, on the tensor's own device (the
+        accelerator, when the encoder calls it): a lookup, so every device gives the same
+        numbers. Float pixels (the released path's) are already normalised."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        table = torch.from_numpy(self.table).to(pixels.device)
+        channels = [table[c][pixels[:, c].long()] for c in range(3)]
+        return torch.stack(channels, dim=1)
+
+    def model_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A collated batch (uint8 or float, (tiles, 3, H, W) or with the image axis) -> the
+        float pixels the vision tower reads, in the layout it reads them."""
+        if self.image_axis and pixels.dim() == 5:
+            pixels = pixels[:, 0]
+        pixels = self.normalise(pixels)
         if self.nudge_all_zero:
             all_zero = (pixels.flatten(start_dim=1) == 0).all(dim=1)
             if all_zero.any():
+                pixels = pixels.clone()
                 pixels[all_zero, 0, 0, 0] = 1e-6
         if self.image_axis:
             pixels = pixels.unsqueeze(1)  # one image per sample; every pixel real, so no mask
-        return {"pixel_values": pixels}
+        return pixels
+
+    def collate(self, tensors: list[torch.Tensor]) -> Inputs:
+        """The pixel inputs of a batch of `raw()` outputs, as they travel: uint8 (normalised by
+        `model_pixels` where the model runs) or the released path's float32."""
+        return {"pixel_values": torch.stack(tensors)}
 
     def __call__(self, images: list[Image.Image]) -> Inputs:
-        return self.collate([self.tensor(image) for image in images])
+        """Float pixel inputs of RGB tiles, in the model's layout (what `generate` reads too)."""
+        return {"pixel_values": self.model_pixels(torch.stack([self.raw(image) for image in images]))}

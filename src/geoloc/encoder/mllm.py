@@ -143,7 +143,8 @@ class GeoEncoder(Encoder):
         pixels = {
             k: v.to(self.device, non_blocking=True) for k, v in pixel_inputs.items() if k.startswith("pixel")
         }
-        pixels["pixel_values"] = pixels["pixel_values"].to(self.dtype)
+        # uint8 pixels from the input pipeline are normalised here, on the model's device.
+        pixels["pixel_values"] = self.tile_processor.model_pixels(pixels["pixel_values"]).to(self.dtype)
         core = self.base_model.model
         out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
         tiles = pixels["pixel_values"].shape[0]
