@@ -133,7 +133,8 @@ class TrainConfig:
     # model's weights across them (train/sharding.py), for backbones too large to replicate.
     sharding: Sharding = "ddp"
     # Processes that decode and preprocess tiles while the model computes (data/pipeline.py).
-    # "auto": this process's share of the machine's cores less one, at most 8; 0 decodes in
+    # "auto": this process's share of the cores less what computing takes (torch's threads on a
+    # CPU, one core on an accelerator), at most 8; 0 decodes in
     # the training process itself. Any count gives the same batches in the same order.
     num_workers: int | Literal["auto"] = "auto"
     # Run the encoder's forward through torch.compile; texts are padded to a few bucket

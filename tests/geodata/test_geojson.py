@@ -30,8 +30,9 @@ def assert_rfc7946(collection: dict, lon_range: tuple[float, float], lat_range: 
         assert signed_area(ring) > 0  # exterior counter-clockwise (3.1.6)
         for lon, lat in ring:  # longitude first (3.1.1)
             assert lon_range[0] <= lon <= lon_range[1] and lat_range[0] <= lat <= lat_range[1]
-        centre = feature["properties"]["centre"]
-        assert centre == [feature["properties"]["lon"], feature["properties"]["lat"]]
+        properties = feature["properties"]
+        assert "centre" not in properties and all(not isinstance(v, (list, dict)) for v in properties.values())
+        assert isinstance(properties["lon"], float) and isinstance(properties["lat"], float)
     west, south, east, north = collection["bbox"]
     assert west < east and south < north
 
@@ -44,7 +45,7 @@ def test_results_without_footprints_become_points_or_null_geometry() -> None:
     collection = feature_collection(results, query="q")
     point, unplaced = collection["features"]
     assert point["geometry"] == {"type": "Point", "coordinates": [-74.0, 40.7]} and point["id"] == "a.png"
-    assert unplaced["geometry"] is None and unplaced["properties"]["centre"] is None
+    assert unplaced["geometry"] is None and unplaced["properties"]["lon"] is None
     assert collection["query"] == "q" and collection["bbox"] == [-74.0, 40.7, -74.0, 40.7]
 
 
@@ -120,7 +121,7 @@ def test_raster_to_tiles_to_index_to_geojson(tmp_path: Path, capsys: pytest.Capt
     assert_rfc7946(collection, (-74.03, -74.0), (40.69, 40.71))
     features = collection["features"]
     assert [f["properties"]["rank"] for f in features] == [1, 2, 3]
-    assert all({"score", "key", "rank", "centre"} <= set(f["properties"]) for f in features)
+    assert all({"score", "key", "rank", "lon", "lat"} <= set(f["properties"]) for f in features)
     assert features[0]["properties"]["score"] >= features[1]["properties"]["score"]
     assert collection["query"] == "a red building with a pond" and collection["k"] == 3
     # The same hits as the JSON output, in the same order.

@@ -81,7 +81,7 @@ def test_search_answers_geojson(client, served_index) -> None:
     for feature, hit in zip(features, hits, strict=True):
         assert feature["geometry"] == {"type": "Polygon", "coordinates": [hit.footprint]}
         properties = feature["properties"]
-        assert properties["rank"] == hit.rank and properties["centre"] == [hit.lon, hit.lat]
+        assert properties["rank"] == hit.rank and (properties["lon"], properties["lat"]) == (hit.lon, hit.lat)
         assert properties["score"] == pytest.approx(hit.score) and properties["tile_url"].startswith(
             "/tiles/"
         )

@@ -47,16 +47,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(processes_per_machine: int = 1) -> int:
+def auto_workers(processes_per_machine: int = 1, device: torch.device | None = None) -> int:
     """Workers per process when `num_workers` is "auto": the cores this process may use, less
-    one for the process itself, at most 8 (decoding a batch takes far less than a step)."""
+    what computing takes (on a CPU, torch's threads; on an accelerator, one core to drive it), at
+    most 8. On a CPU whose cores torch's threads already fill, decoding stays in the process:
+    a worker there would only take turns with the model's own threads."""
     cores = available_cores() // max(1, processes_per_machine)
-    return max(0, min(MAX_AUTO_WORKERS, cores - 1))
+    computing = torch.get_num_threads() if device is None or device.type == "cpu" else 1
+    return max(0, min(MAX_AUTO_WORKERS, cores - computing))
 
 
-def resolve_workers(num_workers: int | str, processes_per_machine: int = 1) -> int:
+def resolve_workers(
+    num_workers: int | str, processes_per_machine: int = 1, device: torch.device | None = None
+) -> int:
     if num_workers == "auto":
-        return auto_workers(processes_per_machine)
+        return auto_workers(processes_per_machine, device)
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be 'auto' or a count of at least 0, not {num_workers!r}")
     return num_workers

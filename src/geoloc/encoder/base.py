@@ -249,7 +249,7 @@ class Encoder(nn.Module):
         and preprocessed in DataLoader workers (none for a single batch: not worth a process)."""
         from geoloc.data.pipeline import TileCollator, TileDataset, batches_of, make_loader, resolve_workers
 
-        workers = resolve_workers(num_workers) if len(tiles) > batch_size else 0
+        workers = resolve_workers(num_workers, device=self.device) if len(tiles) > batch_size else 0
         loader = make_loader(
             TileDataset(tiles, self.tile_processor, records),
             TileCollator(self.tile_processor),

@@ -94,7 +94,11 @@ class TileFeatureStore:
         from geoloc.data.pipeline import TileCollator, TileDataset, batches_of, make_loader, resolve_workers
 
         processor = self.encoder.tile_processor
-        workers = resolve_workers(self.num_workers) if len(images) > self.batch_size else 0
+        workers = (
+            resolve_workers(self.num_workers, device=self.encoder.device)
+            if len(images) > self.batch_size
+            else 0
+        )
         loader = make_loader(
             TileDataset(images, processor, records),
             TileCollator(processor),

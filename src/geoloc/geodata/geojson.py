@@ -1,12 +1,12 @@
 """Search results as an RFC 7946 GeoJSON FeatureCollection, which QGIS and geojson.io open as is.
 
 Each result is a Feature whose properties are the result's fields (rank, score, key, lat, lon,
-group, and judgement / explanation when asked) and `centre`, [lon, lat]. A collection holds one
-geometry type, as GIS formats with one type per layer (Shapefile, GeoPackage) need:
+group, and judgement / explanation when asked), all flat scalars (an array property makes GPKG
+warn and Shapefile refuse the field). A collection holds one geometry type, as GIS formats with one type per layer (Shapefile, GeoPackage) need:
 
 - when any result has a footprint, every geometry is a Polygon, or every one a MultiPolygon when
   a footprint crosses the antimeridian (cut in two there, RFC 7946 section 3.1.9); a result
-  without a footprint gets a null geometry, its centre still in its properties;
+  without a footprint gets a null geometry, its centre still in its `lon` / `lat` properties;
 - otherwise every geometry is a Point (null for a tile with no coordinates).
 
 The collection's `bbox` has west > east when it crosses the antimeridian (section 5.2). It says
@@ -35,14 +35,12 @@ def feature(result: dict[str, Any], shapes: bool | None = None) -> dict[str, Any
     `shapes`: whether the collection draws footprints (True) or centres (False); None: this
     result's footprint when it has one.
     """
-    lat, lon = result.get("lat"), result.get("lon")
-    centre = [lon, lat] if lat is not None and lon is not None else None
     properties = {name: value for name, value in result.items() if name != "footprint"}
     return {
         "type": "Feature",
         "id": result["key"],
         "geometry": _geometry(result, bool(result.get("footprint")) if shapes is None else shapes),
-        "properties": properties | {"centre": centre},
+        "properties": properties,
     }
 
 

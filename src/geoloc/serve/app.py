@@ -213,8 +213,9 @@ class ExplainResponse(BaseModel):
 
 
 class Geometry(BaseModel):
-    type: Literal["Polygon", "Point"]
-    coordinates: list[list[list[float]]] | list[float]
+    # A footprint across the antimeridian is a MultiPolygon cut at 180 degrees (RFC 7946 3.1.9).
+    type: Literal["Polygon", "MultiPolygon", "Point"]
+    coordinates: list[list[list[list[float]]]] | list[list[list[float]]] | list[float]
 
 
 class Feature(BaseModel):

@@ -266,7 +266,9 @@ class Trainer:
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
         try:
-            self.num_workers = resolve_workers(config.train.num_workers, self._processes_per_machine())
+            self.num_workers = resolve_workers(
+                config.train.num_workers, self._processes_per_machine(), self.device
+            )
         except ValueError as error:
             raise ConfigError(f"train.num_workers: {error}") from error
         # Tiles whose features come from the store need no pixels: workers then only tokenize.
