@@ -114,7 +114,7 @@ def main() -> None:
             )
             print(
                 f"  geoloc train, batch {batch}: {figures['pairs_per_s']:.1f} pairs/s, "
-                f"waiting for data {figures["data_wait_share"]:.2%} of step time"
+                f"waiting for data {figures['data_wait_share']:.2%} of step time"
             )
         fast = embed_figures(manifest, folder / "emb-fast", args.model, args.device, released=False)
         slow = embed_figures(manifest, folder / "emb-released", args.model, args.device, released=True)

@@ -31,7 +31,8 @@ def assert_rfc7946(collection: dict, lon_range: tuple[float, float], lat_range: 
         for lon, lat in ring:  # longitude first (3.1.1)
             assert lon_range[0] <= lon <= lon_range[1] and lat_range[0] <= lat <= lat_range[1]
         properties = feature["properties"]
-        assert "centre" not in properties and all(not isinstance(v, (list, dict)) for v in properties.values())
+        assert "centre" not in properties
+        assert all(not isinstance(value, (list, dict)) for value in properties.values())
         assert isinstance(properties["lon"], float) and isinstance(properties["lat"], float)
     west, south, east, north = collection["bbox"]
     assert west < east and south < north

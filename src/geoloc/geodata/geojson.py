@@ -2,7 +2,8 @@
 
 Each result is a Feature whose properties are the result's fields (rank, score, key, lat, lon,
 group, and judgement / explanation when asked), all flat scalars (an array property makes GPKG
-warn and Shapefile refuse the field). A collection holds one geometry type, as GIS formats with one type per layer (Shapefile, GeoPackage) need:
+warn and Shapefile refuse the field). A collection holds one geometry type, as GIS formats with
+one type per layer (Shapefile, GeoPackage) need:
 
 - when any result has a footprint, every geometry is a Polygon, or every one a MultiPolygon when
   a footprint crosses the antimeridian (cut in two there, RFC 7946 section 3.1.9); a result
