@@ -72,18 +72,6 @@ def _processes_of(run: Path) -> list[int]:
     return pids
 
 
-def _no_worker_outlives(run: Path, within_s: float = 20.0) -> bool:
-    """Workers notice that their parent was killed and exit (torch checks every few seconds)."""
-    import time
-
-    deadline = time.monotonic() + within_s
-    while _processes_of(run):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
 def _saved_step(run: Path) -> int | None:
     """The step of checkpoints/latest, after checking it is complete; None when there is none.
 
@@ -129,7 +117,10 @@ def test_killed_anywhere_and_resumed_equals_the_uninterrupted_run(config: Path, 
     for attempt, (fault, expected_step, moment) in enumerate(KILLS):
         done = _train(config, run, fault, resume=attempt > 0)
         assert done.returncode == -signal.SIGKILL, f"{fault} ({moment}) did not kill: {done.stderr[-2000:]}"
-        assert _no_worker_outlives(run), f"{fault}: DataLoader workers still running after the kill"
+        # `_train` returns once every holder of the run's output pipes has closed them: the killed
+        # process and its workers, which inherit the pipes. A worker that outlived its parent would
+        # hold them to the timeout; the workers exit on their own, within torch's 5-s check.
+        assert not _processes_of(run), f"{fault}: DataLoader workers still running after the kill"
         assert not (run / "final").exists(), moment
         if fault.startswith("atomic_dir.swap"):
             # Killed between the renames: no folder under the real name, the old one set aside whole.

@@ -70,6 +70,13 @@ def serve_in_thread(app) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@pytest.fixture
+def serve_app():  # noqa: ANN201
+    """`serve_app(app)`: serve an app of the test's own on loopback (a context manager that
+    yields its URL); a fixture, since test modules cannot import a conftest by name."""
+    return serve_in_thread
+
+
 @pytest.fixture(scope="session")
 def live_server(served_index) -> Iterator[str]:
     """The app served by uvicorn on loopback, in a thread; yields its base URL."""

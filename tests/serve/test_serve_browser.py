@@ -191,17 +191,16 @@ def test_a_drawn_rectangle_limits_the_search_to_it(live_server: str, served_inde
     print(f"screenshot: {tmp_path / 'area.png'}")
 
 
-def test_the_page_asks_for_the_token_once(served_index, tmp_path: Path) -> None:
+def test_the_page_asks_for_the_token_once(served_index, serve_app, tmp_path: Path) -> None:
     """Against a server with a token: one prompt, then searches, the heat map and the tile
     images (fetched with the token) all work."""
-    from conftest import serve_in_thread
     from playwright.sync_api import sync_playwright
 
     from geoloc.serve.app import create_app
 
     token = "page-token-0123456789abcdef"
     query = "a red square building with a pond on its left"
-    with serve_in_thread(create_app(served_index, token=token)) as url, sync_playwright() as p:
+    with serve_app(create_app(served_index, token=token)) as url, sync_playwright() as p:
         browser = _launch(p, tmp_path)
         try:
             page = browser.new_page()

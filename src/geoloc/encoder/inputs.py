@@ -87,7 +87,7 @@ def bucket_lengths(longest: int, smallest: int = 16) -> tuple[int, ...]:
     return tuple(buckets)
 
 
-def _normalisation_table(image_processor: Any) -> np.ndarray:
+def _normalisation_table(image_processor: Any) -> torch.Tensor:
     """(3, 256) float32: what the image processor's own rescale and normalise make of each 8-bit
     value in each channel. Computed by the processor, so the table is its arithmetic exactly."""
     values = np.tile(np.arange(256, dtype=np.uint8), (3, 1))[:, None, :]  # channels first, (3, 1, 256)
@@ -96,7 +96,7 @@ def _normalisation_table(image_processor: Any) -> np.ndarray:
         out = image_processor.rescale(out, image_processor.rescale_factor)
     if getattr(image_processor, "do_normalize", True):
         out = image_processor.normalize(out, image_processor.image_mean, image_processor.image_std)
-    return np.ascontiguousarray(np.asarray(out, dtype=np.float32)[:, 0, :])
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(out, dtype=np.float32)[:, 0, :]))
 
 
 @dataclass
@@ -112,7 +112,7 @@ class TileProcessor:
 
     size: int
     resample: int
-    table: np.ndarray
+    table: torch.Tensor  # (3, 256) float32
     image_axis: bool = False
     nudge_all_zero: bool = False
     released: Any = None
@@ -176,7 +176,7 @@ class TileProcessor:
         numbers. Float pixels (the released path's) are already normalised."""
         if pixels.dtype != torch.uint8:
             return pixels
-        table = torch.from_numpy(self.table).to(pixels.device)
+        table = self.table.to(pixels.device)
         channels = [table[c][pixels[:, c].long()] for c in range(3)]
         return torch.stack(channels, dim=1)
 
