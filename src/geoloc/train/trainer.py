@@ -31,6 +31,7 @@ from geoloc.data.pipeline import (
     PairBatch,
     PairCollator,
     PairDataset,
+    available_cores,
     batches_of,
     checked,
     make_loader,
@@ -288,13 +289,18 @@ class Trainer:
         )
 
     def _processes_per_machine(self) -> int:
-        import os
-
         return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if self.world.distributed else 1
 
+    def _share(self, batch: list[int]) -> tuple[list[int], int, int]:
+        """(rows this process encodes, offset of its first row, real rows) of a global batch.
+        Under FSDP every process runs the same passes: equal shares, padded with filler rows."""
+        if self.sharded:
+            return self.world.padded_slice_of(batch)
+        local, offset = self.world.slice_of(batch)
+        return local, offset, len(local)
+
     def _local_rows(self, batch: list[int]) -> list[int]:
-        """The rows of a global batch this process encodes (padded to equal shares under FSDP)."""
-        return self.world.padded_slice_of(batch)[0] if self.sharded else self.world.slice_of(batch)[0]
+        return self._share(batch)[0]
 
     def _feature_store(self) -> TileFeatureStore | None:
         """Tile features from disk when the vision side is frozen (train.tile_features)."""
@@ -369,11 +375,7 @@ class Trainer:
         self.encoder.train()
         if inputs is None:
             inputs = self.prepare(batch)
-        if self.sharded:  # every process runs the same passes: equal shares, padded
-            local, offset, real = self.world.padded_slice_of(batch)
-        else:
-            local, offset = self.world.slice_of(batch)
-            real = len(local)
+        local, offset, real = self._share(batch)
         tokens = self.encoder.image_token_inputs(len(local))
         if inputs.pixels is None:  # the tiles' features come from the store
             records = [self.splits.train.records[self.image_index[i]] for i in local]
@@ -436,8 +438,8 @@ class Trainer:
             self._warned_data_wait = True
             warnings.warn(
                 f"training steps waited {share:.0%} of their time for input batches: raise "
-                f"train.num_workers (now {self.num_workers}; this machine has "
-                f"{os.cpu_count()} cores) or put the tiles on faster storage",
+                f"train.num_workers (now {self.num_workers}; this process may use "
+                f"{available_cores()} cores) or put the tiles on faster storage",
                 stacklevel=2,
             )
 
