@@ -13,9 +13,10 @@ A row, here as JSONL::
 - `group` (optional): rows of the same group are the same answer. A number is turned into a
   string. Without it each image is its own group (group = the image key).
 - `split` (optional): one of train / val / test.
-- `footprint` (optional): the tile's ground extent, a GeoJSON Polygon in WGS84 lon / lat with one
-  closed ring (`geoloc tiles` and `geoloc xyz` write it; see `geoloc.geodata.footprint`). In CSV,
-  the cell holds the same JSON.
+- `footprint` (optional): the tile's ground extent in WGS84 lon / lat, as RFC 7946 writes it: a
+  GeoJSON Polygon with one closed ring, or, for a tile across the antimeridian, a MultiPolygon of
+  its two parts cut at 180 degrees (section 3.1.9), which is read back as one ring (`geoloc tiles`
+  and `geoloc xyz` write it; see `geoloc.geodata.footprint`). In CSV, the cell holds the same JSON.
 
 A gallery to search needs no descriptions: `read_manifest(..., require_texts=False)` accepts
 rows without `texts` (the index reads galleries so).
@@ -83,7 +84,8 @@ class Record:
     lon: float | None = None
     split: str | None = None
     footprint: tuple[tuple[float, float], ...] | None = None
-    """The closed, counter-clockwise ring of (lon, lat) positions of the tile's ground extent."""
+    """The closed, counter-clockwise ring of (lon, lat) positions of the tile's ground extent; a
+    MultiPolygon across the antimeridian is joined into one ring whose longitudes run past 180."""
 
 
 @dataclass
@@ -373,7 +375,7 @@ def _footprint(value: Any) -> tuple[tuple[float, float], ...] | None:
 
     if value is None:
         return None
-    if isinstance(value, str):  # a CSV cell, or a Parquet string column: the JSON of the polygon
+    if isinstance(value, str):  # a CSV cell, or a Parquet string column: the geometry's JSON
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
