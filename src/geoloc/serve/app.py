@@ -244,6 +244,9 @@ class HeatCell(BaseModel):
     east: float
     score: float = Field(description="the best score of the tiles in the cell")
     tiles: int
+    footprint: list[list[float]] | None = Field(
+        None, description="a cell of one tile: the tile's outline, a closed ring of [lon, lat]; else null"
+    )
 
 
 class HeatmapResponse(BaseModel):
@@ -404,7 +407,7 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: 
     async def heatmap(request: HeatmapRequest) -> dict[str, Any]:
         """Every tile's score for a description, as cells on the map: where the place likely is."""
         scores = await run_in_threadpool(score_gallery, index, request.text)
-        cells = heat_cells(index, scores, request.cells)
+        cells = heat_cells(index.stored.tiles, scores, request.cells)
         values = [cell["score"] for cell in cells]
         return {
             "query": request.text,
