@@ -211,8 +211,7 @@ def _add_encoding_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from geoloc.index.ann import KINDS
-    from geoloc.index.search import MAX_K
+    from geoloc.index.limits import KINDS, MAX_K
 
     index = subparsers.add_parser("index", help="build or change a search index of satellite tiles")
     actions = index.add_subparsers(dest="index_action", required=True)

@@ -20,11 +20,9 @@ import numpy as np
 from geoloc.errors import GeolocError
 from geoloc.index import ann
 from geoloc.index.identity import check_same_model, load_index_model
+from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import Region
 from geoloc.index.store import StoredIndex, read_index
-
-MAX_K = 1000
-MAX_QUERY_CHARS = 2000  # far beyond what the model reads (max_text_tokens), and cheap to refuse
 
 
 @dataclass

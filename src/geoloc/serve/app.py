@@ -40,15 +40,14 @@ from geoloc.geodata.geojson import MEDIA_TYPE as GEOJSON_MEDIA_TYPE
 from geoloc.geodata.geojson import feature_collection
 from geoloc.index.explain import MAX_JUDGED, search_and_judge
 from geoloc.index.heatmap import heat_cells, score_gallery
+from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import MAX_RADIUS_KM, Region
-from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, Hit, SearchIndex
+from geoloc.index.search import Hit, SearchIndex
 from geoloc.serve import auth
 from geoloc.serve.batcher import QueryBatcher
+from geoloc.serve.limits import MAX_BODY_BYTES
 
 STATIC = Path(__file__).parent / "static"
-# A query is at most MAX_QUERY_CHARS characters; JSON may escape each as a surrogate pair,
-# "\ud83d\ude00", 12 bytes: the limit must let every schema-valid body through.
-MAX_BODY_BYTES = 32 * 1024
 IMAGE_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",

@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from geoloc.serve.app import MAX_BODY_BYTES
+    from geoloc.serve.limits import MAX_BODY_BYTES
 
     p = subparsers.add_parser("serve", help="serve an index: HTTP API and a web page with a map")
     p.add_argument("index", help="the index folder")
