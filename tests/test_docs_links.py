@@ -47,6 +47,8 @@ def _links(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path) -> None:
+    fences = [line for line in page.read_text(encoding="utf-8").splitlines() if FENCE.match(line.lstrip())]
+    assert len(fences) % 2 == 0, f"{page.relative_to(ROOT)}: a code block is not closed"
     broken = []
     for target in _links(page):
         path, _, anchor = target.partition("#")
