@@ -64,3 +64,14 @@ def test_the_readme_links_every_docs_page() -> None:
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in _links(ROOT / "README.md")}
     missing = [p.name for p in PAGES[1:] if p.resolve() not in linked]
     assert not missing, f"docs pages the README does not link: {missing}"
+
+
+def test_ci_runs_the_readme_s_test_command() -> None:
+    """.ci/run says it runs exactly the README's test command: its last command is one the
+    README's set-up block gives."""
+    commands = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    ci = [c for c in commands if c and not c.startswith("#")][-1]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme[readme.index("## Set-up") :]
+    block = setup[setup.index("```") : setup.index("```", setup.index("```") + 3)]
+    assert ci in [line.split("#")[0].strip() for line in block.splitlines()], (ci, block)
