@@ -89,6 +89,8 @@ def _geotext_protocol(args: argparse.Namespace) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
     from geoloc.data.bad_records import verify_and_list
+    from geoloc.encoder import card
+    from geoloc.encoder.base import saved_encoder_dir
     from geoloc.encoder.loading import load_encoder
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
@@ -111,6 +113,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # command here, before anything is written, or (skip) is left out and listed.
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
     dataset, skipped = verify_and_list(load_benchmark(request), args.on_bad_record, out)
+    saved = saved_encoder_dir(args.model)
+    save_id = card.card_save_id(saved) if saved is not None else None  # before loading: same weights
     encoder = load_encoder(args.model, device=args.device, dtype=args.dtype)
     # The saved templates unless the evaluation sets its own (e.g. the released code's prefix).
     encoder = with_templates(encoder, args.text_template, args.image_template)
@@ -132,6 +136,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_metrics(metrics, title=f"{args.model} on {dataset.source} (split: {args.split or 'all'})"))
     written = f"wrote {out / 'metrics.json'}"
     print(written + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
+    if saved is not None:  # the saved model's card (README.md) shows every result it has
+        data_name = card.dataset_name(
+            request.benchmark,
+            str(dataset.source),
+            city=request.city,
+            version=request.version,
+            target=request.target,
+            view=request.view,
+        )
+        if card.add_result(saved, card.eval_result(metrics, data_name, args.split), save_id=save_id):
+            print(f"added the results to the model card: {saved / card.CARD}")
+        else:
+            print(f"{saved} was saved again while it was evaluated: its model card is left as it was")
     return 0
 
 

@@ -10,8 +10,9 @@ the CLIP / SigLIP `DualEncoder` baseline (geoloc.encoder.dual). `geoloc.load_enc
     scores = text_vectors @ tile_vectors.T             # both L2-normalised float32
 
 A saved encoder is a folder: `geoloc_encoder.json` (the EncoderSpec), the tokenizer and image
-processor, `adapter/` (LoRA / DoRA weights) or `backbone/` (fully tuned weights), and any files
-the encoder adds (the MLLM's pooling head).
+processor, `adapter/` (LoRA / DoRA weights) or `backbone/` (fully tuned weights), any files
+the encoder adds (the MLLM's pooling head), and its model card: `README.md` in Hugging Face's
+form, drawn from `model_card.json` (geoloc.encoder.card).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
+from geoloc.encoder import card
 from geoloc.encoder.inputs import Inputs, Preprocessing, TextInputs, TileProcessor
 from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig, count_parameters
@@ -131,6 +133,9 @@ class Encoder(nn.Module):
     # Whether tile features can be computed once and read from disk (tile_features.py): only an
     # encoder that feeds projected vision features into a language model has them.
     has_tile_features: bool = False
+    # The saved folder this encoder was loaded from, if any: a save elsewhere (an export) carries
+    # that folder's base model, recipe and trained parameter counts into its card.
+    saved_folder: Path | None = None
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -277,10 +282,25 @@ class Encoder(nn.Module):
         """Files a subclass adds to a saved folder (GeoEncoder: its pooling head)."""
 
     def save(self, path: str | Path) -> None:
-        """Write a folder `load_encoder` reads back, atomically (all or nothing)."""
+        """Write a folder `load_encoder` reads back, with its model card, atomically (all or nothing).
+
+        The card's recipe is the run's config.yaml when `path` is a run's best/ or final/; its
+        parameter counts are this encoder's now (trainable: what requires a gradient).
+        """
         from peft import PeftModel
 
-        with atomic.atomic_dir(Path(path)) as tmp:
+        path = Path(path)
+        source = self.saved_folder
+        derived_from = source if source is not None and source.resolve() != path.resolve() else None
+        facts = card.new_facts(
+            # The source it was built from, not SAVED_BACKBONE: the card names the base model.
+            self.spec.to_dict(),
+            self.parameter_counts(),
+            self.embedding_dim,
+            folder=path,
+            derived_from=derived_from,
+        )
+        with atomic.atomic_dir(path) as tmp:
             spec = self.spec.to_dict()
             # A fully tuned backbone cannot be re-made from its source, so its weights are
             # saved; otherwise only adapters are, and the base comes from its source (presets
@@ -294,6 +314,7 @@ class Encoder(nn.Module):
             self.tokenizer.save_pretrained(tmp)
             self.image_processor.save_pretrained(tmp)
             atomic.write_json(tmp / SPEC_FILE, spec)
+            card.write_card(tmp, facts, name=path.name)
 
 
 def new_spec(source: str | Path, overrides: dict[str, Any] | None) -> EncoderSpec:

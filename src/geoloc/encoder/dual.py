@@ -305,4 +305,6 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> DualEn
             parameter = getattr(model, name, None)
             if isinstance(parameter, nn.Parameter):
                 parameter.requires_grad_(False)
-    return DualEncoder(model, tokenizer, image_processor, spec)
+    encoder = DualEncoder(model, tokenizer, image_processor, spec)
+    encoder.saved_folder = path
+    return encoder

@@ -305,6 +305,7 @@ def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEnc
     tokenizer, image_processor = _load_processing(path)
     model = attach_saved_adapter(model, path, spec, trainable)
     encoder = GeoEncoder(model, tokenizer, image_processor, spec)
+    encoder.saved_folder = path
     pooling_file = path / "pooling.safetensors"
     if pooling_file.is_file():
         from safetensors.torch import load_file

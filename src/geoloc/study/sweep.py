@@ -252,6 +252,7 @@ def _encoder_overrides(config: Config) -> dict[str, Any]:
 def _score_zero_shot(config: Config, run_dir: Path) -> None:
     """Save the untrained encoder as the run's best/final model, with its validation recall."""
     from geoloc.config import save_config
+    from geoloc.encoder.card import record_validation
     from geoloc.encoder.loading import load_encoder
     from geoloc.eval.evaluate import evaluate
     from geoloc.train.splits import carve_splits
@@ -266,6 +267,7 @@ def _score_zero_shot(config: Config, run_dir: Path) -> None:
     save_config(config, run_dir / "config.yaml")
     atomic.write_json(run_dir / "best.json", {"step": 0, **metrics})
     encoder.save(run_dir / "final")
+    record_validation(run_dir / "final", metrics, step=0, source="zero-shot validation (geoloc sweep)")
 
 
 def _train_stats(run_dir: Path) -> dict[str, Any]:
