@@ -221,3 +221,127 @@ def test_the_page_asks_for_the_token_once(served_index, serve_app, tmp_path: Pat
             assert keys == [h.key for h in served_index.search(query, k=5)]
         finally:
             browser.close()
+
+
+# The four quadrants of the rotated raster: top-left, top-right, bottom-right, bottom-left.
+QUADRANTS = ((230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 230, 30))
+OFFLINE_BACKGROUND = (238, 241, 230)  # style.css: #map.offline
+
+
+def _rotated_index(folder: Path):
+    """A one-tile index cut from a GeoTIFF whose geotransform is rotated by 30 degrees, its four
+    quadrants in the QUADRANTS colours."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from geoloc.geodata.raster import TilingSettings, cut_raster
+    from geoloc.index.build import build_index
+    from geoloc.index.search import SearchIndex
+
+    side = 200
+    pixels = np.zeros((3, side, side), np.uint8)
+    half = side // 2
+    for (rows, cols), colour in zip(
+        [(slice(0, half), slice(0, half)), (slice(0, half), slice(half, side)),
+         (slice(half, side), slice(half, side)), (slice(half, side), slice(0, half))],
+        QUADRANTS, strict=True,
+    ):  # fmt: skip
+        pixels[:, rows, cols] = np.array(colour, np.uint8)[:, None, None]
+    transform = Affine.translation(583_000, 4_507_000) @ Affine.rotation(30) @ Affine.scale(0.5, -0.5)
+    raster = folder / "rotated.tif"
+    profile = {"driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8"}
+    with rasterio.open(raster, "w", crs="EPSG:32618", transform=transform, **profile) as dst:
+        dst.write(pixels)
+    settings = TilingSettings(tile_m=side * 0.5, px=64)
+    result = cut_raster(raster, folder / "gallery", settings, show_progress=False)
+    build_index("tiny-smolvlm", result.manifest, folder / "index")
+    return SearchIndex.open(folder / "index")
+
+
+def _median_colour(shot, x: float, y: float) -> tuple[int, ...]:
+    import numpy as np
+
+    patch = shot[round(y) - 2 : round(y) + 3, round(x) - 2 : round(x) + 3].reshape(-1, 3)
+    return tuple(int(v) for v in np.median(patch, axis=0))
+
+
+def test_a_rotated_tile_is_drawn_inside_its_footprint(serve_app, tmp_path: Path) -> None:
+    """A raster with a rotated geotransform: the tile's image lies inside its footprint, each
+    corner of the image on its corner of the footprint, and nothing (image or heat cell) fills
+    the footprint's bounding box outside it. A tile across the antimeridian has its marker there."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from geoloc.serve.app import create_app
+
+    index = _rotated_index(tmp_path)
+    assert len(index) == 1
+    ring = index.stored.tiles.footprint[0]
+    with serve_app(create_app(index)) as url, sync_playwright() as p:
+        browser = _launch(p, tmp_path)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url + "/")
+            page.fill("#query", "a red square")
+            page.fill("#k", "1")
+            page.click("#search-button")
+            page.wait_for_function("document.querySelectorAll('path.heat-cell').length === 1")
+            overlays = "[...document.querySelectorAll('img.tile-overlay')]"
+            page.wait_for_function(f"{overlays}.some(i => i.complete && i.naturalWidth > 0)")
+            zoom_before = page.evaluate("map.getZoom()")
+            page.click(".result >> nth=0")
+            page.wait_for_function(f"map.getZoom() > {zoom_before}")
+            page.wait_for_timeout(400)  # the zoom animation
+            page.evaluate("map.closePopup()")
+            # The footprint's corners on the page: the ring starts at the image's top-left corner
+            # and runs counter-clockwise (top-left, bottom-left, bottom-right, top-right).
+            corners = page.evaluate(
+                """ring => {
+                    const r = document.getElementById('map').getBoundingClientRect();
+                    return ring.slice(0, 4).map(([lon, lat]) => {
+                        const p = map.latLngToContainerPoint([lat, lon]);
+                        return [r.left + p.x, r.top + p.y];
+                    });
+                }""",
+                ring,
+            )
+            shot_path = tmp_path / "rotated.png"
+            page.screenshot(path=str(shot_path))
+
+            # A tile across the antimeridian: its centre is written in [-180, 180], its footprint
+            # runs on past 180; the marker sits inside the footprint, not a world away.
+            across = [[179.999, -40.001], [180.001, -40.001], [180.001, -39.999], [179.999, -39.999]]
+            marker_lon = page.evaluate(
+                """([ring, url]) => {
+                    showResults([{rank: 1, score: 0.5, key: 'across.png', lat: -40, lon: -179.9995,
+                                  group: 'a', footprint: ring, tile_url: url}]);
+                    return markers['across.png'].getLatLng().lng;
+                }""",
+                [[*across, across[0]], f"/tiles/{index.stored.tiles.key[0]}"],
+            )
+            assert marker_lon == pytest.approx(180.0005)
+            assert errors == []
+        finally:
+            browser.close()
+
+    shot = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)
+    points = np.array(corners)
+    centre = points.mean(axis=0)
+    assert np.ptp(points[:, 0]) > 200  # zoomed in: the tile is large on the screen
+    # Near each corner, inside the footprint: that corner's quadrant of the image.
+    for corner, expected in zip(points[[0, 3, 2, 1]], QUADRANTS, strict=True):
+        x, y = corner + 0.2 * (centre - corner)
+        seen = _median_colour(shot, x, y)
+        assert max(abs(a - b) for a, b in zip(seen, expected, strict=True)) < 40, (seen, expected)
+    # The corners of the footprint's bounding box lie outside the rotated footprint: only the
+    # map's background there, no image and no heat cell.
+    low, high = points.min(axis=0), points.max(axis=0)
+    for box_corner in ((low[0], low[1]), (high[0], low[1]), (high[0], high[1]), (low[0], high[1])):
+        x, y = np.array(box_corner) + 0.05 * (centre - np.array(box_corner))
+        seen = _median_colour(shot, x, y)
+        assert max(abs(a - b) for a, b in zip(seen, OFFLINE_BACKGROUND, strict=True)) < 25, seen
+    print(f"screenshot: {shot_path}")

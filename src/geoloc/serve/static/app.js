@@ -1,7 +1,8 @@
 // The geoloc search page: a query goes to POST /search (or /explain); the top tiles are listed
 // as thumbnails with their scores and shown on a Leaflet map: numbered markers at their centres,
-// their footprints outlined, each tile's image laid over the map at its bounds, and a heat map
-// of every gallery tile's score (POST /heatmap) underneath. Clicking a result zooms to it.
+// their footprints outlined, each tile's image laid over the map inside its footprint (rotated
+// or skewed as the footprint is), and a heat map of every gallery tile's score (POST /heatmap)
+// underneath, each tile's cell its footprint. Clicking a result zooms to it.
 // "Draw area" lets the user drag a rectangle on the map; searches then look only inside it.
 "use strict";
 
@@ -125,6 +126,95 @@ function ringLatLngs(ring) {
   return ring.map(([lon, lat]) => [lat, lon]);
 }
 
+// The four corners of a tile's image in its footprint ring, in the image's order: top-left,
+// top-right, bottom-right, bottom-left, each [lon, lat]; null for a ring of fewer than four
+// points. The corners are the ring's four sharpest turns (the extra points along a curved edge
+// turn little), measured in Web Mercator, whose angles are those on the ground. A ring runs
+// counter-clockwise, which from an image's top-left corner goes down its left side. geoloc
+// writes each ring from its image's top-left corner; a ring that starts elsewhere (one joined
+// again at the antimeridian, or written by another tool) gets as top edge the one that runs
+// most nearly east.
+function imageCorners(ring) {
+  const points = ring.slice(0, -1).filter((p, i, all) => i === 0 || p[0] !== all[i - 1][0] || p[1] !== all[i - 1][1]);
+  if (points.length < 4) return null;
+  const xy = points.map(([lon, lat]) => L.Projection.SphericalMercator.project(L.latLng(lat, lon)));
+  const n = points.length;
+  const turns = xy.map((p, i) => {
+    const a = xy[(i + n - 1) % n], b = xy[(i + 1) % n];
+    const ux = p.x - a.x, uy = p.y - a.y, vx = b.x - p.x, vy = b.y - p.y;
+    return Math.abs(Math.atan2(ux * vy - uy * vx, ux * vx + uy * vy));
+  });
+  const corners = [...turns.keys()].sort((i, j) => turns[j] - turns[i]).slice(0, 4).sort((i, j) => i - j);
+  const eastward = (k) => {
+    const from = xy[corners[k]], to = xy[corners[(k + 3) % 4]];
+    return (to.x - from.x) / (Math.hypot(to.x - from.x, to.y - from.y) || 1);
+  };
+  let first = corners.indexOf(0);
+  if (first < 0) first = [0, 1, 2, 3].reduce((best, k) => (eastward(k) > eastward(best) ? k : best), 0);
+  return [0, 3, 2, 1].map((step) => points[corners[(first + step) % 4]]);
+}
+
+// The CSS transform that lays a side x side image with its corners on the points p0 (top-left),
+// p1 (top-right), p2 (bottom-right) and p3 (bottom-left): the projective map of the unit
+// square onto a quadrilateral, x = (a u + b v + c) / (g u + h v + 1) and the same for y with
+// d, e, f; null for a quadrilateral of no area.
+function quadTransform([p0, p1, p2, p3], side) {
+  const sx = p0.x - p1.x + p2.x - p3.x, sy = p0.y - p1.y + p2.y - p3.y;
+  const dx1 = p1.x - p2.x, dx2 = p3.x - p2.x, dy1 = p1.y - p2.y, dy2 = p3.y - p2.y;
+  const den = dx1 * dy2 - dx2 * dy1;
+  if (!den) return null;
+  const g = (sx * dy2 - sy * dx2) / den, h = (dx1 * sy - dy1 * sx) / den;
+  const a = p1.x - p0.x + g * p1.x, b = p3.x - p0.x + h * p3.x;
+  const d = p1.y - p0.y + g * p1.y, e = p3.y - p0.y + h * p3.y;
+  const m = [a / side, d / side, 0, g / side, b / side, e / side, 0, h / side, 0, 0, 1, 0, p0.x, p0.y, 0, 1];
+  return `matrix3d(${m.join(",")})`;
+}
+
+// A tile's image drawn inside its footprint: its corners on the footprint's corners, placed
+// again after every zoom (hidden during the zoom animation, like Leaflet's own overlays).
+const IMAGE_SIDE = 256; // CSS pixels of the untransformed image; the transform scales it
+const FootprintImage = L.Layer.extend({
+  initialize(corners, options) {
+    this._corners = corners.map(([lon, lat]) => L.latLng(lat, lon));
+    this._url = "";
+    L.setOptions(this, options);
+  },
+  onAdd() {
+    const image = L.DomUtil.create("img", "tile-overlay leaflet-image-layer leaflet-zoom-hide");
+    image.alt = this.options.alt || "";
+    image.style.width = image.style.height = `${IMAGE_SIDE}px`;
+    image.style.transformOrigin = "0 0";
+    if (this._url) image.src = this._url;
+    this._image = image;
+    this.getPane().appendChild(image);
+    this._place();
+  },
+  onRemove() {
+    L.DomUtil.remove(this._image);
+  },
+  getEvents() {
+    return { zoomend: this._place, viewreset: this._place };
+  },
+  setUrl(url) {
+    this._url = url;
+    if (this._image) this._image.src = url;
+    return this;
+  },
+  _place() {
+    const transform = quadTransform(this._corners.map((c) => this._map.latLngToLayerPoint(c)), IMAGE_SIDE);
+    this._image.style.transform = transform || "scale(0)";
+  },
+});
+
+// A marker on its footprint's side of the antimeridian: a centre's longitude is written in
+// [-180, 180], and a footprint across 180 runs on past it.
+function markerLon(r) {
+  if (!r.footprint) return r.lon;
+  const lons = r.footprint.map((p) => p[0]);
+  const middle = (Math.min(...lons) + Math.max(...lons)) / 2;
+  return r.lon + 360 * Math.round((middle - r.lon) / 360);
+}
+
 // Score in [0, 1] -> blue (unlikely) through green and yellow to red (likely).
 function heatColour(t) {
   return `hsl(${Math.round(240 * (1 - t))}, 90%, 50%)`;
@@ -135,14 +225,19 @@ function showHeatmap(body) {
   const span = body.max - body.min || 1;
   for (const cell of body.cells) {
     const t = (cell.score - body.min) / span;
-    L.rectangle([[cell.south, cell.west], [cell.north, cell.east]], {
+    const style = {
       pane: "heat",
       className: "heat-cell",
       stroke: false,
       fillColor: heatColour(t),
       fillOpacity: 0.25 + 0.45 * t,
       interactive: false,
-    }).addTo(heatLayer);
+    };
+    // A cell of one tile is its footprint; a cell of binned centres is a box.
+    const shape = cell.footprint
+      ? L.polygon(ringLatLngs(cell.footprint), style)
+      : L.rectangle([[cell.south, cell.west], [cell.north, cell.east]], style);
+    shape.addTo(heatLayer);
   }
 }
 
@@ -193,21 +288,22 @@ function showResults(results) {
 
     if (r.lat !== null && r.lon !== null) {
       const icon = L.divIcon({ className: "rank-marker", html: String(r.rank), iconSize: [24, 24] });
-      const marker = L.marker([r.lat, r.lon], { icon, title: `#${r.rank} ${r.key}` }).addTo(markerLayer);
+      const marker = L.marker([r.lat, markerLon(r)], { icon, title: `#${r.rank} ${r.key}` }).addTo(markerLayer);
       const popup = document.createElement("div");
       popup.append(text("b", "", `#${r.rank} ${r.key}`), document.createElement("br"),
         text("span", "", `score ${r.score.toFixed(4)}, ${coords(r)}`));
       marker.bindPopup(popup);
       marker.on("click", () => highlight(r.key));
       markers[r.key] = marker;
-      points.push([r.lat, r.lon]);
+      points.push([r.lat, markerLon(r)]);
       if (r.footprint) {
         const ring = ringLatLngs(r.footprint);
-        // The tile's own image, stretched over its footprint's bounds, under its outline.
-        const overlay = L.imageOverlay("", L.latLngBounds(ring), {
-          pane: "tileImages", className: "tile-overlay", alt: r.key,
-        }).addTo(imageLayer);
-        tileSource(r.tile_url).then((src) => overlay.setUrl(src));
+        // The tile's own image, inside its footprint, under its outline.
+        const corners = imageCorners(r.footprint);
+        if (corners) {
+          const overlay = new FootprintImage(corners, { pane: "tileImages", alt: r.key }).addTo(imageLayer);
+          tileSource(r.tile_url).then((src) => overlay.setUrl(src));
+        }
         L.polygon(ring, { className: "footprint", color: "#ff00ff", weight: 3, fill: false })
           .bindTooltip(`#${r.rank}`).addTo(footprintLayer);
         points.push(...ring);
