@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoloc.cli import main
+from geoloc.index.geoparquet import EMB_EXTENSION
 from geoloc.index.store import read_index
 
 
@@ -57,9 +58,27 @@ def test_the_stac_collection_describes_the_embeddings_and_the_model(exported: Pa
     manifest = read_index(city_index).manifest
     collection = json.loads(exported.with_name("city.collection.json").read_text())
     assert collection["type"] == "Collection" and collection["stac_version"] == "1.1.0"
-    assert collection["assets"]["data"]["href"] == "./city.parquet"
-    assert collection["emb:dimensions"] == manifest["dimension"] and collection["emb:column"] == "embedding"
+    assert collection["assets"]["embeddings"]["href"] == "./city.parquet"
     assert any("/mlm/" in url for url in collection["stac_extensions"]) and collection["mlm:tasks"]
+    # The embeddings extension v0.0.1 on a Collection: its schema URL; emb:type, emb:dimensions and
+    # data_type required; links of rel emb:model and emb:source-data required; no other emb: field.
+    assert EMB_EXTENSION in collection["stac_extensions"] and EMB_EXTENSION.endswith("/v0.0.1/schema.json")
+    assert collection["emb:type"] == "chip" and collection["data_type"] == "float32"
+    assert collection["emb:dimensions"] == manifest["dimension"]
+    extension_fields = {
+        "emb:type",
+        "emb:dimensions",
+        "emb:chip_layout",
+        "emb:temporal_resolution",
+        "emb:fit_for_use",
+        "emb:uncertainty",
+    }
+    assert {key for key in collection if key.startswith("emb:")} <= extension_fields
+    links = {link["rel"]: link for link in collection["links"]}
+    assert {"emb:model", "emb:source-data"} <= set(links)
+    assert links["emb:model"]["href"] == Path(manifest["model"]["id"]).as_uri()
+    assert links["emb:source-data"]["href"] == Path(manifest["galleries"][0]).resolve().as_uri()
+    assert collection["geoloc:column"] == "embedding" and collection["geoloc:metric"] == "cosine"
     assert collection["geoloc:model"]["fingerprint"] == manifest["model"]["fingerprint"]
     west, south, east, north = collection["extent"]["spatial"]["bbox"][0]
     lat, lon = np.array(read_index(city_index).tiles.lat), np.array(read_index(city_index).tiles.lon)

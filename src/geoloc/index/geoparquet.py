@@ -16,6 +16,7 @@ Rows are written a row group at a time: a memory-mapped gallery is never read wh
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ from geoloc.index.store import Tiles, read_index
 GEOPARQUET_VERSION = "1.1.0"
 STAC_VERSION = "1.1.0"
 MLM_EXTENSION = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
+# The embeddings extension (geo-embeddings/embeddings-stac-specification, v0.0.1, a proposal): a
+# Collection must have emb:type, emb:dimensions, data_type and links of rel emb:model and
+# emb:source-data; it allows no other emb: fields (geoloc's own go under geoloc:).
+EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 ROW_GROUP = 50_000
 _BBOX = pa.struct([(name, pa.float64()) for name in ("xmin", "ymin", "xmax", "ymax")])
 
@@ -145,15 +151,44 @@ def export_geoparquet(index_path: str | Path, out: str | Path) -> Path:
     return collection_path(out)
 
 
+def _model_link(model: dict[str, Any]) -> dict[str, Any]:
+    """The `emb:model` link: the Hub page of a Hugging Face id, the folder of a local model (as
+    a file URI), else the name as recorded (a geoloc preset)."""
+    model_id = str(model["id"])
+    if Path(model_id).is_absolute():
+        href = Path(model_id).as_uri()
+    elif _HUB_ID.fullmatch(model_id) and not Path(model_id).exists():
+        href = f"https://huggingface.co/{model_id}"
+    else:
+        href = model_id
+    return {
+        "rel": "emb:model",
+        "href": href,
+        "title": f"geoloc model {model_id} (fingerprint {model['fingerprint']})",
+    }
+
+
+def _source_links(parquet: Path, galleries: list[str]) -> list[dict[str, Any]]:
+    """`emb:source-data` links: the gallery manifests whose tiles were embedded (or, with none
+    recorded, the file itself, which names each tile's image)."""
+    if not galleries:
+        return [{"rel": "emb:source-data", "href": f"./{parquet.name}", "title": "the tiles (image column)"}]
+    return [
+        {"rel": "emb:source-data", "href": Path(gallery).resolve().as_uri(), "title": "gallery manifest"}
+        for gallery in galleries
+    ]
+
+
 def stac_collection(parquet: Path, manifest: dict[str, Any], bbox: list[float] | None) -> dict[str, Any]:
-    """A STAC Collection of the embeddings in `parquet`: the model (ML-model extension, `mlm:`) and
-    the vectors (`emb:` fields: dimensions, type, metric, the column that holds them)."""
+    """A STAC Collection of the embeddings in `parquet`: the vectors (the embeddings extension's
+    `emb:` fields and links), the model (ML-model extension, `mlm:`), geoloc's own `geoloc:`
+    fields (metric, normalisation, column, the model record)."""
     model, dim = manifest["model"], manifest["dimension"]
     name = f"geoloc-{model['fingerprint'][:12]}"
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
-        "stac_extensions": [MLM_EXTENSION],
+        "stac_extensions": [EMB_EXTENSION, MLM_EXTENSION],
         "id": f"{parquet.stem}",
         "title": f"Tile embeddings of {manifest['count']} tiles",
         "description": (
@@ -166,11 +201,13 @@ def stac_collection(parquet: Path, manifest: dict[str, Any], bbox: list[float] |
             "spatial": {"bbox": [bbox or [-180.0, -90.0, 180.0, 90.0]]},
             "temporal": {"interval": [[manifest.get("created"), None]]},
         },
+        "emb:type": "chip",  # one vector per tile
         "emb:dimensions": dim,
-        "emb:data_type": "float32",
-        "emb:metric": "cosine",
-        "emb:normalized": True,
-        "emb:column": "embedding",
+        "data_type": "float32",
+        "emb:fit_for_use": ["retrieval"],
+        "geoloc:metric": "cosine",
+        "geoloc:normalized": True,
+        "geoloc:column": "embedding",
         "mlm:name": name,
         "mlm:architecture": model.get("family") or "unknown",
         "mlm:tasks": ["similarity-search"],
@@ -194,14 +231,14 @@ def stac_collection(parquet: Path, manifest: dict[str, Any], bbox: list[float] |
         ],
         "geoloc:model": model,
         "assets": {
-            "data": {
+            "embeddings": {
                 "href": f"./{parquet.name}",
                 "title": "GeoParquet 1.1: one row per tile, with its embedding",
                 "type": "application/vnd.apache.parquet",
                 "roles": ["data"],
             }
         },
-        "links": [],
+        "links": [_model_link(model), *_source_links(parquet, manifest.get("galleries", []))],
     }
 
 
