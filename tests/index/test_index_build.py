@@ -12,6 +12,7 @@ from geoloc.errors import GeolocError
 from geoloc.index import store
 from geoloc.index.ann import AnnSettings
 from geoloc.index.build import add_to_index, build_index, remove_from_index
+from geoloc.index.search import SearchIndex
 from geoloc.index.store import read_index
 
 
@@ -150,3 +151,23 @@ def test_a_second_build_reads_the_embedding_cache(
     monkeypatch.setattr(encoder, "encode_text", no_encoding)
     build.build_index(lora_model, tiny_city, tmp_path / "b", encoder=encoder, cache_dir=tmp_path / "cache")
     assert np.array_equal(read_index(tmp_path / "a").vectors, read_index(tmp_path / "b").vectors)
+
+
+def test_an_index_of_format_version_1_still_opens(city_index: Path, tmp_path: Path) -> None:
+    """Version 2 only added settings (pq_m, train_size, rescore); a version-1 folder, written
+    without them, opens with their defaults and searches as before."""
+    old = tmp_path / "v1"
+    shutil.copytree(city_index, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("pq_m", "train_size", "rescore"):
+        del manifest["index"][name]
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    before, after = read_index(city_index), read_index(old)
+    assert after.settings == AnnSettings(kind="exact") and after.manifest["format_version"] == 1
+    query = np.asarray(before.vectors[:3])
+    found = [
+        [(hit.key, hit.score) for hit in hits]
+        for index in (before, after)
+        for hits in SearchIndex(index, encoder=None).search_vectors(query, 5)
+    ]
+    assert found[:3] == found[3:] and [hits[0][0] for hits in found[:3]] == before.tiles.key[:3]

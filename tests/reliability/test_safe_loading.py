@@ -227,7 +227,7 @@ def test_incompatible_format_versions_are_refused_and_named(
     (index / "manifest.json").write_text(json.dumps({"format_version": 3, "model": {}}))
     for argv in (["index", "info", str(index)], ["serve", str(index)]):
         assert main(argv) == 2, argv
-        assert "index format version 3; this geoloc reads version 1" in capsys.readouterr().err
+        assert "index format version 3; this geoloc reads versions 1 and 2" in capsys.readouterr().err
 
     # An embedding folder (embed.json) written under another format: not resumed into.
     out = tmp_path / "embed"

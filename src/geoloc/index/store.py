@@ -34,7 +34,11 @@ from geoloc.atomic import atomic_dir, write_json
 from geoloc.errors import GeolocError
 from geoloc.index.ann import AnnSettings, apply_search_settings, build_faiss
 
-FORMAT_VERSION = 1
+# Version 2 added the compressed kinds: the manifest's index settings gained pq_m, train_size and
+# rescore, which a geoloc of version 1 cannot read; the number makes it say so. Folders of
+# version 1 open unchanged: their files are the same and the new settings take their defaults.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
 METADATA = "metadata.parquet"
@@ -160,10 +164,12 @@ def read_manifest_json(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise GeolocError(f"{file}: unreadable index manifest ({error})") from error
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise GeolocError(
-            f"{file}: index format version {version}; this geoloc reads version {FORMAT_VERSION}"
+            f"{file}: index format version {version}; this geoloc reads versions {readable} "
+            "(a newer geoloc wrote it, or it is damaged: rebuild it with `geoloc index build`)"
         )
     missing = [name for name in _MANIFEST_KEYS if name not in manifest]
     if missing:
