@@ -23,6 +23,16 @@ def test_explain_gives_one_verdict_per_top_tile(search_index: SearchIndex) -> No
     assert {"rank", "score", "key", "lat", "lon", "judgement", "retrieval_rank", "explanation"} <= set(row)
 
 
+def test_explanations_decoded_side_by_side_are_each_tiles_own(search_index: SearchIndex) -> None:
+    """explain_all decodes tiles in batches (their prompts are the same tokens: no padding);
+    each answer is the one a tile decoded alone gets."""
+    tiles = [load_image(search_index.image_path(h.key)) for h in search_index.search(QUERY, k=3)]
+    generator = Generator(search_index.encoder)
+    alone = [generator.explain(tile, QUERY, max_new_tokens=6) for tile in tiles]
+    assert generator.explain_all(tiles, QUERY, max_new_tokens=6, batch_size=2) == alone
+    assert all(alone)
+
+
 def test_rerank_orders_by_the_generators_judgement(search_index: SearchIndex) -> None:
     reranked = search_and_judge(search_index, QUERY, k=8, rerank_results=True)
     plain = judge_hits(search_index, QUERY, search_index.search(QUERY, k=8))

@@ -148,18 +148,30 @@ class Generator:
 
     def explain(self, image: Image.Image, text: str, max_new_tokens: int = 48) -> str:
         """The model's own answer to the question about this tile (greedy decoding)."""
+        return self.explain_all([image], text, max_new_tokens)[0]
+
+    def explain_all(
+        self, images: list[Image.Image], text: str, max_new_tokens: int = 48, batch_size: int = 8
+    ) -> list[str]:
+        """The model's answer about each tile, greedy, `batch_size` tiles decoded side by side.
+
+        Every tile's prompt has the same tokens, so a batch needs no padding: each row is the
+        one-tile decoding, in a fraction of the steps (a top-20 /explain of 256 tokens is 256
+        steps of 8 rows, not 20 x 256 steps of one). A row that ends early is padded with
+        special tokens, which the decoding drops.
+        """
         tokenizer = self.encoder.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        answers: list[str] = []
         with self.generating():
-            inputs = self._inputs([image], text)
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id
-                if tokenizer.pad_token_id is not None
-                else tokenizer.eos_token_id,
-            )
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            for start in range(0, len(images), batch_size):
+                inputs = self._inputs(images[start : start + batch_size], text)
+                output = self.model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+                new = output[:, inputs["input_ids"].shape[1] :]
+                answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+        return answers
 
 
 @dataclass
@@ -197,7 +209,9 @@ def judge_hits(
     generator = Generator(index.encoder)
     with index.model_lock:
         scores = generator.judge(images, text)
-        explanations = [generator.explain(im, text, max_new_tokens) if explain else None for im in images]
+        explanations: list[str | None] = (
+            list(generator.explain_all(images, text, max_new_tokens)) if explain else [None] * len(images)
+        )
     return [
         Judged(hit, hit.rank, float(score), explanation)
         for hit, score, explanation in zip(hits, scores, explanations, strict=True)
