@@ -1,0 +1,183 @@
+"""How long `geoloc serve` takes to start, model load included: from launching the process to its
+first answer on /health.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve_start.py --prepare /tmp/serve_start --tiles 1000000
+
+`--prepare DIR` writes, once, what the server opens: `DIR/model`, a SmolVLM-256M-Instruct folder
+as a download looks (the real config, tokenizer and processor files, full depth, seeded random
+weights: 256 M parameters in float32 safetensors), and `DIR/index-N`, an index of N synthetic
+unit vectors of its width (576) whose manifest records that model, so the server loads it and
+checks its fingerprint as it would a trained one. Then the server is started `--runs` times on
+loopback (`--device cpu`), and each start is timed; a fresh process also times the two parts
+alone: opening the index (`read_index`) and loading and checking the model
+(`load_index_model`). Prints one JSON line per run and one for the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "SmolVLM-256M-Instruct"
+CHUNK = 100_000
+
+
+def prepare(folder: Path, tiles: int, kind: str, nlist: int) -> Path:
+    """The model folder and an index of `tiles` vectors that names it (each made once)."""
+    from geoloc.encoder.loading import load_encoder
+    from geoloc.encoder.model_files import build_random_checkpoint
+    from geoloc.index.ann import AnnSettings
+    from geoloc.index.identity import model_record
+    from geoloc.index.store import Tiles, write_index
+
+    model = folder / "model"
+    if not (model / "config.json").is_file():
+        build_random_checkpoint(MODEL, model, layers=None)
+    index = folder / f"index-{kind}-{tiles}"
+    if (index / "manifest.json").is_file():
+        return index
+    encoder = load_encoder(model, device="cpu", dtype="float32")
+    record = model_record(encoder, str(model.resolve()), "float32")
+    dim = encoder.embedding_dim
+    del encoder
+    rng = np.random.default_rng(0)
+    vectors = np.lib.format.open_memmap(folder / "vectors.npy", "w+", np.float32, (tiles, dim))
+    for start in range(0, tiles, CHUNK):
+        chunk = rng.standard_normal((min(CHUNK, tiles - start), dim), np.float32)
+        vectors[start : start + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    vectors.flush()
+    keys = [f"tile-{i}" for i in range(tiles)]
+    metadata = Tiles(
+        keys, keys, rng.uniform(-60, 70, tiles).tolist(), rng.uniform(-180, 180, tiles).tolist(), [""] * tiles
+    )
+    write_index(
+        index,
+        np.load(folder / "vectors.npy", mmap_mode="r"),
+        metadata,
+        record,
+        AnnSettings(kind=kind, nlist=nlist),
+        [],
+    )
+    (folder / "vectors.npy").unlink()
+    return index
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> dict[str, int]:
+    fields = {"rss": "VmRSS", "anon": "RssAnon", "file": "RssFile"}
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return {name: round(int(status[field].split()[0]) / 1024) for name, field in fields.items()}
+
+
+def time_start(index: Path, limit_s: float) -> dict:
+    """Seconds from launching `geoloc serve` to its first 200 on /health, and its memory then."""
+    import httpx
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "geoloc.cli",
+        "serve",
+        str(index),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while time.perf_counter() - started < limit_s:
+            if server.poll() is not None:
+                raise SystemExit(
+                    f"geoloc serve exited with status {server.returncode}: {server.stderr.read()}"
+                )
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                if response.status_code == 200:
+                    return {"start_s": round(time.perf_counter() - started, 2), "rss_mb": rss_mb(server.pid)}
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise SystemExit(f"geoloc serve did not answer in {limit_s} s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def time_parts(index: str) -> dict:
+    """In this (fresh) process: the server's imports, opening the index, loading its model, and
+    checking that model (hashing every weight: the fingerprint)."""
+    start = time.perf_counter()
+    import geoloc.serve.app  # noqa: F401  (what the server imports before it opens anything)
+    from geoloc.encoder.loading import load_encoder
+    from geoloc.index.identity import check_same_model
+    from geoloc.index.store import read_index
+
+    imported = time.perf_counter()
+    stored = read_index(index)
+    opened = time.perf_counter()
+    record = stored.manifest["model"]
+    encoder = load_encoder(record["id"], device="cpu", dtype=record["dtype"])
+    loaded = time.perf_counter()
+    check_same_model(record, encoder, index)
+    checked = time.perf_counter()
+    return {
+        "imports_s": round(imported - start, 2),
+        "open_index_s": round(opened - imported, 2),
+        "load_model_s": round(loaded - opened, 2),
+        "check_model_s": round(checked - loaded, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--prepare", required=True, metavar="DIR", help="work folder (model and index made once)"
+    )
+    parser.add_argument("--tiles", type=int, default=10_000)
+    parser.add_argument("--kind", default="ivf-pq", help="the index kind")
+    parser.add_argument("--nlist", type=int, default=1000, help="ivf-pq clusters (fewer: a quicker build)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--limit-s", type=float, default=300)
+    parser.add_argument("--parts", help=argparse.SUPPRESS)  # the child process that times the parts
+    args = parser.parse_args()
+    if args.parts:
+        print(json.dumps(time_parts(args.parts)))
+        return
+    folder = Path(args.prepare)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = prepare(folder, args.tiles, args.kind, args.nlist)
+    for run in range(1, args.runs + 1):
+        print(
+            json.dumps(
+                {"run": run, "tiles": args.tiles, "kind": args.kind} | time_start(index, args.limit_s)
+            ),
+            flush=True,
+        )
+    child = [sys.executable, __file__, "--prepare", str(folder), "--parts", str(index)]
+    parts = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+    print(json.dumps({"parts": True, "tiles": args.tiles, "kind": args.kind} | parts))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
