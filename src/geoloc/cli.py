@@ -137,14 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     written = f"wrote {out / 'metrics.json'}"
     print(written + (f" and {out / 'embeddings.npz'}" if args.save_embeddings else ""))
     if saved is not None:  # the saved model's card (README.md) shows every result it has
-        data_name = card.dataset_name(
-            request.benchmark,
-            str(dataset.source),
-            city=request.city,
-            version=request.version,
-            target=request.target,
-            view=request.view,
-        )
+        data_name = card.dataset_name(request.benchmark, str(dataset.source), **request.subset())
         if card.add_result(saved, card.eval_result(metrics, data_name, args.split), save_id=save_id):
             print(f"added the results to the model card: {saved / card.CARD}")
         else:

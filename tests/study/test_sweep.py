@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from geoloc.cli import main
+from geoloc.encoder.base import saved_encoder_dir
+from geoloc.encoder.card import read_front_matter
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.study import sweep as sweep_module
 from geoloc.study.sweep import load_sweep, run_point
@@ -119,6 +121,14 @@ def test_the_results_table_csv_and_plot(resumed_sweep: dict) -> None:
     for row, result in zip(parsed, rows, strict=True):
         test = json.loads((out / "runs" / row["run"] / "eval_test" / "metrics.json").read_text())
         assert float(row["test_t2i_R@1"]) == pytest.approx(test["text_to_image"]["R@1"])
+        # ... and on the model card of the run's model, with its split and protocol.
+        card = saved_encoder_dir(out / "runs" / row["run"]) / "README.md"
+        results = read_front_matter(card)["model-index"][0]["results"]
+        held_out = [r for r in results if r["source"] == {"name": "geoloc sweep"}]
+        assert [r["dataset"]["split"] for r in held_out] == ["test"]
+        assert {m["type"]: m["value"] for m in held_out[0]["metrics"]}["text_to_image_R@1"] == pytest.approx(
+            test["text_to_image"]["R@1"]
+        )
         best = json.loads((out / "runs" / row["run"] / "best.json").read_text())
         assert float(row["val_t2i_R@1"]) == pytest.approx(best["text_to_image"]["R@1"])
         assert int(row["steps"]) == 4 and int(row["trainable_params"]) == int(row["total_params"]) > 0

@@ -41,6 +41,11 @@ class BenchmarkRequest:
     full_city: bool = False
     on_bad_record: str = "error"  # error | skip: bad records are left out, in Dataset.skipped
 
+    def subset(self) -> dict[str, str | None]:
+        """Which part of the benchmark is read (a CVG-Text city, queries and tiles; a GeoText-1652
+        view): with the benchmark, what names the data set in a model card."""
+        return {"city": self.city, "version": self.version, "target": self.target, "view": self.view}
+
 
 def request_for(data: DataConfig, split: str | None) -> BenchmarkRequest:
     """The request that reads `split` of the data a training config names, with its benchmark's

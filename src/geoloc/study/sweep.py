@@ -270,6 +270,17 @@ def _score_zero_shot(config: Config, run_dir: Path) -> None:
     record_validation(run_dir / "final", metrics, step=0, source="zero-shot validation (geoloc sweep)")
 
 
+def _add_to_card(run_dir: Path, request: Any, metrics: dict[str, Any], data: str, split: str) -> None:
+    """The held-out result, on the model card of the run's model (best/, else final/)."""
+    from geoloc.encoder import card
+    from geoloc.encoder.base import saved_encoder_dir
+
+    folder = saved_encoder_dir(run_dir)
+    if folder is not None:
+        name = card.dataset_name(request.benchmark, data, **request.subset())
+        card.add_result(folder, card.eval_result(metrics, name, split, source="geoloc sweep"))
+
+
 def _train_stats(run_dir: Path) -> dict[str, Any]:
     """Steps, minutes and throughput of a finished run, from its own records."""
     from geoloc.train.state import read_train_state
@@ -328,6 +339,7 @@ def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]
         metrics = score_benchmark(request, embeddings, dataset)
         metrics = {**metrics, "model": str(run_dir), "data": str(dataset.source), "split": sweep.eval_split}
         atomic.write_json(out / "metrics.json", metrics)
+        _add_to_card(run_dir, request, metrics, str(dataset.source), sweep.eval_split)
         # The flat keys every protocol has (CVG-Text scores text -> image only: no I2T, no mean).
         for k in ("R@1", "R@5", "R@10"):
             row[f"test_t2i_{k}"] = metrics.get(f"text_to_image_{k}")
