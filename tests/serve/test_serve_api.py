@@ -216,3 +216,38 @@ def test_search_within_an_area_or_near_a_point(client, served_index) -> None:
         assert response.status_code == 422 and reason in response.text, bad
     response = client.post("/search", json={"text": QUERY, "near": {"lat": 0, "lon": 0, "radius_km": 0}})
     assert response.status_code == 422 and "greater than 0" in response.text
+
+
+def test_a_request_whose_client_left_before_its_turn_is_not_judged(
+    served_index, serve_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generator judges one request at a time; requests whose clients timed out while they
+    waited are dropped at their turn, so they hold up no request behind them."""
+    import threading
+
+    import httpx
+
+    from geoloc.serve import app as app_module
+
+    judged: list[str] = []
+    release = threading.Event()
+
+    def slow_judge(index, text: str, *args, **kwargs) -> list:
+        judged.append(text)
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(app_module, "search_and_judge", slow_judge)
+    with serve_app(app_module.create_app(served_index)) as url:
+        first = ThreadPoolExecutor(1).submit(httpx.post, f"{url}/explain", json={"text": "first"}, timeout=60)
+        while not judged:
+            threading.Event().wait(0.01)
+        for text in ("gone 1", "gone 2"):  # wait behind the first, and give up
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/explain", json={"text": text}, timeout=0.5)
+        threading.Event().wait(0.3)  # the server sees the connections close
+        release.set()
+        assert first.result().status_code == 200
+        last = httpx.post(f"{url}/search", json={"text": "last", "rerank": True}, timeout=60)
+    assert last.status_code == 200
+    assert judged == ["first", "last"]

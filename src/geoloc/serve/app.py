@@ -15,16 +15,20 @@ MAX_JUDGED with rerank), types are strict (no coercion), unknown fields and malf
 refused with 422 and the reason, request bodies are capped at `max_body_bytes` (413), and /tiles
 serves only files the index lists. The OpenAPI schema states every one of these rules and every
 status code, and a schemathesis run in the tests holds the server to it.
+
+The generator (rerank, /explain) judges one request at a time, in order of arrival; a request
+whose client has closed the connection by its turn is dropped, not generated for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from geoloc.errors import GeolocError
 from geoloc.geodata.geojson import MEDIA_TYPE as GEOJSON_MEDIA_TYPE
 from geoloc.geodata.geojson import feature_collection
-from geoloc.index.explain import MAX_JUDGED, search_and_judge
+from geoloc.index.explain import MAX_JUDGED, Judged, search_and_judge
 from geoloc.index.heatmap import heat_cells, score_gallery
 from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import MAX_RADIUS_KM, Region
@@ -303,10 +307,29 @@ def _rows(items: list[Any]) -> list[dict[str, Any]]:
     return [row | {"tile_url": tile_url(row["key"])} for row in (item.to_dict() for item in items)]
 
 
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection first
+
+
+async def _judge_in_turn(
+    turn: asyncio.Lock, client: Request, judge: Callable[[], list[Judged]]
+) -> list[Judged]:
+    """`judge()` (a `search_and_judge`) once the generator is free, unless the client has gone.
+
+    The generator judges one request at a time (the index's model lock). Requests wait for their
+    turn here, on the event loop, not in a thread: one whose client gave up meanwhile (a timeout)
+    is dropped instead of generating for nobody, which would hold up every request behind it.
+    """
+    async with turn:
+        if await client.is_disconnected():
+            raise HTTPException(CLIENT_GONE, "the client closed the connection before its turn")
+        return await run_in_threadpool(judge)
+
+
 def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: str | None = None) -> FastAPI:
     """The app serving `index`; its query batcher runs while the app does. With `token`, every
     request for data must carry it as a bearer token (see `auth`)."""
     state: dict[str, Any] = {"searches": 0}
+    generator_turn = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -364,15 +387,14 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: 
     }
 
     @app.post("/search", response_model=None, responses=search_responses)
-    async def search(request: SearchRequest) -> JSONResponse:
+    async def search(request: SearchRequest, client: Request) -> JSONResponse:
         """The top k tiles for a description, best first."""
         start = time.perf_counter()
         results: list[Hit] | list[Any]
         region = request.region()
         if request.rerank:
-            results = await run_in_threadpool(
-                search_and_judge, index, request.text, request.k, True, region=region
-            )
+            judge = functools.partial(search_and_judge, index, request.text, request.k, True, region=region)
+            results = await _judge_in_turn(generator_turn, client, judge)
         else:
             results = await asyncio.wrap_future(state["batcher"].submit(request.text, request.k, region))
         state["searches"] += 1
@@ -388,12 +410,13 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: 
         return JSONResponse(answer | {"results": _rows(results)})
 
     @app.post("/explain", response_model=ExplainResponse, responses=_errors(400, 413, 422))
-    async def explain(request: ExplainRequest) -> dict[str, Any]:
+    async def explain(request: ExplainRequest, client: Request) -> dict[str, Any]:
         """The generator's judgement and explanation of each top tile (retrieval adapter off)."""
         start = time.perf_counter()
-        judged = await run_in_threadpool(
+        judge = functools.partial(
             search_and_judge, index, request.text, request.top, request.rerank, True, request.max_new_tokens
         )
+        judged = await _judge_in_turn(generator_turn, client, judge)
         return {
             "query": request.text,
             "top": request.top,
