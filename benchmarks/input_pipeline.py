@@ -32,7 +32,7 @@ from geoloc.data.synth import generate_city
 from geoloc.encoder.families import FAMILIES
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.presets import preset_processing
-from geoloc.train.batching import EpochBatchSampler
+from geoloc.train.batching import EpochBatchSampler, epoch_batches
 
 PRESETS = {512: ("random-smolvlm-256m", "smolvlm"), 448: ("random-internvl3_5-1b", "internvl")}
 H200_PAIRS_PER_S = {10: 14.3, 64: 74.0}  # the bare training step, docs/scale.md
@@ -88,7 +88,8 @@ def pipeline(
     texts = [texts[i % len(texts)] for i in range(20 * batch)]
     tile_of_text = [i % len(tiles) for i in range(len(texts))]
     pairs = PairDataset(texts, tile_of_text, tiles, [t.name for t in tiles], processor)
-    sampler = EpochBatchSampler([str(i) for i in tile_of_text], batch, seed=0)
+    sampler = EpochBatchSampler()
+    sampler.use(epoch_batches([str(i) for i in tile_of_text], batch, seed=0, epoch=0))
     loader = make_loader(
         pairs, PairCollator(text, processor), workers, torch.device("cpu"), batch_sampler=sampler
     )

@@ -36,10 +36,15 @@ def _quiet_libraries() -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from geoloc.data.synth import generate_city
+    from geoloc.data.synth import STYLES, generate_city
 
     manifest = generate_city(
-        args.out, tiles=args.tiles, seed=args.seed, texts_per_tile=args.texts_per_tile, geotiff=args.geotiff
+        args.out,
+        tiles=args.tiles,
+        seed=args.seed,
+        texts_per_tile=args.texts_per_tile,
+        geotiff=args.geotiff,
+        style=STYLES[args.style],
     )
     print(f"wrote {args.tiles} tiles and their descriptions: {manifest}")
     if args.geotiff:
@@ -319,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--texts-per-tile", type=int, default=4)
     p.add_argument("--geotiff", action="store_true", help="also write the city as one UTM GeoTIFF, city.tif")
+    p.add_argument(
+        "--style",
+        choices=["demo", "holdout"],
+        default="demo",
+        help="the city's look and vocabulary: the demo's, or another city kept for testing methods (default: demo)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on a synthetic city")

@@ -39,6 +39,7 @@ TrainPrecision = Literal["auto", "float32", "bf16"]
 TileFeatures = Literal["auto", "cache", "compute"]
 Sharding = Literal["ddp", "fsdp"]
 CompileBackend = Literal["inductor", "aot_eager"]
+Batching = Literal["random", "nearby", "mined"]
 
 
 @dataclass
@@ -143,6 +144,26 @@ class TrainConfig:
     # torch.compile's backend: "inductor" generates kernels; "aot_eager" traces the same graphs
     # (forward and backward) without generating code, a quick check that a model compiles.
     compile_backend: CompileBackend = "inductor"
+    # How items are put into batches (train/batching.py). "random": shuffled, the released
+    # recipe; "nearby": each item pulls its spatial neighbours (records' lat/lon) into its batch;
+    # "mined": each pulls the tiles the current model confuses with it, re-mined every
+    # `mine_every` steps (0: at the start of every epoch). No batch ever holds two items of one
+    # group.
+    batching: Batching = "random"
+    batch_neighbours: int = 3  # partners each item pulls into its batch under nearby / mined
+    mine_every: int = 0
+    # Items whose places are closer than this (km) never share a batch, under every method.
+    negative_min_km: float = 0.0
+    # mined: a tile is no text's negative when the text scores it above its own tile's score
+    # less this margin (a guard against unlabelled matches); checked both ways in a batch.
+    false_negative_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_neighbours", "mine_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: {getattr(self, name)!r} must be at least 0")
+        if self.negative_min_km < 0:
+            raise ConfigError(f"train.negative_min_km: {self.negative_min_km!r} must be at least 0")
 
 
 @dataclass

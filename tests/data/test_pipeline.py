@@ -59,10 +59,10 @@ def test_the_sampler_keeps_the_epoch_order_and_a_resumed_epoch_decodes_only_what
     data = read_manifest(tiny_city)
     texts, tile_of_text = data.texts_with_image_index()
     groups = [data.groups[i] for i in tile_of_text]
-    sampler = EpochBatchSampler(groups, 8, seed=3)
-    sampler.set_epoch(2)
+    sampler = EpochBatchSampler()
+    sampler.use(epoch_batches(groups, 8, 3, 2))
     assert list(sampler) == epoch_batches(groups, 8, 3, 2)
-    sampler.set_epoch(2, start=5)
+    sampler.use(epoch_batches(groups, 8, 3, 2), start=5)
     assert list(sampler) == epoch_batches(groups, 8, 3, 2)[5:]
 
     pairs = _CountingPairs(

@@ -110,10 +110,15 @@ def _train(
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
-def test_two_processes_match_one_process_with_the_whole_batch(tiny_city: Path, tmp_path: Path) -> None:
-    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1)
+def test_two_processes_match_one_process_with_the_whole_batch_and_mined_batches(tiny_city: Path, tmp_path: Path) -> None:
+    # Batches mined before every step: the first process mines, and every process takes its plan.
+    mined = {"batching": "mined", "mine_every": 1}
+    one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, **mined)
     # Two processes, and gradient caching in chunks of 2 on top: still the same updates.
-    two_logs, two = _train(tiny_city, tmp_path / "two", processes=2, grad_cache_chunk=2)
+    two_logs, two = _train(tiny_city, tmp_path / "two", processes=2, grad_cache_chunk=2, **mined)
+    for run in ("one", "two"):
+        logged = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logged if r["type"] == "mining"] == [0, 1, 2]
     assert [r["processes"] for r in one_logs] == [1, 1, 1]
     assert [r["processes"] for r in two_logs] == [2, 2, 2]
     _assert_same_training((one_logs, one), (two_logs, two))

@@ -80,6 +80,97 @@ ROAD_WORDS: dict[str, list[str]] = {
     "cross": ["two roads cross in the middle", "there is a crossroads in the centre"],
 }
 OPENINGS = ["", "i see ", "there is ", "i am near ", "i can see "]
+# Road clauses with these verbs are never joined with "with" (the demo's "cuts" clauses always
+# were, and stay so: its city must not change).
+VERBS = (" runs ", "cross", " lines ", " heads ", " passes ")
+
+
+@dataclass(frozen=True)
+class CityStyle:
+    """What a city looks like and how its people speak: palette, shapes, features, roads, ground
+    and words. `DEMO` is the demo's city; `HOLDOUT` is another city, kept for measuring whether
+    a method tuned on the demo's city carries over (docs/study.md)."""
+
+    colours: dict[str, tuple[int, int, int]]
+    colour_words: dict[str, list[str]]
+    shapes: tuple[str, ...]
+    shape_words: dict[str, list[str]]
+    building_words: list[str]
+    features: tuple[str, ...]
+    feature_words: dict[str, list[str]]
+    cell_words: dict[tuple[int, int], list[str]]
+    roads: tuple[str, ...]
+    road_words: dict[str, list[str]]
+    openings: list[str]
+    ground: tuple[int, int, int]  # the ground's colour, varied a little per tile
+    extra_features: tuple[int, int]  # how many features besides the main building (inclusive)
+
+
+DEMO = CityStyle(
+    COLOURS, COLOUR_WORDS, SHAPES, SHAPE_WORDS, BUILDING_WORDS, FEATURES, FEATURE_WORDS, CELL_WORDS,
+    ROADS, ROAD_WORDS, OPENINGS, ground=(80, 150, 70), extra_features=(1, 3),
+)  # fmt: skip
+
+# Another city: grey-brown ground, another palette and other shapes, sports pitches and plazas
+# instead of fields and car parks, 2 to 4 features a tile, fewer roads and none through the
+# centre, and other words for everything.
+HOLDOUT = CityStyle(
+    colours={
+        "green": (40, 170, 70),
+        "teal": (20, 150, 150),
+        "pink": (240, 120, 180),
+        "brown": (130, 80, 40),
+        "navy": (30, 40, 110),
+        "cream": (240, 230, 190),
+        "red": (220, 60, 30),
+    },
+    colour_words={
+        "green": ["green", "bright green", "leafy green"],
+        "teal": ["teal", "blue-green", "turquoise"],
+        "pink": ["pink", "rose", "salmon"],
+        "brown": ["brown", "chocolate", "rusty brown"],
+        "navy": ["navy", "deep blue", "navy blue"],
+        "cream": ["cream", "beige", "off-white"],
+        "red": ["scarlet", "bright red", "red"],
+    },
+    shapes=("square", "t-shaped", "u-shaped", "round"),
+    shape_words={
+        "square": ["square", "squat", "cube-like"],
+        "t-shaped": ["t-shaped", "cross-shaped"],
+        "u-shaped": ["u-shaped", "horseshoe"],
+        "round": ["domed", "circular", "drum-shaped"],
+    },
+    building_words=["tower", "hall", "warehouse", "tenement", "office"],
+    features=("building", "water", "trees", "pitch", "plaza"),
+    feature_words={
+        "water": ["a fountain basin", "a reflecting pool", "a canal stretch"],
+        "trees": ["a row of trees", "a wooded patch", "some tall trees"],
+        "pitch": ["a sports pitch", "a football field", "a playing field"],
+        "plaza": ["a paved plaza", "a public square", "a tiled courtyard"],
+    },
+    cell_words={
+        (0, 0): ["at the far top left", "up in the north-west", "top left-hand corner"],
+        (1, 0): ["up top", "along the northern edge", "at the top middle"],
+        (2, 0): ["at the far top right", "up in the north-east", "top right-hand corner"],
+        (0, 1): ["to the west", "along the western edge", "on the left-hand side"],
+        (1, 1): ["dead centre", "right in the middle", "at the heart of it"],
+        (2, 1): ["to the east", "along the eastern edge", "on the right-hand side"],
+        (0, 2): ["at the far bottom left", "down in the south-west", "bottom left-hand corner"],
+        (1, 2): ["down below", "along the southern edge", "at the bottom middle"],
+        (2, 2): ["at the far bottom right", "down in the south-east", "bottom right-hand corner"],
+    },
+    roads=("none", "none", "ns-left", "ns-right", "ew-top", "ew-bottom"),
+    road_words={
+        "ns-left": ["an avenue lines the western edge", "a lane heads north along the left"],
+        "ns-right": ["an avenue lines the eastern edge", "a lane heads north along the right"],
+        "ew-top": ["a boulevard passes along the north", "a lane crosses the top edge"],
+        "ew-bottom": ["a boulevard passes along the south", "a lane crosses the bottom edge"],
+    },
+    openings=["", "from here i notice ", "next to me is ", "looking around, ", "in front of me: "],
+    ground=(150, 135, 110),
+    extra_features=(2, 4),
+)
+STYLES = {"demo": DEMO, "holdout": HOLDOUT}
 
 
 @dataclass
@@ -108,19 +199,20 @@ def _free_cells(road: str) -> list[tuple[int, int]]:
     return [(c, r) for r in range(3) for c in range(3) if (c, r) not in blocked]
 
 
-def random_scene(rng: random.Random) -> Scene:
-    road = rng.choice(ROADS)
+def random_scene(rng: random.Random, style: CityStyle = DEMO) -> Scene:
+    road = rng.choice(style.roads)
     cells = _free_cells(road)
     rng.shuffle(cells)
-    main = Feature("main", cells.pop(), rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.random() < 0.5)
+    colours, shapes = list(style.colours), style.shapes
+    main = Feature("main", cells.pop(), rng.choice(colours), rng.choice(shapes), rng.random() < 0.5)
     others: list[Feature] = []
-    for kind in rng.sample(FEATURES, k=rng.randint(1, 3)):
+    for kind in rng.sample(style.features, k=rng.randint(*style.extra_features)):
         if not cells:
             break
         cell = cells.pop()
         if kind == "building":
-            colour = rng.choice([c for c in COLOURS if c != main.colour])
-            others.append(Feature("building", cell, colour, rng.choice(SHAPES)))
+            colour = rng.choice([c for c in colours if c != main.colour])
+            others.append(Feature("building", cell, colour, rng.choice(shapes)))
         else:
             others.append(Feature(kind, cell))
     return Scene(road, main, others)
@@ -132,9 +224,9 @@ def _cell_box(cell: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
     return (c * CELL + margin, r * CELL + margin, (c + 1) * CELL - margin, (r + 1) * CELL - margin)
 
 
-def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) -> None:
+def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random, style: CityStyle) -> None:
     x0, y0, x1, y1 = _cell_box(f.cell, 3 if f.large else 9)
-    colour = COLOURS[f.colour]
+    colour = style.colours[f.colour]
     outline = tuple(max(0, v - 60) for v in colour)
     if f.shape == "square":
         draw.rectangle((x0, y0, x1, y1), fill=colour, outline=outline, width=2)
@@ -153,6 +245,15 @@ def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) ->
         w = (x1 - x0) // 2
         draw.rectangle((x0, y0, x0 + w, y1), fill=colour, outline=outline, width=2)
         draw.rectangle((x0, y1 - w, x1, y1), fill=colour, outline=outline, width=2)
+    elif f.shape == "t-shaped":
+        third = (x1 - x0) // 3
+        draw.rectangle((x0, y0, x1, y0 + third), fill=colour, outline=outline, width=2)
+        draw.rectangle((x0 + third, y0, x1 - third, y1), fill=colour, outline=outline, width=2)
+    elif f.shape == "u-shaped":
+        third = (x1 - x0) // 3
+        draw.rectangle((x0, y0, x0 + third, y1), fill=colour, outline=outline, width=2)
+        draw.rectangle((x1 - third, y0, x1, y1), fill=colour, outline=outline, width=2)
+        draw.rectangle((x0, y1 - third, x1, y1), fill=colour, outline=outline, width=2)
     else:
         draw.ellipse((x0, y0, x1, y1), fill=colour, outline=outline, width=2)
 
@@ -173,6 +274,13 @@ def _draw_feature(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) -> 
     elif f.kind == "field":
         for i, y in enumerate(range(y0, y1, 5)):
             draw.rectangle((x0, y, x1, y + 4), fill=(190, 160, 80) if i % 2 else (160, 140, 60))
+    elif f.kind == "pitch":
+        draw.rectangle((x0, y0, x1, y1), fill=(60, 140, 60), outline=(245, 245, 245), width=1)
+        draw.line(((x0 + x1) // 2, y0, (x0 + x1) // 2, y1), fill=(245, 245, 245))
+    elif f.kind == "plaza":
+        for i, x in enumerate(range(x0, x1, 6)):
+            for j, y in enumerate(range(y0, y1, 6)):
+                draw.rectangle((x, y, x + 5, y + 5), fill=(205, 200, 190) if (i + j) % 2 else (180, 175, 165))
 
 
 def _draw_roads(draw: ImageDraw.ImageDraw, road: str) -> None:
@@ -189,8 +297,9 @@ def _draw_roads(draw: ImageDraw.ImageDraw, road: str) -> None:
         draw.rectangle((0, y - half, TILE_PIXELS, y + half), fill=grey)
 
 
-def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
-    base = (80 + rng.randint(-10, 10), 150 + rng.randint(-15, 15), 70 + rng.randint(-10, 10))
+def draw_scene(scene: Scene, rng: random.Random, style: CityStyle = DEMO) -> Image.Image:
+    red, green, blue = style.ground
+    base = (red + rng.randint(-10, 10), green + rng.randint(-15, 15), blue + rng.randint(-10, 10))
     image = Image.new("RGB", (TILE_PIXELS, TILE_PIXELS), base)
     draw = ImageDraw.Draw(image)
     # Ground texture, so that no two tiles are pixel-identical.
@@ -201,10 +310,10 @@ def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
     _draw_roads(draw, scene.road)
     for f in scene.others:
         if f.kind == "building":
-            _draw_building(draw, f, rng)
+            _draw_building(draw, f, rng, style)
         else:
             _draw_feature(draw, f, rng)
-    _draw_building(draw, scene.main, rng)
+    _draw_building(draw, scene.main, rng, style)
     return image
 
 
@@ -219,41 +328,44 @@ def _relation(a: tuple[int, int], b: tuple[int, int]) -> str:
     return vertical or horizontal
 
 
-def _building_phrase(f: Feature, rng: random.Random) -> str:
+def _building_phrase(f: Feature, rng: random.Random, style: CityStyle) -> str:
     words = []
     if f.kind == "main" and rng.random() < 0.5:
         words.append("large" if f.large else "small")
-    words.append(rng.choice(COLOUR_WORDS[f.colour]))
+    words.append(rng.choice(style.colour_words[f.colour]))
     if rng.random() < 0.75:
-        words.append(rng.choice(SHAPE_WORDS[f.shape]))
-    words.append(rng.choice(BUILDING_WORDS))
+        words.append(rng.choice(style.shape_words[f.shape]))
+    words.append(rng.choice(style.building_words))
     article = "an" if words[0][0] in "aeiou" else "a"
     return " ".join([article, *words])
 
 
-def describe(scene: Scene, rng: random.Random) -> str:
+def describe(scene: Scene, rng: random.Random, style: CityStyle = DEMO) -> str:
     main = scene.main
-    clauses = [f"{_building_phrase(main, rng)} {rng.choice(CELL_WORDS[main.cell])}"]
+    cell_words = style.cell_words
+    clauses = [f"{_building_phrase(main, rng, style)} {rng.choice(cell_words[main.cell])}"]
     # Partial mentions: each other feature is left out now and then.
     for f in scene.others:
         if rng.random() < 0.2:
             continue
-        thing = _building_phrase(f, rng) if f.kind == "building" else rng.choice(FEATURE_WORDS[f.kind])
+        thing = (
+            _building_phrase(f, rng, style)
+            if f.kind == "building"
+            else rng.choice(style.feature_words[f.kind])
+        )
         if rng.random() < 0.5:
-            clauses.append(f"{thing} {rng.choice(CELL_WORDS[f.cell])}")
+            clauses.append(f"{thing} {rng.choice(cell_words[f.cell])}")
         else:
             it = rng.choice(["it", "the main building", "that building"])
             clauses.append(f"{thing} {_relation(f.cell, main.cell)} {it}")
     if scene.road != "none" and rng.random() < 0.85:
-        clauses.append(rng.choice(ROAD_WORDS[scene.road]))
+        clauses.append(rng.choice(style.road_words[scene.road]))
     first, rest = clauses[0], clauses[1:]
     rng.shuffle(rest)
-    text = rng.choice(OPENINGS) + first
+    text = rng.choice(style.openings) + first
     for clause in rest:
         # "with" joins noun phrases only, not a clause that has its own verb.
-        joiners = [", ", " and ", "; "] + (
-            [", with "] if " runs " not in clause and "cross" not in clause else []
-        )
+        joiners = [", ", " and ", "; "] + ([", with "] if not any(verb in clause for verb in VERBS) else [])
         text += rng.choice(joiners) + clause
     return text
 
@@ -345,13 +457,14 @@ def generate_city(
     val_share: float = 0.1,
     test_share: float = 0.1,
     geotiff: bool = False,
+    style: CityStyle = DEMO,
 ) -> Path:
     """Write `tiles` scenes and their descriptions under `out`; return the manifest's path.
 
     With `geotiff`, the city is also written as one georeferenced raster, `out/city.tif`, in UTM
     (tile i at column i % columns, row i // columns, TILE_METRES square), and the manifest's
     coordinates and footprints are those of the raster. The scenes and descriptions are the same
-    either way, for the same seed.
+    either way, for the same seed. `style` is the city's look and vocabulary (DEMO, HOLDOUT).
     """
     if tiles < 3:
         raise ValueError("a synthetic city needs at least 3 tiles (train, val and test)")
@@ -373,8 +486,8 @@ def generate_city(
             raster = stack.enter_context(_open_raster(tmp, layout, tiles))
         for i in range(tiles):
             tile_rng = random.Random(rng.getrandbits(64))
-            scene = random_scene(tile_rng)
-            image = draw_scene(scene, tile_rng)
+            scene = random_scene(tile_rng, style)
+            image = draw_scene(scene, tile_rng, style)
             key = f"tiles/{i:06d}.png"
             with atomic.atomic_path(out / key) as tmp_png:
                 image.save(tmp_png, format="PNG")
@@ -382,7 +495,7 @@ def generate_city(
                 _write_tile(raster, image, i, columns)
             texts: list[str] = []
             for _ in range(texts_per_tile * 3):
-                text = describe(scene, tile_rng)
+                text = describe(scene, tile_rng, style)
                 if text not in texts:
                     texts.append(text)
                 if len(texts) == texts_per_tile:

@@ -1,84 +1,172 @@
-"""Batches without false negatives, in an order that depends only on the seed.
+"""Batches without false negatives, formed at random or around hard neighbours (`train.batching`).
 
 Several texts describe one tile, and one place may be seen by several tiles (a group). If two
 items of one group shared a batch, each would be the other's negative. Batches here never hold
-two items of the same group. The order of epoch e is a pure function of (seed, e), so a resumed
-run sees exactly the batches the interrupted one would have.
+two items of the same group, under every method; a `BatchGuard` can also keep apart items closer
+than a distance, or items whose model scores say they may match.
+
+`form_batches` is the one algorithm behind all three methods. It walks the items in a seeded
+random order and fills one batch at a time; an item that cannot join the batch being filled
+waits for the next. Under `nearby` and `mined`, each item that joins pulls up to `neighbours`
+of its partners in after it (its spatial neighbours, or the tiles the model confuses with it):
+Sample4Geo's neighbour sampling (Deuser et al., ICCV 2023), where each anchor brings its nearest
+neighbours into its batch. Under `random` nothing is pulled, which gives the released recipe's
+shuffled batches. The order of epoch e is a pure function of (seed, e) and the partners, so a
+resumed run sees exactly the batches the interrupted one would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
+from geoloc.distance import haversine_km
 
-def epoch_batches(groups: Sequence[str], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices of the items, shuffled and cut into batches of distinct groups.
+Batches = list[list[int]]
+NO_PARTNERS: Callable[[int], Sequence[int]] = lambda index: ()  # noqa: E731 (a named constant)
 
-    Every item appears exactly once. Items that cannot join a batch because their group is
-    already in it wait for the next batch; the last batch may be smaller.
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The items' order in epoch `epoch`: a permutation that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class BatchGuard:
+    """Which items may share a batch: never two of one group, and optionally never two closer
+    than `min_km` (positions in degrees). A partner pulled in as a hard negative must also pass
+    the similarity guard (`text_emb` x `tile_emb`, see `fits_partner`): mining never picks as a
+    negative what the model scores as a possible match."""
+
+    def __init__(
+        self,
+        groups: Sequence[str],
+        lat_lon: np.ndarray | None = None,
+        min_km: float = 0.0,
+        text_emb: np.ndarray | None = None,
+        tile_emb: np.ndarray | None = None,
+        margin: float = 0.0,
+    ):
+        self.groups = groups
+        self.min_km = min_km
+        self.lat_lon = lat_lon if min_km > 0 else None
+        self.text_emb, self.tile_emb = text_emb, tile_emb
+        if text_emb is not None and tile_emb is not None:
+            # A partner scoring above this is a possible match: each text's own tile's score
+            # less the margin.
+            self.limit = np.einsum("ij,ij->i", text_emb, tile_emb) - margin
+
+    def fits(self, index: int, batch: list[int]) -> bool:
+        if any(self.groups[index] == self.groups[member] for member in batch):
+            return False
+        if self.lat_lon is not None and batch:
+            lat, lon = self.lat_lon[index]
+            others = self.lat_lon[batch]
+            return bool(haversine_km(lat, lon, others[:, 0], others[:, 1]).min() >= self.min_km)
+        return True
+
+    def fits_partner(self, partner: int, anchor: int, batch: list[int]) -> bool:
+        """`fits`, and for a partner that `anchor` pulls in as its hard negative, the similarity
+        guard between the two (NV-Retriever's positive-aware TopK-MarginPos, both ways): a tile
+        is no text's negative when the text scores it above its own tile's score less `margin`.
+        """
+        if not self.fits(partner, batch):
+            return False
+        if self.text_emb is None or self.tile_emb is None:
+            return True
+        return bool(
+            self.text_emb[anchor] @ self.tile_emb[partner] <= self.limit[anchor]
+            and self.text_emb[partner] @ self.tile_emb[anchor] <= self.limit[partner]
+        )
+
+
+def form_batches(
+    order: Sequence[int],
+    batch_size: int,
+    guard: BatchGuard,
+    partners: Callable[[int], Sequence[int]] = NO_PARTNERS,
+    neighbours: int = 0,
+) -> Batches:
+    """Every item of `order` exactly once, cut into batches that the guard allows.
+
+    Items are taken in `order`; one that does not fit the batch being filled waits and starts
+    the next. Each item that joins pulls in up to `neighbours` of `partners(item)` (in their
+    order) that are not yet placed and that the guard allows as partners. The last batch may be
+    smaller.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(groups), generator=generator).tolist()
-    batches: list[list[int]] = []
-    deferred: list[int] = []  # items whose group was already in the batch being filled
+    placed = [False] * (max(order, default=-1) + 1)
+    batches: Batches = []
+    deferred: list[int] = []  # items that did not fit the batch being filled
     batch: list[int] = []
-    seen: set[str] = set()
 
-    def take(index: int) -> None:
+    def join(index: int) -> None:
         batch.append(index)
-        seen.add(groups[index])
+        placed[index] = True
+        pulled = 0
+        if neighbours:
+            for partner in partners(index):
+                if pulled == neighbours or len(batch) == batch_size:
+                    break
+                if not placed[partner] and guard.fits_partner(partner, index, batch):
+                    batch.append(partner)
+                    placed[partner] = True
+                    pulled += 1
 
     def start_batch() -> None:
-        nonlocal batch, seen, deferred
+        nonlocal batch, deferred
         batches.append(batch)
-        batch, seen = [], set()
+        batch = []
         waiting, deferred = deferred, []
         for index in waiting:
-            if len(batch) < batch_size and groups[index] not in seen:
-                take(index)
+            if placed[index]:
+                continue  # pulled in as a partner meanwhile
+            if len(batch) < batch_size and guard.fits(index, batch):
+                join(index)
             else:
                 deferred.append(index)
 
     for index in order:
-        if len(batch) == batch_size:
+        if placed[index]:
+            continue
+        while len(batch) >= batch_size:  # waiting items may fill the next batch at once
             start_batch()
-        if groups[index] in seen:
-            deferred.append(index)
+        if guard.fits(index, batch):
+            join(index)
         else:
-            take(index)
+            deferred.append(index)
     while batch:
         start_batch()
     return batches
 
 
+def epoch_batches(groups: Sequence[str], batch_size: int, seed: int, epoch: int) -> Batches:
+    """The released recipe's batches (`train.batching: random`): the items shuffled by (seed,
+    epoch) and cut into batches of distinct groups."""
+    return form_batches(epoch_order(len(groups), seed, epoch), batch_size, BatchGuard(groups))
+
+
 class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """`epoch_batches` as a DataLoader batch sampler: the order is decided here, in the main
+    """An epoch's batches as a DataLoader batch sampler: the order is decided in the main
     process, never by the workers, so any number of workers yields the same batches.
 
-    `set_epoch(epoch, start)` picks the epoch and skips its first `start` batches (a resumed
+    `use(batches, start)` gives it an epoch's batches and skips the first `start` (a resumed
     run), which are never decoded. `local` maps a global batch to the indices this process
     encodes (its share of the batch when several processes train).
     """
 
-    def __init__(
-        self,
-        groups: Sequence[str],
-        batch_size: int,
-        seed: int,
-        local: Callable[[list[int]], list[int]] = lambda batch: batch,
-    ):
-        self.groups, self.batch_size, self.seed, self.local = groups, batch_size, seed, local
-        self.set_epoch(0)
+    def __init__(self, local: Callable[[list[int]], list[int]] = lambda batch: batch):
+        self.local = local
+        self.batches: Batches = []
+        self.start = 0
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-        self.batches = epoch_batches(self.groups, self.batch_size, self.seed, epoch)
+    def use(self, batches: Batches, start: int = 0) -> None:
+        self.batches, self.start = batches, start
 
-    def remaining(self) -> list[list[int]]:
+    def remaining(self) -> Batches:
         """The epoch's global batches from `start` on: what iterating yields, in order."""
         return self.batches[self.start :]
 

@@ -27,6 +27,11 @@ class TrainState:
     elapsed_s: float = 0.0  # training time, summed over every attempt
     rng_per_process: list[dict[str, Any]] = field(default_factory=list)  # rng_state(), in rank order
     metrics_bytes: int = 0  # the size of metrics.jsonl when the state was saved
+    # train.batching "mined": the epoch's batches as mined (the model that mined them is gone
+    # after a resume), the epoch they plan, and the step they were mined at.
+    batches: list[list[int]] = field(default_factory=list)
+    plan_epoch: int = -1
+    mined_step: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,8 +44,9 @@ from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.eval.results import primary_value
-from geoloc.train.batching import EpochBatchSampler
+from geoloc.train.batching import Batches, BatchGuard, EpochBatchSampler, epoch_order, form_batches
 from geoloc.train.loss import InfoNCE
+from geoloc.train.mining import Partners, confusable_tiles, nearest_tiles, tile_positions
 from geoloc.train.sharding import check_shardable, local_parameter_bytes, shard_language_model
 from geoloc.train.splits import Splits, carve_splits
 from geoloc.train.state import TRAINER_STATE, TrainState, rng_state, set_rng_state
@@ -56,6 +57,9 @@ CHECKPOINT = "checkpoints/latest"
 METRICS = "metrics.jsonl"
 # `geoloc train` warns (once) when steps wait longer than this share of their time for data.
 DATA_WAIT_WARNING = 0.10
+# nearby / mined: the tiles ranked for each item, per partner it may pull (some are taken or
+# guarded by the time it joins a batch).
+CANDIDATES = 4
 
 __all__ = ["CHECKPOINT", "TRAINER_STATE", "Trainer", "TrainState", "rng_state", "set_rng_state", "train"]
 
@@ -260,10 +264,15 @@ class Trainer:
         train_set = self.splits.train
         self.texts, self.image_index = train_set.texts_with_image_index()
         self.text_groups = [train_set.groups[i] for i in self.image_index]
-        self.sampler = EpochBatchSampler(
-            self.text_groups, config.train.batch_size, config.train.seed, local=self._local_rows
+        self._build_batching()
+        self.sampler = EpochBatchSampler(local=self._local_rows)
+        # nearby and mined epochs may differ in length from a random one (an item that fits no
+        # batch waits for the next); the schedule counts a random epoch's batches.
+        self.steps_per_epoch = len(
+            form_batches(
+                epoch_order(len(self.texts), config.train.seed, 0), config.train.batch_size, self.guard
+            )
         )
-        self.steps_per_epoch = len(self.sampler.batches)
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
         try:
@@ -287,6 +296,103 @@ class Trainer:
             seed=config.train.seed,
             batch_sampler=self.sampler,
         )
+
+    def _build_batching(self) -> None:
+        """What `train.batching` needs before the first epoch: the guard that says which texts
+        may share a batch, and under nearby each tile's nearest tiles."""
+        train, records = self.config.train, self.splits.train.records
+        positions = None
+        if train.batching == "nearby" or train.negative_min_km > 0:
+            why = "train.batching: nearby" if train.batching == "nearby" else "train.negative_min_km"
+            positions = tile_positions(records, why)
+        self.text_positions = positions[self.image_index] if positions is not None else None
+        self.guard = BatchGuard(self.text_groups, self.text_positions, train.negative_min_km)
+        if train.batching == "nearby":
+            assert positions is not None
+            self.nearest = nearest_tiles(
+                positions, self.splits.train.groups, CANDIDATES * train.batch_neighbours
+            )
+
+    def plan_epoch(self) -> Batches:
+        """The batches of this epoch (`train.batching`); a mined plan is kept in the TrainState."""
+        state, train = self.state, self.config.train
+        if train.batching == "mined":
+            if state.plan_epoch != state.epoch:
+                return self._mine(consumed=[])
+            if self._mining_due():
+                return self._mine(consumed=state.batches[: state.batch_in_epoch])
+            return state.batches  # planned before the checkpoint this run resumed from
+        order = epoch_order(len(self.texts), train.seed, state.epoch)
+        if train.batching == "random":
+            return form_batches(order, train.batch_size, self.guard)
+        partners = Partners(self.nearest, self.image_index, self.image_index, order)
+        return form_batches(order, train.batch_size, self.guard, partners, train.batch_neighbours)
+
+    def _mining_due(self) -> bool:
+        every = self.config.train.mine_every
+        return (
+            self.config.train.batching == "mined"
+            and every > 0
+            and self.state.step - self.state.mined_step >= every
+        )
+
+    def _mine(self, consumed: Batches) -> Batches:
+        """Embed the training texts and tiles with the current model and form the rest of the
+        epoch's batches around the pairs it confuses; every process gets the first one's."""
+        state, train = self.state, self.config.train
+        started = time.perf_counter()
+        batches: Batches | None = None
+        if self.world.is_main or self.sharded:  # a sharded model encodes only with all in step
+            text_emb, tile_emb = self._embed_training_set()
+            placed = {i for batch in consumed for i in batch}
+            order = [i for i in epoch_order(len(self.texts), train.seed, state.epoch) if i not in placed]
+            guard = BatchGuard(
+                self.text_groups,
+                self.text_positions,
+                train.negative_min_km,
+                text_emb,
+                tile_emb[self.image_index],
+                train.false_negative_margin,
+            )
+            ranked = confusable_tiles(
+                text_emb,
+                tile_emb,
+                self.text_groups,
+                self.splits.train.groups,
+                CANDIDATES * train.batch_neighbours,
+            )
+            partners = Partners(ranked, range(len(self.texts)), self.image_index, order)
+            batches = consumed + form_batches(
+                order, train.batch_size, guard, partners, train.batch_neighbours
+            )
+        batches = self.world.gather_objects(batches)[0]
+        state.batches, state.plan_epoch, state.mined_step = batches, state.epoch, state.step
+        seconds = time.perf_counter() - started
+        self._log(
+            {
+                "type": "mining",
+                "step": state.step,
+                "epoch": state.epoch,
+                "seconds": seconds,
+                "texts": len(self.texts),
+                "tiles": len(self.splits.train.records),
+            }
+        )
+        return batches
+
+    def _embed_training_set(self) -> tuple[Any, Any]:
+        """Unit vectors of the training texts and tiles, with the model as it stands. Tiles come
+        from the feature store when the vision side is frozen, through the evaluation pipeline."""
+        miner = self.encoder
+        if self.feature_store is not None and self.feature_store.precision != "float32":
+            miner = self.encoder.rebuilt(tile_features=self.feature_store)  # validation's stays float32
+        images = [r.image for r in self.splits.train.records]
+        with torch.no_grad():
+            text_emb = miner.encode_text(self.texts, batch_size=64, show_progress=False)
+            tile_emb = miner.encode_images(
+                images, batch_size=64, show_progress=False, num_workers=self.num_workers
+            )
+        return text_emb, tile_emb
 
     def _processes_per_machine(self) -> int:
         return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if self.world.distributed else 1
@@ -361,7 +467,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # a built trainer may log before it runs
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -421,7 +528,7 @@ class Trainer:
     def _epoch_batches(self) -> Any:
         """(global batch, prepared inputs, seconds waited for them) for the rest of this epoch,
         prepared by the DataLoader's workers ahead of the step that takes them."""
-        self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
+        self.sampler.use(self.plan_epoch(), start=self.state.batch_in_epoch)
         batches = self.sampler.remaining()
         prepared = batches_of(self.loader)
         try:
@@ -478,6 +585,7 @@ class Trainer:
         elapsed_at_start = state.elapsed_s
         stopped_early = False
         while state.step < self.total_steps and state.epoch < train.epochs:
+            mining_due = False
             with contextlib.closing(self._epoch_batches()) as epoch_batches:
                 for batch, inputs, wait_s in epoch_batches:
                     if state.step >= self.total_steps:
@@ -523,6 +631,11 @@ class Trainer:
                     if time.monotonic() > deadline:
                         stopped_early = True
                         break
+                    if self._mining_due() and state.batch_in_epoch < len(self.sampler.batches):
+                        mining_due = True  # the rest of this epoch is formed again
+                        break
+            if mining_due:
+                continue
             if state.batch_in_epoch < len(self.sampler.batches):  # epochs differ in length
                 break  # stopped inside the epoch (step or time budget): resume continues it
             state.epoch += 1
