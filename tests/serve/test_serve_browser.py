@@ -259,6 +259,20 @@ def _rotated_index(folder: Path):
     return SearchIndex.open(folder / "index")
 
 
+def _polar_ring() -> tuple[list[list[float]], list[list[float]]]:
+    """A 100 km EPSG:3413 tile's footprint as `geoloc tiles` writes it, and its image's corners
+    (top-left, top-right, bottom-right, bottom-left) in lon / lat."""
+    from pyproj import Transformer
+
+    from geoloc.geodata.footprint import densified, make_ring
+
+    to_lonlat = Transformer.from_crs("EPSG:3413", "EPSG:4326", always_xy=True).transform
+    x0, y0, side = 800_000, -1_800_000, 100_000  # east Greenland, about 21 W 72 N
+    window = [(x0, y0), (x0, y0 - side), (x0 + side, y0 - side), (x0 + side, y0)]  # as raster.py lists them
+    ring = make_ring(densified(window, to_lonlat))
+    return ring, [list(to_lonlat(*window[k])) for k in (0, 3, 2, 1)]
+
+
 def _median_colour(shot, x: float, y: float) -> tuple[int, ...]:
     import numpy as np
 
@@ -324,6 +338,14 @@ def test_a_rotated_tile_is_drawn_inside_its_footprint(serve_app, tmp_path: Path)
                 [[*across, across[0]], f"/tiles/{index.stored.tiles.key[0]}"],
             )
             assert marker_lon == pytest.approx(180.0005)
+            # A 100 km tile in EPSG:3413 (turned about 24 degrees, edges densified to 128 points):
+            # the image's corners are the footprint's, from its first point or, for a ring that
+            # starts mid-edge, from the edge that runs most nearly east.
+            polar, expected_corners = _polar_ring()
+            mid_edge = [*polar[5:-1], *polar[:6]]
+            for ring_given in (polar, mid_edge):
+                found = page.evaluate("ring => imageCorners(ring)", ring_given)
+                assert np.allclose(found, expected_corners, atol=1e-6), (found, expected_corners)
             assert errors == []
         finally:
             browser.close()
