@@ -131,8 +131,9 @@ function ringLatLngs(ring) {
 // points. The corners are the ring's four sharpest turns (the extra points along a curved edge
 // turn little), measured in Web Mercator, whose angles are those on the ground. A ring runs
 // counter-clockwise, which from an image's top-left corner goes down its left side. geoloc
-// writes each ring from its image's top-left corner; a ring that starts elsewhere (one joined
-// again at the antimeridian, or written by another tool) gets as top edge the one that runs
+// writes each ring from its image's top-left corner (a ring joined again at the antimeridian
+// starts at the corner west of the cut's north end: the top-left one of a tile turned by less
+// than 45 degrees); a ring that does not start at a corner gets as top edge the one that runs
 // most nearly east.
 function imageCorners(ring) {
   const points = ring.slice(0, -1).filter((p, i, all) => i === 0 || p[0] !== all[i - 1][0] || p[1] !== all[i - 1][1]);
