@@ -17,6 +17,7 @@ A row, here as JSONL::
   GeoJSON Polygon with one closed ring, or, for a tile across the antimeridian, a MultiPolygon of
   its two parts cut at 180 degrees (section 3.1.9), which is read back as one ring (`geoloc tiles`
   and `geoloc xyz` write it; see `geoloc.geodata.footprint`). In CSV, the cell holds the same JSON.
+  The ring should start at the image's top-left corner: the map page draws the image from it.
 
 A gallery to search needs no descriptions: `read_manifest(..., require_texts=False)` accepts
 rows without `texts` (the index reads galleries so).
