@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--style",
         choices=["demo", "holdout"],
         default="demo",
-        help="the city's look and vocabulary: the demo's, or another city kept for testing methods (default: demo)",
+        help="the look and vocabulary: the demo city's, or another kept for testing methods (default: demo)",
     )
     p.set_defaults(func=cmd_synth)
 

@@ -110,7 +110,9 @@ def _train(
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
-def test_two_processes_match_one_process_with_the_whole_batch_and_mined_batches(tiny_city: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_process_with_the_whole_batch_and_mined_batches(
+    tiny_city: Path, tmp_path: Path
+) -> None:
     # Batches mined before every step: the first process mines, and every process takes its plan.
     mined = {"batching": "mined", "mine_every": 1}
     one_logs, one = _train(tiny_city, tmp_path / "one", processes=1, **mined)
