@@ -26,7 +26,7 @@ from PIL import Image
 
 from geoloc.data.manifest import read_manifest
 from geoloc.data.synth import generate_city
-from geoloc.demo import demo_config
+from geoloc.demo.run import demo_config
 from geoloc.encoder.loading import load_encoder
 from geoloc.eval.evaluate import evaluate
 from geoloc.train.trainer import train

@@ -288,7 +288,7 @@ def test_a_mistyped_choice_stops_train_before_any_image_is_decoded(
 
 
 def test_the_demo_reads_the_shipped_recipe() -> None:
-    from geoloc import demo
+    from geoloc.demo import run as demo
 
     manifest = Path("city/manifest.jsonl")
     expected = load_config(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geoloc.cli_flags import add_device, add_dtype, add_on_bad_record, add_split
 from geoloc.errors import GeolocError
 
 
@@ -187,14 +188,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    add_device(p)
     p.add_argument(
         "--model", help="where the index's model is now, if it moved (checked to be the same model)"
     )
 
 
 def _add_encoding_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", help="only this split of the gallery manifest (train, val, test)")
+    add_split(p, "only this split of the gallery manifest (train, val, test)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--cache-dir", help="embedding cache (default: $GEOLOC_CACHE/embeddings or ~/.cache/geoloc)"
@@ -202,12 +203,7 @@ def _add_encoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-cache", action="store_true", help="encode the tiles; neither read nor write the cache"
     )
-    p.add_argument(
-        "--on-bad-record",
-        default="error",
-        choices=["error", "skip"],
-        help="skip: leave bad tiles out and list them in <INDEX>.skipped_records.jsonl beside the index",
-    )
+    add_on_bad_record(p, "<INDEX>.skipped_records.jsonl beside the index")
 
 
 def register(subparsers: Any) -> None:
@@ -255,8 +251,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     p.add_argument("--ef-search", type=int, default=64, help="hnsw: candidates kept while searching")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_device(p)
+    add_dtype(p)
     _add_encoding_options(p)
     p.set_defaults(func=cmd_index_build)
 

@@ -8,6 +8,8 @@ import ipaddress
 import sys
 from typing import Any
 
+from geoloc.cli_flags import add_device
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -48,7 +50,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("index", help="the index folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    add_device(p)
     p.add_argument(
         "--model", help="where the index's model is now, if it moved (checked to be the same model)"
     )

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from geoloc.cli_flags import add_device, add_overrides, add_split
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from geoloc.study.sweep import load_sweep, run_sweep
@@ -45,7 +47,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sweep", help="train and score a grid of configs; one results table")
     p.add_argument("sweep", help="the sweep file (YAML: base, set, grid, points, metric, eval)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    add_overrides(p, "override for every run")
     p.add_argument("--out", help="output folder (default: runs/sweeps/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     p.set_defaults(func=cmd_sweep)
@@ -54,8 +56,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("target", help="a run directory or a sweep output folder")
     p.add_argument("--out", help="folder for report.html and its figures (default: <target>/report)")
     p.add_argument("--data", help="manifest for the retrieval examples (default: the run's training data)")
-    p.add_argument("--split", help="split for the retrieval examples (default: test, else validation)")
+    add_split(p, "split for the retrieval examples (default: test, else validation)")
     p.add_argument("--queries", type=int, default=6, help="queries in the retrieval grid (default: 6)")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--no-cache", action="store_true", help="encode again; neither read nor write the cache")
     p.set_defaults(func=cmd_report)

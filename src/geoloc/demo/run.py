@@ -1,4 +1,5 @@
-"""`geoloc demo`: synthesise a city, train a tiny backbone, evaluate, show example queries.
+"""`geoloc demo`: synthesise a city, train a tiny backbone, evaluate, show example queries; and
+`geoloc demo-map` (below): the same city as a GeoTIFF, cut, indexed, searched and served.
 
 Everything runs offline on the CPU. The tiny backbone starts from random weights, so it is
 fully fine-tuned (adapters on a random model have nothing to adapt); real backbones use the
