@@ -67,14 +67,17 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def build(folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict:
+def build(
+    folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, pq_m: int, nlist: int
+) -> dict:
     from geoloc.index.ann import AnnSettings
     from geoloc.index.store import Tiles, write_index
 
     keys = [str(i) for i in range(len(vectors))]
     tiles = Tiles(keys, keys, lat.tolist(), lon.tolist(), [""] * len(keys))
+    settings = AnnSettings(kind=kind, pq_m=pq_m, nlist=nlist)
     start = time.perf_counter()
-    write_index(folder, vectors, tiles, {"id": "synthetic", "fingerprint": "-"}, AnnSettings(kind=kind), [])
+    write_index(folder, vectors, tiles, {"id": "synthetic", "fingerprint": "-"}, settings, [])
     return {"build_s": round(time.perf_counter() - start, 1)}
 
 
@@ -143,6 +146,10 @@ def main() -> None:
     parser.add_argument(
         "--rescore", default="200", help="sq8, ivf-pq: comma-separated candidate counts to re-score"
     )
+    parser.add_argument(
+        "--pq-m", default="0", help="ivf-pq: comma-separated code sizes (bytes), one build each; 0 automatic"
+    )
+    parser.add_argument("--nlist", type=int, default=0, help="ivf, ivf-pq: clusters (0: about 4 sqrt(n))")
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve:
@@ -164,13 +171,19 @@ def main() -> None:
         for name, (west, south, east, north) in BOXES.items():
             inside[name] = np.flatnonzero((lat >= south) & (lat <= north) & (lon >= west) & (lon <= east))
             region_truth[name] = exact_top(vectors, queries, args.k, inside[name])
-        for kind in args.kinds.split(","):
+        builds = [
+            (kind, int(pq_m))
+            for kind in args.kinds.split(",")
+            for pq_m in (args.pq_m.split(",") if kind == "ivf-pq" else ["0"])
+        ]
+        for kind, pq_m in builds:
             folder = work / kind
-            built = build(folder, kind, vectors, lat, lon)
+            built = build(folder, kind, vectors, lat, lon, pq_m, args.nlist)
             nprobes = args.nprobe.split(",") if "ivf" in kind else ["0"]
             rescores = args.rescore.split(",") if kind in ("sq8", "ivf-pq") else ["0"]
             for nprobe, rescore in itertools.product(nprobes, rescores):
                 row = {"n": args.n, "dim": args.dim, "kind": kind} | built
+                row |= {"pq_m": pq_m or "auto", "nlist": args.nlist or "auto"} if kind == "ivf-pq" else {}
                 row |= {"nprobe": int(nprobe)} if "ivf" in kind else {}
                 row |= {"rescore": int(rescore)} if kind in ("sq8", "ivf-pq") else {}
                 queries_file = str(work / "queries.npy")
