@@ -1,4 +1,7 @@
-"""The command line: outputs users and other tools rely on, and clear errors on bad input."""
+"""The command line as a whole (cli.py): every command in its place, and clear errors on bad input.
+
+A command's own outputs are tested beside its package, e.g. tests/eval/test_eval_commands.py.
+"""
 
 from __future__ import annotations
 
@@ -8,62 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from geoloc.cli import main
+from geoloc.cli import build_parser, main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "geoloc.cli", *args], capture_output=True, text=True, timeout=300
     )
-
-
-def test_eval_writes_metrics_and_embeddings(small_city: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "eval"
-    code = main(
-        [
-            "eval",
-            "tiny-internvl",
-            "--data",
-            str(small_city),
-            "--split",
-            "test",
-            "--out",
-            str(out),
-            "--save-embeddings",
-        ]
-    )
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["protocol"] == "full-gallery"
-    assert set(metrics["text_to_image"]) == {"R@1", "R@5", "R@10"} == set(metrics["image_to_text"])
-    assert metrics["n_images"] == 20 and metrics["n_texts"] >= 40
-    six = list(metrics["text_to_image"].values()) + list(metrics["image_to_text"].values())
-    assert metrics["mean"] == pytest.approx(sum(six) / 6)
-    data = np.load(out / "embeddings.npz")
-    assert data["image_emb"].dtype == np.float32 and data["image_emb"].shape[0] == 20
-    assert np.allclose(np.linalg.norm(data["text_emb"], axis=1), 1, atol=1e-5)
-    assert len(data["texts"]) == len(data["text_image_keys"]) == data["text_emb"].shape[0]
-    assert set(data["text_image_keys"]) <= set(data["image_keys"])
-    assert data["image_keys"][0].startswith("tiles/")
-    assert "T2I R@1" in capsys.readouterr().out
-
-
-def test_train_command_and_resume(tiny_city: Path, tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"model: {{backbone: tiny-smolvlm}}\ntuning: {{strategy: full}}\ndata: {{train: {tiny_city}}}\n"
-        "train: {epochs: 1, batch_size: 16, lr: 1.0e-3, progress: false}\n"
-    )
-    run = tmp_path / "run"
-    result = _run("train", str(config), "--out", str(run), "--set", "train.max_steps=1")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["steps"] == 1
-    again = _run("train", str(config), "--out", str(run), "--set", "train.max_steps=2", "--resume")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["steps"] == 2
 
 
 def _assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -113,114 +69,40 @@ def test_bad_inputs_give_clear_errors(small_city: Path, tmp_path: Path) -> None:
     _assert_clean_error(_run("eval", str(tmp_path / "no-model"), "--data", str(small_city)), "no-model")
 
 
-def test_params_counts_the_paper_recipe(capsys) -> None:
-    recipe = Path(__file__).parent.parent / "configs" / "paper-internvl3_5-1b.yaml"
-    assert main(["params", str(recipe), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["total"] - result["trainable"] == 1_060_897_792
-    assert result["trainable"] == 9_027_584
-    assert main(["params", "smolvlm-256m", "--set", "tuning.strategy=frozen", "--json"]) == 0
-    frozen = json.loads(capsys.readouterr().out)
-    assert frozen["total"] == 256_484_928 and frozen["trainable"] == 0
+# Other tools call these by name: a command is added here, never renamed or dropped.
+COMMANDS = [
+    "train",
+    "eval",
+    "embed",
+    "params",
+    "synth",
+    "demo",
+    "demo-map",
+    "index",
+    "search",
+    "explain",
+    "tiles",
+    "xyz",
+    "serve",
+    "sweep",
+    "report",
+]
 
 
-def _cvgtext_root(root: Path, rng: np.random.Generator) -> None:
-    """A CVG-Text city in the official layout: 30 locations, panoramas (`NewYork`) and single-view
-    photos (`NewYork-photos`), which together are the mixed version."""
-    from PIL import Image
+def test_every_package_registers_its_commands_in_order() -> None:
+    import argparse
 
-    descriptions: dict[str, dict[str, str]] = {"NewYork": {}, "NewYork-photos": {}}
-    for i in range(30):
-        lat, lon = 40.70 + rng.uniform(0, 0.01), -74.0 + rng.uniform(0, 0.01)
-        version = "NewYork" if i % 2 else "NewYork-photos"
-        name = (
-            f"{lat:.8f},{lon:.8f}_2022-08_pano{i:03d}_d90_z3.jpg" if i % 2 else f"{lat:.8f},{lon:.8f}_{i}.jpg"
-        )
-        (root / f"{version}-satellite").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-            root / f"{version}-satellite" / name
-        )
-        descriptions[version][name] = f"a street with a {['red', 'blue', 'white'][i % 3]} building number {i}"
-    for version, entries in descriptions.items():
-        (root / "CVG-text" / version).mkdir(parents=True)
-        (root / "CVG-text" / version / "test.json").write_text(json.dumps(entries))
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(commands.choices) == COMMANDS
+    for name, command in commands.choices.items():
+        # The command's function lives in its package's commands.py, not in cli.py.
+        func = command.get_default("func")
+        if name != "index":  # `index` holds sub-commands of its own
+            assert func.__module__.endswith(".commands"), (name, func.__module__)
 
 
-def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
-    _cvgtext_root(tmp_path / "cvg", np.random.default_rng(0))
-    out = tmp_path / "out"
-    command = ["eval", "tiny-smolvlm", "--benchmark", "cvgtext", "--root", str(tmp_path / "cvg")]
-    command += ["--city", "NewYork"]
-    code = main([*command, "--out", str(out)])
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["protocol"] == "cvgtext"
-    assert set(metrics["subsets"]) == {"all", "panorama", "single_view"}
-    assert metrics["subsets"]["all"]["n"] == 30
-    assert metrics["subsets"]["panorama"]["n"] == metrics["subsets"]["single_view"]["n"] == 15
-    assert set(metrics["subsets"]["all"]) == {
-        "R@1",
-        "R@5",
-        "R@10",
-        "L@50",
-        "L@100",
-        "L@150",
-        "mean_error_km",
-        "n",
-    }
-    # 30 tiles, so each query's 100-nearest gallery is the whole city: the full-city variant
-    # must agree exactly, and be labelled as such.
-    full = tmp_path / "full"
-    code = main([*command, "--full-city", "--out", str(full)])
-    assert code == 0
-    full_metrics = json.loads((full / "metrics.json").read_text())
-    assert full_metrics["protocol"] == "cvgtext-full-city"
-    assert full_metrics["subsets"] == metrics["subsets"]
-
-
-def test_benchmark_arguments_are_checked(tmp_path: Path) -> None:
-    result = _run("eval", "tiny-smolvlm", "--benchmark", "cvgtext", "--root", str(tmp_path))
-    _assert_clean_error(result, "--city")
-    result = _run("eval", "tiny-smolvlm", "--benchmark", "geotext1652")
-    _assert_clean_error(result, "--root")
-
-
-def test_eval_twice_uses_the_cache(small_city: Path, tmp_path: Path, capsys) -> None:
-    args = ["eval", "tiny-smolvlm", "--data", str(small_city), "--cache-dir", str(tmp_path / "cache")]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert "from the cache" not in capsys.readouterr().out
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    assert "from the cache" in capsys.readouterr().out
-    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert first["text_to_image"] == second["text_to_image"] and first["mean"] == second["mean"]
-
-
-def test_eval_on_a_manifest_without_splits_says_how_to_score_every_row(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    from PIL import Image
-
-    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    (tmp_path / "manifest.jsonl").write_text('{"image": "a.png", "texts": ["a red roof"]}\n')
-    assert main(["eval", "tiny-smolvlm", "--data", str(tmp_path), "--out", str(tmp_path / "eval")]) == 2
+def test_an_input_error_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["index", "remove", str(tmp_path / "idx")]) == 2
     error = capsys.readouterr().err
-    assert "no records in split 'test'" in error and "`--split all` scores every row" in error
-    assert len(error.strip().splitlines()) == 1
-
-
-def test_embed_skips_and_lists_a_bad_tile(
-    tiny_city: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """train, eval, embed and index build list skipped records through one helper (verify_and_list)."""
-    data = tmp_path / "city"
-    shutil.copytree(tiny_city.parent, data)
-    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
-    (data / rows[0]["image"]).write_bytes(b"not a png")
-    out = tmp_path / "emb"
-    args = ["embed", "tiny-smolvlm", "--data", str(data), "--out", str(out), "--on-bad-record", "skip"]
-    assert main([*args, "--quiet", "--device", "cpu"]) == 0
-    listed = [json.loads(line) for line in (out / "skipped_records.jsonl").read_text().splitlines()]
-    assert [e["record"] for e in listed] == [f"image {rows[0]['image']}"]
-    assert "skipped 1 bad record(s)" in capsys.readouterr().err
-    assert len(np.load(out / "embeddings.npz")["image_keys"]) == len(rows) - 1
+    assert error.startswith("geoloc: error: no keys to remove") and len(error.strip().splitlines()) == 1
