@@ -168,3 +168,12 @@ def test_base_model_is_a_hub_id(tmp_path: Path) -> None:
     meta = yaml.safe_load(card.render_card(facts, "final").split("---\n")[1])
     assert meta["base_model"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
     assert "tuning-dora" in meta["tags"] and "datasets" not in meta  # no run: no training data
+
+
+def test_a_broken_config_or_source_card_never_stops_a_save(run, tmp_path: Path) -> None:
+    run_dir, _, encoder = run
+    (tmp_path / "config.yaml").write_text("model: [unclosed")
+    with pytest.warns(UserWarning, match="unreadable training config"):
+        encoder.save(tmp_path / "best")
+    assert load_encoder(tmp_path / "best").embedding_dim == encoder.embedding_dim
+    assert "No training run is recorded" in (tmp_path / "best" / card.CARD).read_text()

@@ -21,6 +21,7 @@ import fcntl
 import json
 import re
 import secrets
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def new_facts(
     counts carry over when this save has none of its own.
     """
     total, trainable = counts
-    recipe = run_recipe(folder) if folder is not None else None
+    # The card is secondary: an unreadable config.yaml or source card leaves its part out of the
+    # card, and never stops the weights from being saved.
+    recipe = _or_none(run_recipe, folder)
     base = base_model_id(spec.get("backbone", ""))
     if recipe is not None:
         base = base or base_model_id(str(recipe.get("model", {}).get("backbone", "")))
@@ -112,7 +115,7 @@ def new_facts(
         "derived_from": None,
         "results": [],
     }
-    previous = read_facts(derived_from) if derived_from is not None else None
+    previous = _or_none(read_facts, derived_from)
     if previous is not None:
         facts["base_model"] = facts["base_model"] or previous.get("base_model")
         if recipe is not None:  # a run's own save (e.g. resumed from its checkpoint): not an export
@@ -123,6 +126,16 @@ def new_facts(
             facts["parameters"]["trainable"] = previous["parameters"].get("trainable")
             facts["parameters"]["trainable_in_source"] = True
     return facts
+
+
+def _or_none(read: Any, folder: Path | None) -> dict[str, Any] | None:
+    if folder is None:
+        return None
+    try:
+        return read(folder)
+    except GeolocError as error:
+        warnings.warn(f"model card: {error}; that part is left out", stacklevel=3)
+        return None
 
 
 def read_facts(folder: Path) -> dict[str, Any] | None:
