@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 
 from geoloc.cli import main
 from geoloc.config import Config, save_config
@@ -116,6 +117,17 @@ def test_card_is_regenerated_when_results_are_added(run, tmp_path: Path) -> None
     }
     text = (folder / card.CARD).read_text()
     assert "### GeoText-1652, split `test`, protocol `geotext1652`" in text and "| 42.00 |" in text
+    # The Hub's own parser reads the card: its metadata and every result.
+    hub = ModelCard.load(folder / card.CARD)
+    assert hub.data.library_name == "geoloc" and hub.data.model_name == "best"
+    assert [(r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in hub.data.eval_results][
+        -1
+    ] == (
+        "GeoText-1652",
+        "test",
+        "image_to_text_R@1",
+        30.0,
+    )
 
     encoder.save(folder)  # new weights: no results, and an evaluation of the old ones is refused
     assert "model-index" not in _front_matter(folder)
@@ -130,7 +142,7 @@ def test_geoloc_eval_adds_its_results_to_the_card(run, tiny_city: Path, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     [result] = _front_matter(run_dir / "best")["model-index"][0]["results"]
     assert result["dataset"]["split"] == "test"
-    assert result["source"] == {"name": "geoloc eval"}
+    assert "From geoloc eval" in (run_dir / "best" / card.CARD).read_text()
     values = {m["type"]: m["value"] for m in result["metrics"]}
     assert values["text_to_image_R@1"] == metrics["text_to_image_R@1"]
     assert values["image_to_text_R@10"] == metrics["image_to_text_R@10"]

@@ -348,7 +348,6 @@ def front_matter(facts: dict[str, Any], name: str) -> dict[str, Any]:
                             {"type": metric, "value": value, "name": f"{metric} ({r['protocol']})"}
                             for metric, value in r["metrics"].items()
                         ],
-                        "source": {"name": r["source"]},
                     }
                     for r in results
                 ],
