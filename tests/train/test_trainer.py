@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from geoloc.config import config_from_dict, load_config
 from geoloc.data.manifest import read_manifest
+from geoloc.encoder.card import read_facts
 from geoloc.encoder.mllm import GeoEncoder
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
@@ -62,6 +63,11 @@ def test_short_run_raises_held_out_recall(small_city: Path, tmp_path: Path) -> N
     assert best["text_to_image"]["R@1"] == max(
         r["text_to_image"]["R@1"] for r in records if r["type"] == "val"
     )
+    # The best model's card carries the validation result it was chosen by.
+    (card_result,) = [r for r in read_facts(run / "best")["results"] if r["split"] == "val"]
+    assert card_result["step"] == best["step"]
+    assert card_result["metrics"]["text_to_image_R@1"] == best["text_to_image"]["R@1"]
+    assert "val" in (run / "best" / "README.md").read_text()
 
 
 def test_validation_is_carved_from_training_rows_never_test(small_city: Path) -> None:

@@ -38,6 +38,7 @@ from geoloc.data.pipeline import (
     resolve_workers,
 )
 from geoloc.encoder.base import SAVED_BACKBONE, Encoder, resolve_device
+from geoloc.encoder.card import record_validation
 from geoloc.encoder.inputs import bucket_lengths
 from geoloc.encoder.loading import load_encoder
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
@@ -522,6 +523,7 @@ class Trainer:
             self.state.best_primary_metric = score
             self.encoder.save(self.run_dir / "best")
             atomic.write_json(self.run_dir / "best.json", {"step": self.state.step, **metrics})
+            record_validation(self.run_dir / "best", metrics, self.state.step)  # onto its model card
         self.world.barrier()
         return metrics
 
@@ -648,6 +650,7 @@ class Trainer:
         self.save_checkpoint()
         if self.world.is_main:
             self.encoder.save(self.run_dir / "final")
+            record_validation(self.run_dir / "final", final, state.step)
         self.world.barrier()
         best = state.best_primary_metric
         return {
