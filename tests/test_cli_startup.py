@@ -36,9 +36,3 @@ def test_parsing_commands_imports_no_heavy_library() -> None:
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["codes"] == [0, 2, 2]  # --help, then two argument errors
     assert result["heavy"] == [], f"imported while only parsing arguments: {result['heavy']}"
-
-
-def test_the_index_kinds_the_parser_offers_are_those_ann_builds() -> None:
-    from geoloc.index import ann, limits
-
-    assert ann.KINDS == limits.KINDS

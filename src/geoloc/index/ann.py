@@ -28,8 +28,8 @@ import faiss
 import numpy as np
 
 from geoloc.errors import GeolocError
+from geoloc.index.limits import KINDS  # one list: the parser offers it without importing faiss
 
-KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw", "ivf-pq", "sq8")
 COMPRESSED: tuple[str, ...] = ("ivf-pq", "sq8")
 EXACT_SUBSET = 50_000  # a restriction to at most this many rows is scored exactly, from the vectors
 _ADD_CHUNK = 100_000  # vectors added at a time: a memory-mapped gallery is never read whole
