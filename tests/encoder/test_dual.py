@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ from PIL import Image
 
 from geoloc.cli import main
 from geoloc.encoder.base import SPEC_FILE
-from geoloc.encoder.dual import DualEncoder, dual_target_regex
+from geoloc.encoder.dual import DualEncoder
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.presets import dual_preset_model
-from geoloc.encoder.tuning import TuningConfig, matching_modules
+from geoloc.encoder.presets import preset_model
+from geoloc.encoder.tuning import TuningConfig, target_regex
 from geoloc.errors import ConfigError
 
 TEXTS = ["a red building by a pond", "trees", "a long grey warehouse with a parking lot on its left side"]
@@ -68,8 +69,9 @@ def test_text_inputs_follow_each_towers_convention(lora_encoder: DualEncoder) ->
 
 def test_lora_trainable_count_is_the_closed_form(lora_encoder: DualEncoder) -> None:
     # r * sum(in + out) over the targeted linears: q/k/v/out of both towers' encoder layers.
-    base = dual_preset_model(lora_encoder.spec.backbone)  # an untouched copy: no adapters in it
-    names = matching_modules(base, dual_target_regex("paper"))
+    base = preset_model(lora_encoder.spec.backbone)  # an untouched copy: no adapters in it
+    pattern = re.compile(target_regex(lora_encoder.family, "paper"))
+    names = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n)]
     assert len(names) == 4 * (2 + 2)  # 4 projections x 2 layers x 2 towers
     modules = dict(base.named_modules())
     expected = sum(4 * (modules[n].in_features + modules[n].out_features) for n in names)

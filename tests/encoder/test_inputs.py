@@ -15,7 +15,7 @@ from PIL import Image
 from geoloc.data.manifest import read_manifest
 from geoloc.encoder.inputs import TileProcessor, bucket_lengths
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.presets import dual_preset_processing, preset_processing
+from geoloc.encoder.presets import preset_processing
 from geoloc.errors import GeolocError
 
 
@@ -41,8 +41,7 @@ NATIVE = [
 def test_one_resize_equals_the_backbones_processor_exactly_at_the_models_size(
     preset: str, size: int, call: dict
 ) -> None:
-    dual = "clip" in preset or "siglip" in preset
-    _, processor = (dual_preset_processing if dual else preset_processing)(preset)
+    _, processor = preset_processing(preset)
     tile = _tile(size)
     expected = processor([[tile]] if "smolvlm" in preset else [tile], return_tensors="pt", **call)
     ours = TileProcessor.for_processor(processor, size).tensor(tile)

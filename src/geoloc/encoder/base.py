@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 
 from geoloc import atomic
 from geoloc.encoder import card
+from geoloc.encoder.families import BackboneFamily, EncoderKind
 from geoloc.encoder.inputs import Inputs, Preprocessing, TextInputs, TileProcessor
 from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig, count_parameters
@@ -124,10 +125,12 @@ class Encoder(nn.Module):
     encoder they hold. It may add files to a save with `_save_extra`.
     """
 
+    kind: ClassVar[EncoderKind]  # the kind of family (families.py) this encoder serves
     backbone: nn.Module
     tokenizer: Any
     image_processor: Any
     spec: EncoderSpec
+    family: BackboneFamily
     text_builder: TextInputs
     tile_processor: TileProcessor
     # Whether tile features can be computed once and read from disk (tile_features.py): only an
@@ -165,7 +168,7 @@ class Encoder(nn.Module):
     @property
     def image_size(self) -> int:
         """The side of the square a tile is resized to."""
-        raise NotImplementedError
+        return self.family.image_size(self.config)
 
     @property
     def text_tower(self) -> nn.Module:

@@ -31,20 +31,15 @@ import torch
 from torch import nn
 
 from geoloc.encoder.families import config_from_file, config_from_source, family_for_model_type
-from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_MODELS
+from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_BACKBONES
 from geoloc.encoder.pooling import POOLINGS, build_pooling
 from geoloc.encoder.presets import PRESETS, preset_config
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
 from geoloc.errors import ConfigError, GeolocError
 
 # Short names of the shipped real configs (model_files/<folder>/config.json, as published).
-REAL_CONFIGS: dict[str, str] = {
-    "smolvlm-256m": "SmolVLM-256M-Instruct",
-    "smolvlm-500m": "SmolVLM-500M-Instruct",
-    "smolvlm2-256m": "SmolVLM2-256M-Video-Instruct",
-    "internvl3_5-1b": "InternVL3_5-1B-HF",
-}
-HF_IDS: dict[str, str] = {REAL_MODELS[folder]: name for name, folder in REAL_CONFIGS.items()}
+REAL_CONFIGS: dict[str, str] = {b.name: b.folder for b in REAL_BACKBONES}
+HF_IDS: dict[str, str] = {b.hub_id: b.name for b in REAL_BACKBONES}
 
 
 def real_config_file(name: str) -> Path:
@@ -108,16 +103,13 @@ def count_parameters_on_meta(
     query_heads: int = 4,
 ) -> dict[str, Any]:
     """Exact total and trainable parameter counts of a backbone + adapters + pooling head."""
-    import transformers
-
     name, config = resolve_config(source)
     family = family_for_model_type(config.model_type)
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-    model_class = getattr(transformers, family.model_class)
     with torch.device("meta"):
         try:
-            backbone = model_class(config)
+            backbone = family.transformers_class()(config)
         except (TypeError, ValueError) as error:
             raise GeolocError(f"cannot build {family.model_class} from {name!r} ({error})") from error
         try:

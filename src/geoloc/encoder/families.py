@@ -1,9 +1,12 @@
-"""Backbone families: everything geoloc needs to know about an MLLM architecture, as data.
+"""Backbone families: everything geoloc needs to know about a backbone architecture, as data.
 
-A family says how a tile is written into the token sequence (its image placeholder), how pixels
-are prepared (square resize, no splitting), and where the LLM and the vision tower live in the
-module tree, so that adapters can be targeted by module path. Adding a backbone means adding an
-entry here, not an `if` elsewhere.
+One registry serves both encoder kinds. Every family says which transformers class it is, which
+`config.model_type` values it serves, where its text and vision sides live in the module tree
+(adapters are targeted by module path), and its named adapter target sets. An MLLM family
+(`MllmFamily`, the `GeoEncoder`) adds how a tile is written into the token sequence (its image
+placeholder) and how pixels are prepared (square resize, no splitting); a two-tower family
+(`DualFamily`, the CLIP / SigLIP `DualEncoder`) adds the text conventions its tower was trained
+with. Adding a backbone means adding an entry here, not an `if` elsewhere.
 """
 
 from __future__ import annotations
@@ -13,19 +16,56 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, TypeVar
 
 from geoloc.errors import GeolocError
+
+EncoderKind = Literal["mllm", "dual"]
+# How an error names each kind.
+KIND_NAMES: dict[EncoderKind, str] = {"mllm": "an MLLM", "dual": "a CLIP / SigLIP dual encoder"}
+
+# The released recipe matches these names anywhere in an MLLM: both towers' attention and the
+# LLM's down_proj (InternVL's vision output projection is `projection_layer`, so it is not hit).
+PAPER_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "down_proj")
+
+
+def _escape_path(path: str) -> str:
+    return path.replace(".", r"\.")
 
 
 @dataclass(frozen=True)
 class BackboneFamily:
+    """What every family states, whichever encoder it serves."""
+
+    kind: ClassVar[EncoderKind]
     name: str
     model_types: tuple[str, ...]  # transformers `config.model_type` values this family serves
     model_class: str  # transformers class name, loaded with from_pretrained / from_config
-    # Module paths inside the loaded `*ForConditionalGeneration` model.
-    llm_path: str
+    # Module path of the vision tower inside the loaded model.
     vision_path: str
+
+    def transformers_class(self) -> Any:
+        """The transformers model class this family loads and builds."""
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+    def image_size(self, config: Any) -> int:
+        """The side of the square a tile is resized to."""
+        size = config.vision_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    def adapter_targets(self) -> dict[str, list[str]]:
+        """Named adapter target sets (tuning.TARGET_SETS): full-path regexes of the linears each
+        set adapts in this family's module tree."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MllmFamily(BackboneFamily):
+    kind: ClassVar[EncoderKind] = "mllm"
+    # Module path of the language model inside the loaded `*ForConditionalGeneration` model.
+    llm_path: str
     # Regex (relative to the vision tower) of the vision attention projections.
     vision_attention: str
     # Tokens written around the repeated image token; the model's processor would write the same.
@@ -46,9 +86,10 @@ class BackboneFamily:
     # config -> extra keyword arguments of the model's `get_image_features`.
     image_feature_kwargs: Callable[[Any], dict[str, Any]] = lambda config: {}
 
-    def image_size(self, config: Any) -> int:
-        size = config.vision_config.image_size
-        return int(size[0] if isinstance(size, (list, tuple)) else size)
+    @property
+    def decoder_layers_path(self) -> str:
+        """The module path of the language model's decoder layers (a ModuleList)."""
+        return f"{self.llm_path}.layers"
 
     def image_seq_len(self, config: Any) -> int:
         """Number of visual tokens one square, unsplit image becomes."""
@@ -56,6 +97,43 @@ class BackboneFamily:
 
     def placeholder(self, config: Any) -> str:
         return self.image_prefix + self.image_token * self.image_seq_len(config) + self.image_suffix
+
+    def adapter_targets(self) -> dict[str, list[str]]:
+        layers = _escape_path(self.decoder_layers_path)
+        llm_attn = rf"{layers}\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+        llm_mlp = rf"{layers}\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
+        return {
+            "llm-attn": [llm_attn],
+            "llm-attn-mlp": [llm_attn, llm_mlp],
+            "vision-attn": [rf"{_escape_path(self.vision_path)}\.{self.vision_attention}"],
+            "paper": [rf".*\.({'|'.join(PAPER_NAMES)})"],
+        }
+
+
+@dataclass(frozen=True)
+class DualFamily(BackboneFamily):
+    kind: ClassVar[EncoderKind] = "dual"
+    # Module path of the text tower: it plays the LLM's part in the adapter target sets.
+    text_path: str
+    starts_with_bos: bool  # a start token before every text
+    pad_to_max: bool  # pad every text to the tower's full length (SigLIP was trained so)
+    attention_mask: bool  # whether the text tower gets an attention mask
+
+    def embedding_dim(self, config: Any) -> int:
+        return int(getattr(config, "projection_dim", None) or config.text_config.projection_size)
+
+    def adapter_targets(self) -> dict[str, list[str]]:
+        # "paper" matches the released recipe's names (q/k/v/out projections) in both towers'
+        # encoder layers (neither tower has a `down_proj`).
+        attention = r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+        mlp = r"encoder\.layers\.\d+\.mlp\.(fc1|fc2)"
+        text, vision = _escape_path(self.text_path), _escape_path(self.vision_path)
+        return {
+            "llm-attn": [rf"{text}\.{attention}"],
+            "llm-attn-mlp": [rf"{text}\.{attention}", rf"{text}\.{mlp}"],
+            "vision-attn": [rf"{vision}\.{attention}"],
+            "paper": [rf"({text}|{vision})\.{attention}"],
+        }
 
 
 def _idefics3_seq_len(config: Any) -> int:
@@ -70,15 +148,13 @@ def _internvl_seq_len(config: Any) -> int:
     return int((size // patch) ** 2 * config.downsample_ratio**2)
 
 
-_SIGLIP_ATTENTION = r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
-
-SMOLVLM = BackboneFamily(
+SMOLVLM = MllmFamily(
     name="smolvlm",
     model_types=("idefics3",),
     model_class="Idefics3ForConditionalGeneration",
     llm_path="model.text_model",
     vision_path="model.vision_model",
-    vision_attention=_SIGLIP_ATTENTION,
+    vision_attention=r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
     image_prefix="<fake_token_around_image><global-img>",
     image_token="<image>",
     image_suffix="<fake_token_around_image>",
@@ -92,7 +168,7 @@ SMOLVLM = BackboneFamily(
 SMOLVLM2 = replace(
     SMOLVLM, name="smolvlm2", model_types=("smolvlm",), model_class="SmolVLMForConditionalGeneration"
 )
-INTERNVL = BackboneFamily(
+INTERNVL = MllmFamily(
     name="internvl",
     model_types=("internvl",),
     model_class="InternVLForConditionalGeneration",
@@ -110,8 +186,62 @@ INTERNVL = BackboneFamily(
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
     },
 )
+CLIP = DualFamily(
+    name="clip",
+    model_types=("clip",),
+    model_class="CLIPModel",
+    text_path="text_model",
+    vision_path="vision_model",
+    starts_with_bos=True,
+    pad_to_max=False,
+    attention_mask=True,
+)
+SIGLIP = DualFamily(
+    name="siglip",
+    model_types=("siglip",),
+    model_class="SiglipModel",
+    text_path="text_model",
+    vision_path="vision_model",
+    starts_with_bos=False,
+    pad_to_max=True,
+    attention_mask=False,
+)
 
-FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (SMOLVLM, SMOLVLM2, INTERNVL)}
+FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (SMOLVLM, SMOLVLM2, INTERNVL, CLIP, SIGLIP)}
+
+
+def family_of_model_type(model_type: Any) -> BackboneFamily | None:
+    """The family, of either kind, that serves a transformers `model_type`, or None."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
+F = TypeVar("F", bound=BackboneFamily)
+
+
+def _family_for(model_type: str, kind: type[F]) -> F:
+    family = family_of_model_type(model_type)
+    if isinstance(family, kind):
+        return family
+    known = sorted(t for f in FAMILIES.values() if isinstance(f, kind) for t in f.model_types)
+    raise GeolocError(f"unsupported backbone model_type {model_type!r}; supported: {', '.join(known)}")
+
+
+def family_named(name: str, kind: type[F]) -> F:
+    """The family of this name and kind (a saved spec's `family`); KeyError if there is none."""
+    family = FAMILIES[name]
+    if not isinstance(family, kind):
+        raise KeyError(name)
+    return family
+
+
+def family_for_model_type(model_type: str) -> MllmFamily:
+    """The MLLM family that serves a transformers `model_type`; any other is refused by name."""
+    return _family_for(model_type, MllmFamily)
+
+
+def backbone_family_for_model_type(model_type: str) -> BackboneFamily:
+    """The family, of either kind, that serves a transformers `model_type`; refused if none."""
+    return _family_for(model_type, BackboneFamily)
 
 
 def tie_as_written(config: Any, written: dict[str, Any]) -> Any:
@@ -128,26 +258,19 @@ def tie_as_written(config: Any, written: dict[str, Any]) -> Any:
     return config
 
 
-def family_for_model_type(model_type: str) -> BackboneFamily:
-    for family in FAMILIES.values():
-        if model_type in family.model_types:
-            return family
-    known = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise GeolocError(f"unsupported backbone model_type {model_type!r}; supported: {', '.join(known)}")
-
-
 def config_from_dict(data: Any, where: str | Path) -> Any:
-    """A transformers config from a config.json's contents, with the model_type checked first and
-    the embedding tying its checkpoint has (`tie_as_written`)."""
-    from transformers import CONFIG_MAPPING
+    """A transformers config from a config.json's contents, with the model_type checked first (a
+    family of either kind) and the embedding tying its checkpoint has (`tie_as_written`)."""
+    from transformers import AutoConfig
 
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise GeolocError(f"{where}: not a transformers config.json (no 'model_type' field)")
-    family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
+    backbone_family_for_model_type(data["model_type"])  # an unsupported backbone is refused by name
+    values = copy.deepcopy(data)  # the caller keeps `data`
     try:
         # Not `from_dict`: its eager debug log builds a default config, which warns spuriously.
-        config = CONFIG_MAPPING[data["model_type"]](**copy.deepcopy(data))  # the caller keeps `data`
-    except (KeyError, TypeError, ValueError) as error:
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
+    except (TypeError, ValueError) as error:
         raise GeolocError(f"{where}: invalid {data['model_type']} config ({error})") from error
     return tie_as_written(config, data)
 

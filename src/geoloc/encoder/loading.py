@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from geoloc.encoder.base import Encoder
-from geoloc.encoder.dual import DualEncoder, dual_family
+from geoloc.encoder.dual import DualEncoder
+from geoloc.encoder.families import EncoderKind
 from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.sources import LoadableEncoder, load_as, resolve
+
+# The encoder class of each kind of family (families.py).
+ENCODERS: dict[EncoderKind, type[LoadableEncoder]] = {"mllm": GeoEncoder, "dual": DualEncoder}
 
 
 def load_encoder(
@@ -30,5 +35,9 @@ def load_encoder(
     `spec_overrides` (pooling, templates, tuning, ...) apply when building a new encoder from a
     backbone; a saved encoder keeps the spec it was saved with.
     """
-    loader = DualEncoder if dual_family(source) is not None else GeoEncoder
-    return loader.load(source, device=device, dtype=dtype, spec_overrides=spec_overrides, trainable=trainable)
+    resolved = resolve(source)
+    # A source whose kind is unknown without the network (an HF id not in the local cache) goes
+    # to the MLLM loader, which fetches its config once: a dual encoder by HF id needs its files
+    # on disk.
+    kind = resolved.family.kind if resolved.family is not None else "mllm"
+    return load_as(ENCODERS[kind], resolved, device, dtype, spec_overrides, trainable)

@@ -15,36 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
 
-from geoloc.encoder.base import (
-    Encoder,
-    EncoderSpec,
-    attach_saved_adapter,
-    hub_processing,
-    new_spec,
-    read_saved_spec,
-    resolve_device,
-    resolve_dtype,
-    saved_backbone_source,
-    saved_encoder_dir,
-    split_template,
-)
-from geoloc.encoder.dual import dual_family
-from geoloc.encoder.families import FAMILIES, BackboneFamily, config_from_source, family_for_model_type
+from geoloc.encoder.base import EncoderSpec, split_template
+from geoloc.encoder.families import EncoderKind, MllmFamily, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.pooling import POOLINGS, build_pooling
-from geoloc.encoder.presets import PRESETS, preset_model, preset_processing
-from geoloc.encoder.tuning import apply_tuning
+from geoloc.encoder.sources import LoadableEncoder, Parts
 from geoloc.errors import ConfigError, GeolocError
-from geoloc.versions import warn_if_untested
 
 
-class GeoEncoder(Encoder):
+class GeoEncoder(LoadableEncoder):
+    kind: ClassVar[EncoderKind] = "mllm"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -56,12 +43,8 @@ class GeoEncoder(Encoder):
         """`tile_features`: a TileFeatureStore (tile_features.py) that encode_images reads tile
         files through, when the vision side is frozen and its features are kept on disk; None
         computes them."""
-        super().__init__()
-        self.backbone = backbone
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.spec = spec
-        self.family: BackboneFamily = FAMILIES[spec.family]
+        super().__init__(backbone, tokenizer, image_processor, spec)
+        self.family: MllmFamily = family_named(spec.family, MllmFamily)
         self.tile_features = tile_features
         if spec.padding_side not in ("left", "right"):
             raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
@@ -117,10 +100,6 @@ class GeoEncoder(Encoder):
         return self.config.text_config.hidden_size
 
     @property
-    def image_size(self) -> int:
-        return self.family.image_size(self.config)
-
-    @property
     def text_tower(self) -> nn.Module:
         """The language model, where the family registry says it is."""
         return self.base_model.get_submodule(self.family.llm_path)
@@ -145,7 +124,7 @@ class GeoEncoder(Encoder):
         }
         # uint8 pixels from the input pipeline are normalised here, on the model's device.
         pixels["pixel_values"] = self.tile_processor.model_pixels(pixels["pixel_values"]).to(self.dtype)
-        core = self.base_model.model
+        core = self.base_model.base_model
         out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
         tiles = pixels["pixel_values"].shape[0]
         return feature_grid(out, tiles, self.family.image_seq_len(self.config))
@@ -155,7 +134,7 @@ class GeoEncoder(Encoder):
         precomputed `image_features`."""
         ids = inputs["input_ids"].to(self.device, non_blocking=True)
         mask = inputs["attention_mask"].to(self.device, non_blocking=True)
-        core = self.base_model.model  # the backbone without its language-model head
+        core = self.base_model.base_model  # the model without its language-model head
         if "pixel_values" in inputs:
             features = self.image_features(inputs)
         else:
@@ -207,39 +186,17 @@ class GeoEncoder(Encoder):
             )
 
     @classmethod
-    def load(
-        cls,
-        source: str | Path,
-        device: str | None = "cpu",
-        dtype: str = "float32",
-        spec_overrides: dict[str, Any] | None = None,
-        trainable: bool = False,
-    ) -> GeoEncoder:
-        """Load an MLLM from a preset name, an HF id or model folder, a saved encoder, or a run directory.
+    def from_parts(cls, parts: Parts, trainable: bool) -> GeoEncoder:
+        encoder = cls(parts.backbone, parts.tokenizer, parts.image_processor, parts.spec)
+        if parts.saved is not None:
+            pooling_file = parts.saved / "pooling.safetensors"
+            if pooling_file.is_file():
+                from safetensors.torch import load_file
 
-        A CLIP / SigLIP source is refused by name: `geoloc.load_encoder` loads either kind.
-
-        `spec_overrides` (pooling, templates, tuning, ...) apply when building a new encoder from
-        a backbone; a saved encoder keeps the spec it was saved with.
-        """
-        warn_if_untested()
-        torch_dtype = resolve_dtype(dtype)
-        if dual_family(source) is not None:
-            raise GeolocError(
-                f"{source!r} is a CLIP / SigLIP dual encoder, not an MLLM: load it with geoloc.load_encoder"
-            )
-        saved = saved_encoder_dir(source)
-        if saved is not None:
-            encoder = _load_saved(saved, torch_dtype, trainable)
-        else:
-            spec = new_spec(source, spec_overrides)
-            backbone = _load_model(str(source), torch_dtype)
-            tokenizer, image_processor = _load_processing(str(source))
-            spec.family = family_for_model_type(backbone.config.model_type).name
-            backbone = apply_tuning(backbone, FAMILIES[spec.family], spec.tuning)
-            encoder = cls(backbone, tokenizer, image_processor, spec)
-        encoder.pooler.to(torch_dtype if torch_dtype != torch.float16 else torch.float32)
-        return encoder.to(resolve_device(device))
+                encoder.pooler.load_state_dict(load_file(str(pooling_file)))
+            encoder.pooler.requires_grad_(trainable)
+        encoder.pooler.to(torch.float32 if parts.torch_dtype == torch.float16 else parts.torch_dtype)
+        return encoder
 
 
 def feature_grid(output: Any, tiles: int, tokens_per_tile: int) -> torch.Tensor:
@@ -264,52 +221,3 @@ def feature_grid(output: Any, tiles: int, tokens_per_tile: int) -> torch.Tensor:
             f"{tokens_per_tile} per tile"
         )
     return rows.reshape(tiles, tokens_per_tile, rows.shape[-1])
-
-
-def _load_model(source: str, torch_dtype: torch.dtype) -> nn.Module:
-    """The transformers model from a preset name, an HF id or a model folder."""
-    if source in PRESETS:
-        return preset_model(source).to(torch_dtype)
-    import transformers
-
-    try:
-        # The config file's contents only: code shipped with a model (auto_map) never runs.
-        config = config_from_source(source)
-    except (OSError, ValueError) as error:
-        raise GeolocError(
-            f"cannot load model {source!r}: not a preset ({', '.join(PRESETS)}), a saved geoloc model, "
-            f"a model folder or a reachable Hugging Face id ({error})"
-        ) from error
-    except GeolocError as error:  # a config of an unsupported or malformed model
-        raise GeolocError(f"cannot load model {source!r}: {error}") from error
-    family = family_for_model_type(config.model_type)
-    model_class = getattr(transformers, family.model_class)
-    try:  # safetensors only: a pickled pytorch_model.bin is never read
-        return model_class.from_pretrained(
-            source, config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
-        )
-    except OSError as error:
-        raise GeolocError(f"cannot load model {source!r}: {str(error).splitlines()[0]}") from error
-
-
-def _load_processing(source: str | Path) -> tuple[Any, Any]:
-    """(tokenizer, image processor) from a preset name, an HF id or a folder."""
-    if str(source) in PRESETS:
-        return preset_processing(str(source))
-    return hub_processing(source)
-
-
-def _load_saved(path: Path, torch_dtype: torch.dtype, trainable: bool) -> GeoEncoder:
-    spec = read_saved_spec(path)
-    model = _load_model(saved_backbone_source(path, spec), torch_dtype)
-    tokenizer, image_processor = _load_processing(path)
-    model = attach_saved_adapter(model, path, spec, trainable)
-    encoder = GeoEncoder(model, tokenizer, image_processor, spec)
-    encoder.saved_folder = path
-    pooling_file = path / "pooling.safetensors"
-    if pooling_file.is_file():
-        from safetensors.torch import load_file
-
-        encoder.pooler.load_state_dict(load_file(str(pooling_file)))
-    encoder.pooler.requires_grad_(trainable)
-    return encoder

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +32,48 @@ from geoloc.errors import GeolocError
 
 MODEL_FILES_DIR = Path(__file__).parent / "model_files"
 
+
+@dataclass(frozen=True)
+class RealBackbone:
+    """A published backbone whose non-weight files geoloc ships: the one list of them."""
+
+    name: str  # short name (`geoloc params`); `random-<name>` is the preset of its shapes, if any
+    folder: str  # model_files/<folder>
+    hub_id: str
+    family: str
+    # Where its files that are not stored in its folder come from, nearest first (deduplication).
+    bases: tuple[str, ...]
+    random_preset: bool = True
+
+
+REAL_BACKBONES: tuple[RealBackbone, ...] = (
+    RealBackbone(
+        "smolvlm-256m",
+        "SmolVLM-256M-Instruct",
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "smolvlm",
+        ("smollm2-tokenizer",),
+    ),
+    RealBackbone(
+        "smolvlm-500m",
+        "SmolVLM-500M-Instruct",
+        "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "smolvlm",
+        ("SmolVLM-256M-Instruct", "smollm2-tokenizer"),
+    ),
+    RealBackbone(
+        "smolvlm2-256m",
+        "SmolVLM2-256M-Video-Instruct",
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        "smolvlm2",
+        ("smollm2-tokenizer",),
+        random_preset=False,
+    ),
+    RealBackbone("internvl3_5-1b", "InternVL3_5-1B-HF", "OpenGVLab/InternVL3_5-1B-HF", "internvl", ()),
+)
 # Folder name -> the Hugging Face id whose files it holds.
-REAL_MODELS: dict[str, str] = {
-    "SmolVLM-256M-Instruct": "HuggingFaceTB/SmolVLM-256M-Instruct",
-    "SmolVLM-500M-Instruct": "HuggingFaceTB/SmolVLM-500M-Instruct",
-    "SmolVLM2-256M-Video-Instruct": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
-    "InternVL3_5-1B-HF": "OpenGVLab/InternVL3_5-1B-HF",
-}
-# Where a folder's files that are not stored in it come from, nearest first (deduplication).
-_BASES: dict[str, tuple[str, ...]] = {
-    "SmolVLM-256M-Instruct": ("smollm2-tokenizer",),
-    "SmolVLM-500M-Instruct": ("SmolVLM-256M-Instruct", "smollm2-tokenizer"),
-    "SmolVLM2-256M-Video-Instruct": ("smollm2-tokenizer",),
-    "InternVL3_5-1B-HF": (),
-}
+REAL_MODELS: dict[str, str] = {b.folder: b.hub_id for b in REAL_BACKBONES}
+_BASES: dict[str, tuple[str, ...]] = {b.folder: b.bases for b in REAL_BACKBONES}
 
 
 def real_model_name(name_or_id: str) -> str:
@@ -101,8 +130,6 @@ def build_random_checkpoint(
     `layers` shrinks both towers to that many layers for speed (None keeps the full depth); the
     written config.json says so, and everything else in it is the real one.
     """
-    import transformers
-
     folder = write_model_files(name, folder)
     # The real config.json, in its own layout (and so with its quirks, such as InternVL's missing
     # top-level tie_word_embeddings), only its depth changed.
@@ -110,7 +137,7 @@ def build_random_checkpoint(
     if layers is not None:
         data = shrink(data, layers)
     config = config_from_dict(data, folder / "config.json")
-    model_class = getattr(transformers, family_for_model_type(config.model_type).model_class)
+    model_class = family_for_model_type(config.model_type).transformers_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config).to(resolve_dtype(dtype))

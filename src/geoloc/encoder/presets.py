@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from geoloc.encoder.families import FAMILIES
-from geoloc.encoder.model_files import real_config, real_processing
+from geoloc.encoder.model_files import REAL_BACKBONES, real_config, real_processing
 
 # Words a tiny tokenizer should know as whole tokens; anything else still encodes byte by byte.
 CORPUS = """
@@ -39,7 +39,7 @@ class Preset:
     family: str
     # (tokenizer, image size) -> transformers config; None for a real-size preset.
     build_config: Callable[[Any, int], Any] | None
-    image_size: int
+    image_size: int = 0  # a tiny preset's; a real-size one's is in its config
     # For a real-size preset: the model_files folder whose config, tokenizer and image processor
     # it uses (only its weights are random).
     real_files: str = ""
@@ -142,14 +142,18 @@ PRESETS: dict[str, Preset] = {
     "tiny-internvl": Preset("tiny-internvl", "internvl", _internvl_config, 56),
     # Real-size architectures with random weights, for speed and memory benchmarks: every layer,
     # width and image size of the published model, and its real tokenizer and image processor.
-    "random-smolvlm-256m": Preset("random-smolvlm-256m", "smolvlm", None, 512, "SmolVLM-256M-Instruct"),
-    "random-smolvlm-500m": Preset("random-smolvlm-500m", "smolvlm", None, 512, "SmolVLM-500M-Instruct"),
-    "random-internvl3_5-1b": Preset("random-internvl3_5-1b", "internvl", None, 448, "InternVL3_5-1B-HF"),
+    **{
+        f"random-{b.name}": Preset(f"random-{b.name}", b.family, None, real_files=b.folder)
+        for b in REAL_BACKBONES
+        if b.random_preset
+    },
 }
 
 
 def preset_processing(name: str) -> tuple[Any, Any]:
-    """(tokenizer, image_processor) of a preset: the real files' for a real-size one."""
+    """(tokenizer, image_processor) of a preset of either kind: the real files' for a real-size one."""
+    if name in DUAL_PRESETS:
+        return _dual_preset_processing(name)
     preset = PRESETS[name]
     if preset.real_files:
         return real_processing(preset.real_files)
@@ -157,32 +161,38 @@ def preset_processing(name: str) -> tuple[Any, Any]:
     return build_tokenizer(extra), _image_processor(preset)
 
 
-def preset_config(name: str) -> Any:
-    """The transformers config of a preset (a real-size one needs no tokenizer for it)."""
+def preset_config(name: str, tokenizer: Any = None) -> Any:
+    """The transformers config of an MLLM preset; a tiny one's is built with `tokenizer`'s ids
+    (a new tiny tokenizer when none is given), a real-size one needs none."""
     preset = PRESETS[name]
-    return preset.config(None if preset.real_files else preset_processing(name)[0])
+    if tokenizer is None and not preset.real_files:
+        tokenizer = preset_processing(name)[0]
+    return preset.config(tokenizer)
 
 
-def preset_model(name: str, device: str | torch.device = "cpu") -> Any:
-    """The model of a preset, with seeded random weights: the same name, the same weights.
+def preset_model(name: str, device: str | torch.device = "cpu", tokenizer: Any = None) -> Any:
+    """The model of a preset of either kind, with seeded random weights: the same name, the same
+    weights. `tokenizer`: the preset's tokenizer, when the caller has built it already (the ids
+    written into a tiny preset's config are its).
 
     `device` builds the weights there directly (a real-size preset on a GPU in seconds); the
     weights are then those of that device's random generator.
     """
-    import transformers
-
-    preset = PRESETS[name]
-    config = preset_config(name)
+    family = FAMILIES[PRESET_FAMILIES[name]]
+    if name in DUAL_PRESETS:
+        config = _dual_preset_config(name, preset_processing(name)[0] if tokenizer is None else tokenizer)
+    else:
+        config = preset_config(name, tokenizer)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(0)
-        return getattr(transformers, FAMILIES[preset.family].model_class)(config)
+        return family.transformers_class()(config)
 
 
 def _image_processor(preset: Preset) -> Any:
     size = preset.image_size
     if preset.family == "smolvlm":
-        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+        from transformers import Idefics3ImageProcessorPil
 
         return Idefics3ImageProcessorPil(
             do_image_splitting=False,
@@ -191,14 +201,14 @@ def _image_processor(preset: Preset) -> Any:
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers import GotOcr2ImageProcessorPil
 
     return GotOcr2ImageProcessorPil(crop_to_patches=False, size={"height": size, "width": size})
 
 
 # -- dual-encoder presets (CLIP / SigLIP) ------------------------------------------------------
-# Kept apart from PRESETS: those are MLLMs, served by the family registry and by the parameter
-# counter; these are two-tower models, served by geoloc.encoder.dual.
+# Kept apart from PRESETS: those are MLLMs, which the parameter counter also takes; these are
+# two-tower models. PRESET_FAMILIES names every preset's family.
 
 _CLIP_TOKENS = ["<|startoftext|>"]
 
@@ -231,33 +241,25 @@ _CLIP_B16_VISION = dict(
 _TINY_TEXT_TOWER = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 
 
-def dual_preset_processing(name: str) -> tuple[Any, Any]:
-    """(tokenizer, image_processor) of a tiny dual-encoder preset."""
+def _dual_preset_processing(name: str) -> tuple[Any, Any]:
+    """(tokenizer, image_processor) of a dual-encoder preset."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+
     preset = DUAL_PRESETS[name]
+    size = preset.image_size
+    if preset.family == "siglip":
+        return build_tokenizer([]), SiglipImageProcessorPil(size={"height": size, "width": size})
     if preset.real_size:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
         tokenizer, _ = real_processing("SmolVLM-256M-Instruct")
-        size = preset.image_size
-        return tokenizer, CLIPImageProcessorPil(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        )
-    if preset.family == "clip":
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
+    else:
         tokenizer = build_tokenizer(_CLIP_TOKENS)
         tokenizer.bos_token = "<|startoftext|>"  # CLIP writes one before every text
-        size = preset.image_size
-        return tokenizer, CLIPImageProcessorPil(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        )
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    tokenizer = build_tokenizer([])
-    return tokenizer, SiglipImageProcessorPil(size={"height": preset.image_size, "width": preset.image_size})
+    return tokenizer, CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
 
 
-def dual_preset_config(name: str, tokenizer: Any) -> Any:
+def _dual_preset_config(name: str, tokenizer: Any) -> Any:
     """The transformers config of a tiny dual-encoder preset, with the tokenizer's ids written in."""
     preset = DUAL_PRESETS[name]
     ids = dict(
@@ -286,13 +288,5 @@ def dual_preset_config(name: str, tokenizer: Any) -> Any:
     return SiglipConfig(text_config=text, vision_config=vision)
 
 
-def dual_preset_model(name: str) -> Any:
-    """The model of a tiny dual-encoder preset, with seeded random weights."""
-    from transformers import CLIPModel, SiglipModel
-
-    tokenizer, _ = dual_preset_processing(name)
-    config = dual_preset_config(name, tokenizer)
-    model_class = CLIPModel if DUAL_PRESETS[name].family == "clip" else SiglipModel
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return model_class(config)
+# Every preset's family, MLLM or two-tower (families.FAMILIES).
+PRESET_FAMILIES: dict[str, str] = {p.name: p.family for p in (*PRESETS.values(), *DUAL_PRESETS.values())}

@@ -1,8 +1,9 @@
 """Tuning strategies: which backbone parameters train, and where adapters go.
 
 Adapter targets are chosen by full module path, because the vision tower and the LLM share
-projection names (`q_proj` exists in both). A target set is a name below or several joined with
-`+`; `re:<regex>` gives a custom full-path regex.
+projection names (`q_proj` exists in both). A target set is a name in TARGET_SETS, or several
+joined with `+`, each family stating its module paths (families.py); `re:<regex>` gives a custom
+full-path regex.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ Strategy = Literal["frozen", "lora", "dora", "full"]
 STRATEGIES: tuple[str, ...] = ("frozen", "lora", "dora", "full")
 TARGET_SETS: tuple[str, ...] = ("llm-attn", "llm-attn-mlp", "vision-attn", "paper")
 
-# The released recipe matches these names anywhere in the model: both towers' attention and the
-# LLM's down_proj (InternVL's vision output projection is `projection_layer`, so it is not hit).
-PAPER_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "down_proj")
-
 
 @dataclass
 class TuningConfig:
@@ -34,44 +31,25 @@ class TuningConfig:
     targets: str = "paper"
 
 
-def _escape_path(path: str) -> str:
-    return path.replace(".", r"\.")
-
-
 def target_regex(family: BackboneFamily, targets: str) -> str:
     """A regex that fully matches the module paths of the chosen adapter targets."""
-    llm = _escape_path(family.llm_path)
-    vision = _escape_path(family.vision_path)
-    llm_attn = rf"{llm}\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-    llm_mlp = rf"{llm}\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
-    parts = {
-        "llm-attn": [llm_attn],
-        "llm-attn-mlp": [llm_attn, llm_mlp],
-        "vision-attn": [rf"{vision}\.{family.vision_attention}"],
-        "paper": [rf".*\.({'|'.join(PAPER_NAMES)})"],
-    }
     if targets.startswith("re:"):
         return targets[3:]
+    sets = family.adapter_targets()
     chosen: list[str] = []
     for name in targets.split("+"):
-        if name not in parts:
+        if name not in sets:
             raise ConfigError(
                 f"unknown adapter targets {name!r}; choose from {', '.join(TARGET_SETS)} "
                 "(join several with '+'), or 're:<regex>'"
             )
-        chosen.extend(parts[name])
+        chosen.extend(sets[name])
     return "|".join(f"(?:{p})" for p in chosen)
 
 
-def matching_modules(model: nn.Module, regex: str) -> list[str]:
-    import re
-
-    pattern = re.compile(regex)
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n)]
-
-
 def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConfig) -> nn.Module:
-    """Freeze or unfreeze the backbone and wrap it with adapters, as the strategy says."""
+    """Freeze or unfreeze the backbone and wrap it with adapters, as the strategy says; the
+    family (of either encoder kind) names the target sets."""
     if tuning.strategy not in STRATEGIES:
         raise ConfigError(
             f"unknown tuning strategy {tuning.strategy!r}; choose one of: {', '.join(STRATEGIES)}"
@@ -82,11 +60,9 @@ def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConf
     backbone.requires_grad_(False)
     if tuning.strategy == "frozen":
         return backbone
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, NoMatchingPeftModuleError, get_peft_model
 
     regex = target_regex(family, tuning.targets)
-    if not matching_modules(backbone, regex):
-        raise ConfigError(f"adapter targets {tuning.targets!r} match no linear layer of this backbone")
     init: Any = True if tuning.init in ("default", "true", True) else tuning.init
     config = LoraConfig(
         r=tuning.rank,
@@ -97,7 +73,15 @@ def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConf
         use_dora=tuning.strategy == "dora",
         bias="none",
     )
-    return get_peft_model(backbone, config)
+    # peft checks the targets itself; its errors are the config's, so they are ConfigErrors.
+    try:
+        return get_peft_model(backbone, config)
+    except NoMatchingPeftModuleError as error:
+        raise ConfigError(
+            f"adapter targets {tuning.targets!r} match no linear layer of this backbone"
+        ) from error
+    except ValueError as error:  # e.g. a regex that matches a layer type peft cannot adapt
+        raise ConfigError(f"adapter targets {tuning.targets!r}: {error}") from error
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -21,17 +21,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geoloc.encoder.base import Encoder
+from geoloc.encoder.families import MllmFamily
 from geoloc.errors import ConfigError
 
 SHARDING_CHOICES = ("ddp", "fsdp")
 
 
-def decoder_layers(encoder: nn.Module) -> list[nn.Module]:
-    """The language model's decoder layers (Llama in SmolVLM, Qwen3 in InternVL3.5)."""
-    return [m for m in encoder.modules() if type(m).__name__.endswith("DecoderLayer")]
+def decoder_layers(encoder: Encoder) -> list[nn.Module]:
+    """The language model's decoder layers (Llama in SmolVLM, Qwen3 in InternVL3.5), where the
+    family registry says they are; none for a dual encoder."""
+    if not isinstance(encoder.family, MllmFamily):
+        return []
+    return list(encoder.base_model.get_submodule(encoder.family.decoder_layers_path))
 
 
-def check_shardable(encoder: nn.Module, strategy: str, saves_backbone: bool) -> None:
+def check_shardable(encoder: Encoder, strategy: str, saves_backbone: bool) -> None:
     """Refuse, with the reason, set-ups that FSDP here cannot shard or save."""
     if not decoder_layers(encoder):
         raise ConfigError(
@@ -45,7 +50,7 @@ def check_shardable(encoder: nn.Module, strategy: str, saves_backbone: bool) -> 
         )
 
 
-def shard_language_model(encoder: nn.Module, device: torch.device) -> int:
+def shard_language_model(encoder: Encoder, device: torch.device) -> int:
     """Shard every decoder layer's frozen weights over the process group; returns the layer count.
 
     Call once the process group exists. The encoder may still be on the CPU: each layer's shard
