@@ -174,6 +174,11 @@ def test_unknown_targets_and_strategy_raise_config_error() -> None:
         apply_tuning(
             preset_model("tiny-smolvlm"), family, TuningConfig(strategy="lora", targets="re:nothing")
         )
+    # peft's own refusal of a layer type it cannot adapt is a ConfigError too.
+    with pytest.raises(ConfigError, match="not supported"):
+        apply_tuning(
+            preset_model("tiny-smolvlm"), family, TuningConfig(strategy="lora", targets="re:.*post_layernorm")
+        )
     with pytest.raises(ConfigError) as info:
         apply_tuning(preset_model("tiny-smolvlm"), family, TuningConfig(strategy="qlora"))
     assert "qlora" in str(info.value)

@@ -81,7 +81,9 @@ def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConf
             f"adapter targets {tuning.targets!r} match no linear layer of this backbone"
         ) from error
     except ValueError as error:  # e.g. a regex that matches a layer type peft cannot adapt
-        raise ConfigError(f"adapter targets {tuning.targets!r}: {error}") from error
+        raise ConfigError(
+            f"cannot add {tuning.strategy} adapters with targets {tuning.targets!r}: {error}"
+        ) from error
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
