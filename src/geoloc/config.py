@@ -152,6 +152,8 @@ class TrainConfig:
     batching: Batching = "random"
     batch_neighbours: int = 3  # partners each item pulls into its batch under nearby / mined
     mine_every: int = 0
+    # mined: the share of the run's steps trained on random batches before the first mining.
+    mining_warmup: float = 0.0
     # Items whose places are closer than this (km) never share a batch, under every method.
     negative_min_km: float = 0.0
     # mined: a tile is no text's negative when the text scores it above its own tile's score
@@ -162,6 +164,8 @@ class TrainConfig:
         for name in ("batch_neighbours", "mine_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: {getattr(self, name)!r} must be at least 0")
+        if not 0.0 <= self.mining_warmup < 1.0:
+            raise ConfigError(f"train.mining_warmup: {self.mining_warmup!r} must be at least 0 and below 1")
         if self.negative_min_km < 0:
             raise ConfigError(f"train.negative_min_km: {self.negative_min_km!r} must be at least 0")
 

@@ -163,3 +163,21 @@ def test_mining_reads_cached_tile_features(tiny_city: Path, tmp_path: Path, monk
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "mining"] == [0, 1, 2]
     assert tiles_seen["n"] == len(list((tmp_path / "features").rglob("*.npy"))) > 0
+
+
+def test_mining_starts_after_its_warm_up_and_the_steps_before_are_random_batches(
+    tiny_city: Path, tmp_path: Path
+) -> None:
+    # 8 steps, half of them warm-up: random batches for steps 1-4, mined from step 4 on.
+    warm = train(_config(tiny_city, batching="mined", mining_warmup=0.5, max_steps=8), tmp_path / "warm")
+    plain = train(_config(tiny_city, max_steps=8), tmp_path / "random")
+    assert warm["steps"] == plain["steps"] == 8
+
+    def logs(run: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["step"] for r in logs("warm") if r["type"] == "mining"] == [4]
+    warm_losses = [r["loss"] for r in logs("warm") if r["type"] == "train"]
+    random_losses = [r["loss"] for r in logs("random") if r["type"] == "train"]
+    assert warm_losses[:4] == random_losses[:4]  # the same batches, the same model
+    assert warm_losses[4:] != random_losses[4:]

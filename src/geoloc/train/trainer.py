@@ -315,27 +315,39 @@ class Trainer:
             )
 
     def plan_epoch(self) -> Batches:
-        """The batches of this epoch (`train.batching`); a mined plan is kept in the TrainState."""
+        """The batches of this epoch (`train.batching`); a mined plan is kept in the TrainState.
+
+        Under mined, the first `train.mining_warmup` of the run's steps take random batches: a
+        model that has learnt nothing yet confuses everything with everything."""
         state, train = self.state, self.config.train
-        if train.batching == "mined":
-            if state.plan_epoch != state.epoch:
-                return self._mine(consumed=[])
-            if self._mining_due():
-                return self._mine(consumed=state.batches[: state.batch_in_epoch])
+        if train.batching != "mined" or state.step < self._mining_start():
+            return self._ordered_batches(state.epoch)
+        if state.plan_epoch == state.epoch and not self._mining_due():
             return state.batches  # planned before the checkpoint this run resumed from
-        order = epoch_order(len(self.texts), train.seed, state.epoch)
-        if train.batching == "random":
+        # The batches this epoch has consumed stay as they were: mined, or random before mining.
+        planned = state.batches if state.plan_epoch == state.epoch else self._ordered_batches(state.epoch)
+        return self._mine(consumed=planned[: state.batch_in_epoch])
+
+    def _ordered_batches(self, epoch: int) -> Batches:
+        """Random batches (nearby: around spatial neighbours): a pure function of seed and epoch."""
+        train = self.config.train
+        order = epoch_order(len(self.texts), train.seed, epoch)
+        if train.batching != "nearby":
             return form_batches(order, train.batch_size, self.guard)
         partners = Partners(self.nearest, self.image_index, self.image_index, order)
         return form_batches(order, train.batch_size, self.guard, partners, train.batch_neighbours)
 
+    def _mining_start(self) -> int:
+        return int(self.total_steps * self.config.train.mining_warmup)
+
     def _mining_due(self) -> bool:
-        every = self.config.train.mine_every
-        return (
-            self.config.train.batching == "mined"
-            and every > 0
-            and self.state.step - self.state.mined_step >= every
-        )
+        """Whether the batches must be mined (again) before the next step."""
+        state, train = self.state, self.config.train
+        if train.batching != "mined" or state.step < self._mining_start():
+            return False
+        if state.plan_epoch < 0 or state.mined_step < self._mining_start():
+            return True  # never mined since the warm-up ended
+        return train.mine_every > 0 and state.step - state.mined_step >= train.mine_every
 
     def _mine(self, consumed: Batches) -> Batches:
         """Embed the training texts and tiles with the current model and form the rest of the
@@ -487,7 +499,8 @@ class Trainer:
         tokens = self.encoder.image_token_inputs(len(local))
         if inputs.pixels is None:  # the tiles' features come from the store
             records = [self.splits.train.records[self.image_index[i]] for i in local]
-            features = self.feature_store.features([r.image for r in records], [r.key for r in records])
+            # Pixels are None only when a feature store left them out: the store is there.
+            features = self.feature_store.features([r.image for r in records], [r.key for r in records])  # ty: ignore[missing-union-attribute]
             image_inputs = tokens | {"image_features": features}
         else:
             image_inputs = tokens | inputs.pixels
