@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def _create_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path) -> Generator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def recover_dir(target: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path) -> Generator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

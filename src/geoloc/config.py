@@ -16,13 +16,17 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+from yaml.constructor import ConstructorError
 
 from geoloc.encoder.base import EmbeddingSettings
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # The choice fields. Each is checked against its Literal when the config is read (`_coerce`),
 # so code further on can rely on the value being one of these.
@@ -216,7 +220,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type[DataclassInstance], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -311,9 +315,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
+                raise ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

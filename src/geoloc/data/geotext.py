@@ -104,7 +104,7 @@ def _view_word(name: str) -> Literal["satellite", "drone", "ground"] | None:
     lowered = name.lower()
     for word, view in _VIEW_WORDS:
         if word in lowered:
-            return view  # type: ignore[return-value]
+            return view
     return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,10 +104,12 @@ class TileCollator:
     processor: TileProcessor
 
     def __call__(self, items: list[torch.Tensor | BadTile]) -> Inputs | BadTile:
+        tiles: list[torch.Tensor] = []
         for item in items:
             if isinstance(item, BadTile):
                 return item
-        return self.processor.collate(items)  # type: ignore[arg-type]
+            tiles.append(item)
+        return self.processor.collate(tiles)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -212,7 +214,7 @@ def checked(batch: Any) -> Any:
     return batch
 
 
-def batches_of(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+def batches_of(loader: torch.utils.data.DataLoader) -> Generator[Any]:
     """A DataLoader's batches, bad tiles raised as DataError. Its workers are shut down as soon
     as this generator ends, is closed or fails, not whenever the garbage collector gets to them
     (an error's traceback would otherwise keep them alive)."""

@@ -109,7 +109,12 @@ def json_object(pairs: list[tuple[str, Any]]) -> JsonObject:
     obj = JsonObject(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        obj.duplicated = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+        repeated: list[str] = []
+        for k, _ in pairs:
+            if k in seen:
+                repeated.append(k)
+            seen.add(k)
+        obj.duplicated = tuple(dict.fromkeys(repeated))
     return obj
 
 

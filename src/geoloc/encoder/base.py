@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ from geoloc.encoder.inputs import Inputs, Preprocessing, TextInputs, TileProcess
 from geoloc.encoder.pooling import PoolingName
 from geoloc.encoder.tuning import TuningConfig, count_parameters
 from geoloc.errors import ConfigError, GeolocError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 SPEC_FILE = "geoloc_encoder.json"
 SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
@@ -118,11 +122,13 @@ class Encoder(nn.Module):
     """What every geoloc encoder is: its structure, batched encoding to unit vectors, and the
     saved-folder layout.
 
-    An encoder provides `forward`, `embedding_dim`, `image_size`, `text_tower`, `rebuilt`, and
+    An encoder provides `forward`, `family`, `embedding_dim`, `text_tower_path`, `rebuilt`, and
     two picklable input builders, `text_builder` (texts -> token inputs) and `tile_processor`
     (a decoded tile -> pixels), which DataLoader workers run (data/pipeline.py). Callers build
-    inputs through `text_inputs`, `pixel_inputs` and `image_token_inputs` and never ask which
-    encoder they hold. It may add files to a save with `_save_extra`.
+    inputs through `text_inputs`, `pixel_inputs` and `image_token_inputs`, reach adapters
+    through `adapter` and the trained weights through `trained_state`, and never ask which
+    encoder they hold. It may add files to a save with `_save_extra`, and weights of its own to
+    `trained_state`; one with `has_tile_features` provides `image_features`.
     """
 
     kind: ClassVar[EncoderKind]  # the kind of family (families.py) this encoder serves
@@ -130,7 +136,6 @@ class Encoder(nn.Module):
     tokenizer: Any
     image_processor: Any
     spec: EncoderSpec
-    family: BackboneFamily
     text_builder: TextInputs
     tile_processor: TileProcessor
     # Whether tile features can be computed once and read from disk (tile_features.py): only an
@@ -142,11 +147,31 @@ class Encoder(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def base_model(self) -> nn.Module:
-        """The transformers model, inside any adapter wrapper."""
+    def family(self) -> BackboneFamily:
+        """The backbone's family record (families.py); each encoder kind narrows it to its own."""
+        raise NotImplementedError
+
+    @property
+    def adapter(self) -> PeftModel | None:
+        """The peft wrapper around the backbone when adapters (LoRA / DoRA) are attached, else None."""
         from peft import PeftModel
 
-        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+        return self.backbone if isinstance(self.backbone, PeftModel) else None
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The transformers model, inside any adapter wrapper: the family's model class."""
+        adapter = self.adapter
+        return cast("PreTrainedModel", adapter.get_base_model() if adapter is not None else self.backbone)
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The weights training adds to the backbone: the adapters' (peft's state-dict keys),
+        and any head of the encoder's own (the MLLM's pooling head, as `pooler.*`); empty for
+        a bare backbone."""
+        from peft import get_peft_model_state_dict
+
+        adapter = self.adapter
+        return dict(get_peft_model_state_dict(adapter)) if adapter is not None else {}
 
     @property
     def config(self) -> Any:
@@ -171,10 +196,15 @@ class Encoder(nn.Module):
         return self.family.image_size(self.config)
 
     @property
+    def text_tower_path(self) -> str:
+        """Where `text_tower` lies inside `base_model` (the family registry says)."""
+        raise NotImplementedError
+
+    @property
     def text_tower(self) -> nn.Module:
         """The module that encodes a query's tokens (the LLM, or the text tower): what int8
         serving quantises."""
-        raise NotImplementedError
+        return self.base_model.get_submodule(self.text_tower_path)
 
     def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> Encoder:
         """An encoder on these same weights with another spec's input settings (or, for an
@@ -188,6 +218,11 @@ class Encoder(nn.Module):
     def pixel_inputs(self, images: list[Image.Image]) -> Inputs:
         """Pixel tensors of decoded RGB tiles."""
         return self.tile_processor(images)
+
+    def image_features(self, pixel_inputs: Inputs) -> torch.Tensor:
+        """Projected vision features of tiles, (tiles, visual tokens, hidden), for an encoder
+        with `has_tile_features` (tile_features.py)."""
+        raise NotImplementedError(f"{type(self).__name__} has no tile features")
 
     def image_token_inputs(self, count: int) -> Inputs:
         """The token inputs that go with `count` tiles' pixels (none for a dual encoder)."""
@@ -290,8 +325,6 @@ class Encoder(nn.Module):
         The card's recipe is the run's config.yaml when `path` is a run's best/ or final/; its
         parameter counts are this encoder's now (trainable: what requires a gradient).
         """
-        from peft import PeftModel
-
         path = Path(path)
         source = self.saved_folder
         derived_from = source if source is not None and source.resolve() != path.resolve() else None
@@ -311,8 +344,9 @@ class Encoder(nn.Module):
             if self.spec.tuning.strategy == "full" or self.spec.backbone == SAVED_BACKBONE:
                 self.base_model.save_pretrained(tmp / SAVED_BACKBONE, safe_serialization=True)
                 spec["backbone"] = SAVED_BACKBONE
-            if isinstance(self.backbone, PeftModel):
-                self.backbone.save_pretrained(tmp / "adapter", safe_serialization=True)
+            adapter = self.adapter
+            if adapter is not None:
+                adapter.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
             self._save_extra(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.image_processor.save_pretrained(tmp)

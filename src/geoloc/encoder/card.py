@@ -22,7 +22,7 @@ import json
 import re
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,7 @@ def eval_result(
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> Generator[None]:
     with open(folder / _LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

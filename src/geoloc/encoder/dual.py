@@ -38,7 +38,7 @@ class DualEncoder(LoadableEncoder):
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, image_processor: Any, spec: EncoderSpec):
         super().__init__(backbone, tokenizer, image_processor, spec)
-        self.family: DualFamily = family_named(spec.family, DualFamily)
+        self._family = family_named(spec.family, DualFamily)
         if spec.pooling != "eos":
             raise ConfigError(
                 f"pooling {spec.pooling!r} is for MLLMs; a dual encoder ({spec.family}) uses its own "
@@ -82,18 +82,24 @@ class DualEncoder(LoadableEncoder):
 
     # -- structure ---------------------------------------------------------------------------
     @property
+    def family(self) -> DualFamily:
+        return self._family
+
+    @property
     def embedding_dim(self) -> int:
         return self.family.embedding_dim(self.config)
 
     @property
-    def text_tower(self) -> nn.Module:
-        return self.base_model.get_submodule(self.family.text_path)
+    def text_tower_path(self) -> str:
+        return self.family.text_path
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised embeddings of a batch: pixels go to the vision tower, tokens to the text one."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        model = self.base_model  # adapters are injected into its layers, so they run here too
+        # Adapters are injected into its layers, so they run here too. The tower methods are the
+        # family's class's own (CLIPModel, SiglipModel), not PreTrainedModel's.
+        model: Any = self.base_model
         if "pixel_values" in inputs:
             pixels = self.tile_processor.model_pixels(inputs["pixel_values"])  # uint8 -> normalised
             out = model.get_image_features(pixel_values=pixels.to(self.dtype))

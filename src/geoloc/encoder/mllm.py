@@ -44,7 +44,7 @@ class GeoEncoder(LoadableEncoder):
         files through, when the vision side is frozen and its features are kept on disk; None
         computes them."""
         super().__init__(backbone, tokenizer, image_processor, spec)
-        self.family: MllmFamily = family_named(spec.family, MllmFamily)
+        self._family = family_named(spec.family, MllmFamily)
         self.tile_features = tile_features
         if spec.padding_side not in ("left", "right"):
             raise GeolocError(f"padding_side must be 'left' or 'right', not {spec.padding_side!r}")
@@ -96,13 +96,20 @@ class GeoEncoder(LoadableEncoder):
 
     # -- structure ---------------------------------------------------------------------------
     @property
+    def family(self) -> MllmFamily:
+        return self._family
+
+    @property
     def embedding_dim(self) -> int:
         return self.config.text_config.hidden_size
 
     @property
-    def text_tower(self) -> nn.Module:
+    def text_tower_path(self) -> str:
         """The language model, where the family registry says it is."""
-        return self.base_model.get_submodule(self.family.llm_path)
+        return self.family.llm_path
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return super().trained_state() | {f"pooler.{k}": v for k, v in self.pooler.state_dict().items()}
 
     # -- inputs ------------------------------------------------------------------------------
     has_tile_features = True
@@ -124,7 +131,7 @@ class GeoEncoder(LoadableEncoder):
         }
         # uint8 pixels from the input pipeline are normalised here, on the model's device.
         pixels["pixel_values"] = self.tile_processor.model_pixels(pixels["pixel_values"]).to(self.dtype)
-        core = self.base_model.base_model
+        core: Any = self.base_model.base_model  # the family's model class: get_image_features is its own
         out = core.get_image_features(**pixels, **self.family.image_feature_kwargs(self.config))
         tiles = pixels["pixel_values"].shape[0]
         return feature_grid(out, tiles, self.family.image_seq_len(self.config))
@@ -134,7 +141,7 @@ class GeoEncoder(LoadableEncoder):
         precomputed `image_features`."""
         ids = inputs["input_ids"].to(self.device, non_blocking=True)
         mask = inputs["attention_mask"].to(self.device, non_blocking=True)
-        core = self.base_model.base_model  # the model without its language-model head
+        core: Any = self.base_model.base_model  # the model without its language-model head
         if "pixel_values" in inputs:
             features = self.image_features(inputs)
         else:
@@ -167,11 +174,12 @@ class GeoEncoder(LoadableEncoder):
     ) -> Iterator[dict[str, torch.Tensor]]:
         """As Encoder.tile_batches; tile files come as their stored features when this encoder
         reads them from a TileFeatureStore."""
-        if self.tile_features is None or not all(isinstance(t, (str, Path)) for t in tiles):
+        paths = [Path(t) for t in tiles if isinstance(t, (str, Path))]
+        if self.tile_features is None or len(paths) != len(tiles):
             yield from super().tile_batches(tiles, batch_size, num_workers, records)
             return
-        for start in range(0, len(tiles), batch_size):
-            chunk = [Path(t) for t in tiles[start : start + batch_size]]  # type: ignore[arg-type]
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
             features = self.tile_features.features(chunk)
             yield self.image_token_inputs(len(chunk)) | {"image_features": features}
 

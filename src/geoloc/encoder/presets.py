@@ -47,7 +47,7 @@ class Preset:
     def config(self, tokenizer: Any = None) -> Any:
         """The transformers config: the shipped config.json of a real-size preset, else one built
         with the tiny tokenizer's ids written in."""
-        if self.real_files:
+        if self.real_files or self.build_config is None:
             return real_config(self.real_files)
         return self.build_config(tokenizer, self.image_size)
 

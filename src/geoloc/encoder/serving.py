@@ -43,9 +43,8 @@ def merge_adapters(encoder: Encoder) -> Encoder:
     from the base model plus an adapter: `save` then writes the merged backbone, and
     `load_encoder` reads it back as it is. An encoder without adapters is returned unchanged.
     """
-    from peft import PeftModel
-
-    if not isinstance(encoder.backbone, PeftModel):
+    adapter = encoder.adapter
+    if adapter is None:
         return encoder
     if encoder.dtype not in (torch.float32, torch.float64):
         # Merging adds a low-rank product to every weight; in bf16 that sum loses the small
@@ -53,7 +52,7 @@ def merge_adapters(encoder: Encoder) -> Encoder:
         raise GeolocError(
             f"merge adapters in float32, then change precision (the encoder is {encoder.dtype})"
         )
-    encoder.backbone = encoder.backbone.merge_and_unload()
+    encoder.backbone = adapter.merge_and_unload()
     encoder.spec = replace(encoder.spec, tuning=replace(encoder.spec.tuning, strategy="full"))
     encoder.backbone.requires_grad_(False)
     return encoder
@@ -67,23 +66,21 @@ def quantize_llm_int8(encoder: Encoder) -> Encoder:
     shipped in torch 2.13 though marked deprecated in favour of torchao, which this project
     does not depend on. Adapters must be merged first (a peft layer is not a plain Linear).
     """
-    from peft import PeftModel
-
     if encoder.device.type != "cpu":
         raise GeolocError(f"int8 dynamic quantisation runs on the CPU only, not on {encoder.device}")
-    if isinstance(encoder.backbone, PeftModel):
+    if encoder.adapter is not None:
         raise GeolocError("merge the adapters before int8 quantisation (merge_adapters)")
     if encoder.dtype != torch.float32:
         raise GeolocError(f"int8 quantisation starts from float32 weights, not {encoder.dtype}")
     try:
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import quantize_dynamic  # ty: ignore[deprecated]  see the docstring
     except ImportError as error:  # a future torch without eager quantisation
         raise GeolocError(f"this torch has no dynamic quantisation ({error})") from error
     encoder.eval()
     with warnings.catch_warnings():
         # Deprecation notices about the move to torchao; the API works in this torch.
         warnings.simplefilter("ignore")
-        quantize_dynamic(encoder.text_tower, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(encoder.text_tower, {nn.Linear}, dtype=torch.qint8, inplace=True)  # ty: ignore[deprecated]
     return encoder
 
 

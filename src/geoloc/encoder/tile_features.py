@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.base import Encoder
 from geoloc.fingerprint import tensors_digest
 
 
@@ -36,26 +36,26 @@ def _is_llm(name: str, llm_path: str) -> bool:
     return f".{llm_path}." in f".{name}"
 
 
-def vision_is_adapted(encoder: GeoEncoder) -> bool:
+def vision_is_adapted(encoder: Encoder) -> bool:
     """Whether any trainable backbone weight lies outside the LLM (vision tower or projector)."""
     return any(
-        p.requires_grad and not _is_llm(name, encoder.family.llm_path)
+        p.requires_grad and not _is_llm(name, encoder.text_tower_path)
         for name, p in encoder.backbone.named_parameters()
     )
 
 
-def features_of(encoder: GeoEncoder, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def features_of(encoder: Encoder, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The projected vision features of prepared tiles (what the cache stores)."""
     return encoder.image_features(image_inputs)
 
 
-def feature_model_key(encoder: GeoEncoder, precision: str) -> str:
+def feature_model_key(encoder: Encoder, precision: str) -> str:
     """A hash of what tile features depend on: the vision tower's and projector's weights, the
     family, the image size and the precision."""
     vision = [
         (name, tensor)
         for name, tensor in encoder.backbone.state_dict().items()
-        if not _is_llm(name, encoder.family.llm_path) and "lm_head" not in name
+        if not _is_llm(name, encoder.text_tower_path) and "lm_head" not in name
     ]
     return tensors_digest(
         vision, digest_size=16, prefix=f"{encoder.spec.family}|{encoder.image_size}|{precision}".encode()
@@ -67,7 +67,7 @@ class TileFeatureStore:
 
     def __init__(
         self,
-        encoder: GeoEncoder,
+        encoder: Encoder,
         root: str | Path | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         precision: str = "float32",

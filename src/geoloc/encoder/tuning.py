@@ -66,7 +66,7 @@ def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConf
     init: Any = True if tuning.init in ("default", "true", True) else tuning.init
     config = LoraConfig(
         r=tuning.rank,
-        lora_alpha=tuning.alpha,
+        lora_alpha=tuning.alpha,  # ty: ignore[invalid-argument-type]  peft says int; any number scales
         lora_dropout=tuning.dropout,
         target_modules=regex,
         init_lora_weights=init,

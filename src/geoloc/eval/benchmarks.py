@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from geoloc.config import DataConfig
+from geoloc.config import CvgTextTarget, CvgTextVersion, DataConfig, GeoTextView, OnBadRecord
 from geoloc.data.manifest import Dataset
 from geoloc.errors import GeolocError
 from geoloc.eval.evaluate import Embeddings, format_table, score
@@ -34,12 +34,12 @@ class BenchmarkRequest:
     root: str | None = None  # benchmark root folder
     split: str | None = "test"
     city: str | None = None
-    version: str = "mixed"
-    target: str = "satellite"
-    view: str = "all"
+    version: CvgTextVersion = "mixed"
+    target: CvgTextTarget = "satellite"
+    view: GeoTextView = "all"
     protocol: str = "benchmark"  # geotext1652: benchmark | official-quirks | paper
     full_city: bool = False
-    on_bad_record: str = "error"  # error | skip: bad records are left out, in Dataset.skipped
+    on_bad_record: OnBadRecord = "error"  # error | skip: bad records are left out, in Dataset.skipped
 
     def subset(self) -> dict[str, str | None]:
         """Which part of the benchmark is read (a CVG-Text city, queries and tiles; a GeoText-1652
@@ -78,7 +78,7 @@ def load_benchmark(request: BenchmarkRequest) -> Dataset:
             raise GeolocError("--data is required (a manifest file or a folder holding manifest.jsonl)")
         from geoloc.data.manifest import read_manifest
 
-        return read_manifest(request.data, split=request.split, on_bad_record=on_bad)  # type: ignore[arg-type]
+        return read_manifest(request.data, split=request.split, on_bad_record=on_bad)
     if not request.root:
         raise GeolocError(f"--root is required with --benchmark {request.benchmark}")
     if request.benchmark == "geotext1652":
@@ -86,9 +86,10 @@ def load_benchmark(request: BenchmarkRequest) -> Dataset:
 
         return load_geotext(
             request.root,
-            split=request.split or "test",  # type: ignore[arg-type]
-            view=request.view,  # type: ignore[arg-type]
-            on_bad_record=on_bad,  # type: ignore[arg-type]
+            # --split is free text, checked by the reader: load_geotext refuses another split by name.
+            split=request.split or "test",  # ty: ignore[invalid-argument-type]
+            view=request.view,
+            on_bad_record=on_bad,
         )
     if not request.city:
         raise GeolocError("--city is required with --benchmark cvgtext (e.g. NewYork, Brisbane, Tokyo)")
@@ -99,8 +100,9 @@ def load_benchmark(request: BenchmarkRequest) -> Dataset:
         request.city,
         version=request.version,
         target=request.target,
-        split=request.split or "test",  # type: ignore[arg-type]
-        on_bad_record=on_bad,  # type: ignore[arg-type]
+        # --split is free text, checked by the reader: load_cvgtext refuses another split by name.
+        split=request.split or "test",  # ty: ignore[invalid-argument-type]
+        on_bad_record=on_bad,
     )
 
 

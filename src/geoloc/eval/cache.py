@@ -12,13 +12,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geoloc.data.manifest import Dataset
 from geoloc.eval.evaluate import Embeddings, embed_dataset
 from geoloc.fingerprint import tensors_digest
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 CACHE_VERSION = 1
 
@@ -27,7 +30,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GEOLOC_CACHE", Path.home() / ".cache" / "geoloc")) / "embeddings"
 
 
-def model_fingerprint(encoder: Any) -> str:
+def model_fingerprint(encoder: Encoder) -> str:
     """A hash of what makes the vectors: every weight and the embedding settings of the spec.
 
     The spec's `backbone` is left out: it says where the weights were read from, spelled as the
@@ -49,7 +52,7 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def cached_embeddings(
-    encoder: Any,
+    encoder: Encoder,
     dataset: Dataset,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,

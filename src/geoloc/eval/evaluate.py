@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from geoloc import atomic
 from geoloc.data.manifest import Dataset
 from geoloc.eval.metrics import retrieval_metrics
 from geoloc.eval.results import with_flat_keys
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 FULL_GALLERY = "full-gallery"
 
@@ -54,7 +57,9 @@ query and the tile, while its training collator does not: use these to score a m
 released recipe the way the paper scored it."""
 
 
-def with_templates(encoder: Any, text_template: str | None = None, image_template: str | None = None) -> Any:
+def with_templates(
+    encoder: Encoder, text_template: str | None = None, image_template: str | None = None
+) -> Encoder:
     """The same encoder (same weights, same modules) with other input templates, for one evaluation.
 
     A saved encoder records the templates it was trained with in its spec, and loading uses them.
@@ -76,7 +81,7 @@ def with_templates(encoder: Any, text_template: str | None = None, image_templat
 
 
 def embed_dataset(
-    encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
+    encoder: Encoder, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
 ) -> Embeddings:
     texts, image_index = dataset.texts_with_image_index()
     image_emb = encoder.encode_images([r.image for r in dataset.records], batch_size, show_progress)
@@ -95,7 +100,7 @@ def score(embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:
 
 
 def evaluate(
-    encoder: Any, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
+    encoder: Encoder, dataset: Dataset, batch_size: int = 32, show_progress: bool | None = None
 ) -> tuple[dict[str, Any], Embeddings]:
     embeddings = embed_dataset(encoder, dataset, batch_size, show_progress)
     return score(embeddings, dataset), embeddings

@@ -16,13 +16,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geoloc import atomic
 from geoloc.data.manifest import Dataset
 from geoloc.errors import GeolocError
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 SHARDS = "shards"
 MERGED = "embeddings.npz"
@@ -58,7 +61,7 @@ def _check_description(out: Path, description: dict[str, Any]) -> None:
 
 
 def embed_gallery(
-    encoder: Any,
+    encoder: Encoder,
     dataset: Dataset,
     out: str | Path,
     model_name: str,

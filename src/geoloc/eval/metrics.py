@@ -68,8 +68,8 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
 def embedding_pair(
     query_emb: np.ndarray,
     gallery_emb: np.ndarray,
-    query_labels: Sequence,
-    gallery_labels: Sequence,
+    query_labels: Groups,
+    gallery_labels: Groups,
     sides: tuple[str, str],
     labels: str,
 ) -> tuple[np.ndarray, np.ndarray]:

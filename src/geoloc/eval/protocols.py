@@ -131,7 +131,7 @@ def geotext_metrics(
 
     if (record_images is None) != (text_records is None):
         raise ValueError("record_images and text_records go together: give both or neither")
-    if record_images is None:
+    if record_images is None or text_records is None:  # neither (both or neither, checked above)
         records, of_text = np.arange(len(image_groups)), index
     else:
         records = np.asarray(record_images, dtype=np.int64)

@@ -36,8 +36,8 @@ def cmd_tiles(args: argparse.Namespace) -> int:
         px=args.px,
         bands=_numbers(args.bands, "--bands", int) if args.bands else None,
         max_nodata=args.max_nodata,
-        scale=_numbers(args.scale, "--scale") if args.scale else None,  # type: ignore[arg-type]
-        bounds=bounds,  # type: ignore[arg-type]
+        scale=_numbers(args.scale, "--scale") if args.scale else None,
+        bounds=bounds,
         bounds_crs=args.bounds_crs,
         resampling=args.resampling,
         world_files=args.world_files,

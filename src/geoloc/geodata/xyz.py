@@ -67,15 +67,6 @@ class TileMap:
 
 def _bbox(root: ElementTree.Element) -> tuple[float, float, float, float] | None:
     box = root.find("BoundingBox")
-    try:
-        west, south, east, north = (float(box.get(k, "")) for k in ("minx", "miny", "maxx", "maxy"))
-    except (AttributeError, ValueError):  # no BoundingBox, or not numbers
-        return None
-    return west, south, east, north
-
-
-def _bbox(root: ElementTree.Element) -> tuple[float, float, float, float] | None:
-    box = root.find("BoundingBox")
     if box is None:
         return None
     try:

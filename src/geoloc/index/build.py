@@ -7,7 +7,7 @@ that two concurrent changes cannot lose one another's work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from geoloc.errors import GeolocError
 from geoloc.index.ann import AnnSettings
 from geoloc.index.identity import load_index_model, model_record
 from geoloc.index.store import MANIFEST, Tiles, index_lock, read_index, write_index
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 
 def tiles_of(dataset: Dataset) -> Tiles:
@@ -31,7 +34,7 @@ def tiles_of(dataset: Dataset) -> Tiles:
 
 
 def encode_gallery(
-    encoder: Any,
+    encoder: Encoder,
     dataset: Dataset,
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
@@ -66,9 +69,9 @@ def _read_gallery(gallery: str | Path, split: str | None, on_bad_record: str, in
     if on_bad_record not in ("error", "skip"):
         raise GeolocError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
     # A gallery needs no descriptions: tiles cut from a raster have none.
-    records = read_manifest(gallery, split, on_bad_record, require_texts=False)  # type: ignore[arg-type]
+    records = read_manifest(gallery, split, on_bad_record, require_texts=False)
     listed_as = f"{index.name}.skipped_records.jsonl"
-    dataset, _ = verify_and_list(records, on_bad_record, index.parent, name=listed_as)  # type: ignore[arg-type]
+    dataset, _ = verify_and_list(records, on_bad_record, index.parent, name=listed_as)
     return dataset
 
 
@@ -83,7 +86,7 @@ def build_index(
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     on_bad_record: str = "error",
 ) -> dict[str, Any]:
     """Embed every tile of `gallery` with `model` into a new index folder `out`; return its manifest.

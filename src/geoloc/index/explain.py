@@ -16,10 +16,11 @@ A fully fine-tuned backbone has no adapter to switch off: its (changed) weights 
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
-from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from geoloc.data.images import load_image
 from geoloc.errors import GeolocError
 from geoloc.index.region import Region
 from geoloc.index.search import Hit, SearchIndex
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 MAX_JUDGED = 100  # tiles one request may judge: each costs a forward pass of the full MLLM
 QUESTION = (
@@ -65,12 +69,12 @@ def tile_prompt(tokenizer: Any, family: Any, config: Any, question: str) -> str:
 class Generator:
     """An encoder's backbone used to generate, with its retrieval adapter switched off."""
 
-    def __init__(self, encoder: Any):
-        from peft import PeftModel
-
+    def __init__(self, encoder: Encoder):
         self.encoder = encoder
-        self.model = encoder.base_model  # the *ForConditionalGeneration model, with its LM head
-        self.adapter_disabled = isinstance(encoder.backbone, PeftModel)
+        # The *ForConditionalGeneration model, with its LM head: its `generate` is GenerationMixin's,
+        # which PreTrainedModel does not declare.
+        self.model: Any = encoder.base_model
+        self.adapter_disabled = encoder.adapter is not None
         self._yes = self._answers(("Yes", " Yes"))
         self._no = self._answers(("No", " No"))
 
@@ -80,10 +84,14 @@ class Generator:
         return sorted({tuple(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in words})
 
     @contextlib.contextmanager
-    def generating(self) -> Iterator[None]:
+    def generating(self) -> collections.abc.Generator[None]:
         """Adapter off, dropout off, no gradients; restored afterwards."""
-        backbone = self.encoder.backbone
-        adapter_off = backbone.disable_adapter() if self.adapter_disabled else contextlib.nullcontext()
+        adapter = self.encoder.adapter
+        adapter_off = (
+            adapter.disable_adapter()
+            if self.adapter_disabled and adapter is not None
+            else contextlib.nullcontext()
+        )
         was_training = self.model.training
         self.model.eval()
         try:
@@ -222,7 +230,7 @@ def rerank(judged: list[Judged]) -> list[Judged]:
     """Sort by judgement, best first (a stable sort: ties keep retrieval order), and renumber."""
     ordered = sorted(judged, key=lambda j: -j.judgement)
     return [
-        Judged(Hit(**{**j.hit.to_dict(), "rank": rank}), j.retrieval_rank, j.judgement, j.explanation)
+        Judged(dataclasses.replace(j.hit, rank=rank), j.retrieval_rank, j.judgement, j.explanation)
         for rank, j in enumerate(ordered, start=1)
     ]
 

@@ -55,7 +55,7 @@ def _geometries(tiles: Tiles, rows: range) -> list[Any]:
     the antimeridian), else its centre, else None."""
     out: list[Any] = []
     for i in rows:
-        ring, lat, lon = tiles.footprint[i], tiles.lat[i], tiles.lon[i]  # type: ignore[index]
+        ring, lat, lon = tiles.ring(i), tiles.lat[i], tiles.lon[i]
         if ring:
             out.append(shapely.geometry.shape(footprint_geometry(ring)))
         elif lat is not None and lon is not None:

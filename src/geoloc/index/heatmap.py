@@ -47,7 +47,7 @@ def heat_cells(tiles: Tiles, scores: np.ndarray, max_cells: int = 2500) -> list[
         cells = []
         for i in placed:
             ring = footprints[i]
-            west, south, east, north = bounds(ring)  # type: ignore[arg-type]  (all() above)
+            west, south, east, north = bounds(ring)  # ty: ignore[invalid-argument-type]  set: all() above
             cells.append(_cell(south, west, north, east, float(scores[i]), 1, ring))
         return cells
     lats = np.array([tiles.lat[i] for i in placed], dtype=np.float64)

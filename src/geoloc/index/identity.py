@@ -7,30 +7,23 @@ records the model's full weight fingerprint, and search refuses any encoder that
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from geoloc.errors import GeolocError
 from geoloc.eval.cache import model_fingerprint
 from geoloc.fingerprint import tensors_digest
 
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
-def adapter_hash(encoder: Any) -> str | None:
+
+def adapter_hash(encoder: Encoder) -> str | None:
     """A hash of the trained parts (adapter and pooling weights); None for a bare backbone."""
-    from peft import PeftModel, get_peft_model_state_dict
-
-    tensors: dict[str, torch.Tensor] = {}
-    if isinstance(encoder.backbone, PeftModel):
-        tensors.update(get_peft_model_state_dict(encoder.backbone))
-    tensors.update(
-        {f"pooler.{k}": v for k, v in getattr(encoder, "pooler", nn.Identity()).state_dict().items()}
-    )
+    tensors = encoder.trained_state()
     return tensors_digest(tensors.items(), digest_size=16) if tensors else None
 
 
-def model_record(encoder: Any, source: str, dtype: str) -> dict[str, Any]:
+def model_record(encoder: Encoder, source: str, dtype: str) -> dict[str, Any]:
     """The manifest's description of the model: how to load it and how to recognise it."""
     spec = encoder.spec
     return {
@@ -47,7 +40,7 @@ def model_record(encoder: Any, source: str, dtype: str) -> dict[str, Any]:
     }
 
 
-def check_same_model(record: dict[str, Any], encoder: Any, where: str) -> None:
+def check_same_model(record: dict[str, Any], encoder: Encoder, where: str) -> None:
     """Refuse `encoder` unless it is exactly the model that made the index at `where`."""
     if model_fingerprint(encoder) == record["fingerprint"]:
         return
@@ -69,7 +62,7 @@ def check_same_model(record: dict[str, Any], encoder: Any, where: str) -> None:
 
 def load_index_model(
     record: dict[str, Any], where: str, model: str | None = None, device: str = "cpu"
-) -> Any:
+) -> Encoder:
     """Load the model an index names (or `model`, e.g. a moved copy) and check it is the same one."""
     from geoloc.encoder.loading import load_encoder
 

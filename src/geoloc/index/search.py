@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from geoloc.index.identity import check_same_model, load_index_model
 from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import Region
 from geoloc.index.store import StoredIndex, read_index
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 
 @dataclass
@@ -54,7 +57,7 @@ def check_query(text: str, k: int) -> None:
 class SearchIndex:
     """An opened index with the model that encodes its queries."""
 
-    def __init__(self, stored: StoredIndex, encoder: Any):
+    def __init__(self, stored: StoredIndex, encoder: Encoder):
         """`encoder` must be the index's own model: use `open`, which checks it."""
         self.stored = stored
         self.encoder = encoder
@@ -69,7 +72,7 @@ class SearchIndex:
 
     @classmethod
     def open(
-        cls, path: str | Path, model: str | None = None, device: str = "cpu", encoder: Any = None
+        cls, path: str | Path, model: str | None = None, device: str = "cpu", encoder: Encoder | None = None
     ) -> SearchIndex:
         """Open the index at `path`; load its model (from `model` if it moved) unless `encoder` is given."""
         stored = read_index(path)
@@ -114,7 +117,7 @@ class SearchIndex:
                         tiles.lat[row],
                         tiles.lon[row],
                         tiles.group[row],
-                        tiles.footprint[row],  # type: ignore[index]
+                        tiles.ring(row),
                     )
                 )
             results.append(hits)

@@ -20,7 +20,7 @@ import datetime
 import fcntl
 import json
 import mmap
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,12 @@ class Tiles:
     def concat(self, other: Tiles) -> Tiles:
         return Tiles(*(a + b for a, b in zip(self._columns(), other._columns(), strict=True)))
 
+    def ring(self, row: int) -> list[list[float]] | None:
+        """Tile `row`'s footprint ring, or None."""
+        return self.footprint[row] if self.footprint is not None else None
+
     def _columns(self) -> tuple[list[Any], ...]:
-        return (self.key, self.image, self.lat, self.lon, self.group, self.footprint)  # type: ignore[return-value]
+        return (self.key, self.image, self.lat, self.lon, self.group, self.footprint or [])
 
     def to_arrow(self) -> pa.Table:
         return pa.Table.from_arrays(
@@ -97,7 +101,10 @@ class Tiles:
     @classmethod
     def from_arrow(cls, table: pa.Table) -> Tiles:
         # Indexes written before footprints were carried have no such column: no footprints.
-        return cls(*(table.column(n).to_pylist() if n in table.column_names else None for n in _SCHEMA.names))
+        columns: list[Any] = [
+            table.column(n).to_pylist() if n in table.column_names else None for n in _SCHEMA.names
+        ]
+        return cls(*columns)
 
 
 @dataclass
@@ -231,7 +238,7 @@ def read_index(path: str | Path) -> StoredIndex:
 
 
 @contextlib.contextmanager
-def index_lock(path: str | Path) -> Iterator[None]:
+def index_lock(path: str | Path) -> Generator[None]:
     """Serialise changes to one index: two concurrent `add`s must not lose one another's tiles."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import functools
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -332,7 +332,7 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: 
     generator_turn = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
         state["batcher"] = QueryBatcher(index)
         try:
             yield
@@ -479,6 +479,6 @@ def create_app(index: SearchIndex, max_body_bytes: int = MAX_BODY_BYTES, token: 
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -21,7 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from geoloc.study.sweep import (
     plot_results,
     read_metrics,
 )
+
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
@@ -146,7 +149,7 @@ class Retrieval:
 
 
 def retrieve(
-    encoder: Any, dataset: Any, split: str, options: ReportOptions, request: Any = None
+    encoder: Encoder, dataset: Any, split: str, options: ReportOptions, request: Any = None
 ) -> Retrieval:
     """Embed a split, rank its tiles for every text, keep a spread of queries for the grid.
 

@@ -330,8 +330,9 @@ def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]
         run_dir, device=point.config.train.device, dtype=point.config.model.dtype, trainable=True
     )  # trainable: so that the count is the training one
     row["total_params"], row["trainable_params"] = encoder.parameter_counts()
-    held_out = held_out_split(point.config, sweep.eval_split) if sweep.eval_split else None
-    if held_out is not None:
+    eval_split = sweep.eval_split
+    held_out = held_out_split(point.config, eval_split) if eval_split else None
+    if held_out is not None and eval_split:
         request, dataset = held_out
         out = run_dir / f"eval_{sweep.eval_split}"
         dataset, _ = verify_and_list(dataset, point.config.data.on_bad_record, out)
@@ -339,7 +340,7 @@ def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]
         metrics = score_benchmark(request, embeddings, dataset)
         metrics = {**metrics, "model": str(run_dir), "data": str(dataset.source), "split": sweep.eval_split}
         atomic.write_json(out / "metrics.json", metrics)
-        _add_to_card(run_dir, request, metrics, str(dataset.source), sweep.eval_split)
+        _add_to_card(run_dir, request, metrics, str(dataset.source), eval_split)
         # The flat keys every protocol has (CVG-Text scores text -> image only: no I2T, no mean).
         for k in ("R@1", "R@5", "R@10"):
             row[f"test_t2i_{k}"] = metrics.get(f"text_to_image_{k}")

@@ -18,6 +18,8 @@ whose embeddings are dropped) and every process evaluates the whole validation s
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -33,7 +35,8 @@ def decoder_layers(encoder: Encoder) -> list[nn.Module]:
     family registry says they are; none for a dual encoder."""
     if not isinstance(encoder.family, MllmFamily):
         return []
-    return list(encoder.base_model.get_submodule(encoder.family.decoder_layers_path))
+    layers = encoder.base_model.get_submodule(encoder.family.decoder_layers_path)
+    return list(cast(nn.ModuleList, layers))  # a decoder's layers are an nn.ModuleList
 
 
 def check_shardable(encoder: Encoder, strategy: str, saves_backbone: bool) -> None:
@@ -72,6 +75,7 @@ def local_parameter_bytes(module: nn.Module) -> int:
     """Bytes of parameters this process holds (a sharded parameter counts its local shard)."""
     total = 0
     for parameter in module.parameters():
-        local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+        to_local = getattr(parameter, "to_local", None)  # a sharded parameter (DTensor)'s own part
+        local = to_local() if to_local is not None else parameter
         total += local.numel() * local.element_size()
     return total

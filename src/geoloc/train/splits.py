@@ -54,8 +54,8 @@ def carve_splits(config: Config) -> Splits:
             path=source_data.source,
         )
     val = val[: data.max_val_images]
-    train_set = verify_images(Dataset(train, source_data.source), data.on_bad_record)  # type: ignore[arg-type]
-    val_set = verify_images(Dataset(val, source_data.source), data.on_bad_record)  # type: ignore[arg-type]
+    train_set = verify_images(Dataset(train, source_data.source), data.on_bad_record)
+    val_set = verify_images(Dataset(val, source_data.source), data.on_bad_record)
     return Splits(train_set, val_set, skipped_entries(source_data, train_set, val_set))
 
 
@@ -65,7 +65,7 @@ def _read_training_data(data: DataConfig) -> Dataset:
     if data.benchmark == "manifest":
         if not data.train:
             raise ConfigError("no training data: set data.train to a manifest file or folder")
-        return read_manifest(data.train, split=None, on_bad_record=on_bad, check_images=False)  # type: ignore[arg-type]
+        return read_manifest(data.train, split=None, on_bad_record=on_bad, check_images=False)
     if not data.root:
         raise ConfigError(
             f"data.root is required with data.benchmark {data.benchmark}: the benchmark's folder"
@@ -75,7 +75,7 @@ def _read_training_data(data: DataConfig) -> Dataset:
 
         return load_geotext(
             data.root, split="train", view=data.view, on_bad_record=on_bad, check_images=False
-        )  # type: ignore[arg-type]
+        )
     if not data.city:
         raise ConfigError("data.city is required with data.benchmark cvgtext (NewYork, Brisbane or Tokyo)")
     from geoloc.data.cvgtext import load_cvgtext
@@ -83,10 +83,10 @@ def _read_training_data(data: DataConfig) -> Dataset:
     return load_cvgtext(
         data.root,
         data.city,
-        version=data.version,  # type: ignore[arg-type]
-        target=data.target,  # type: ignore[arg-type]
+        version=data.version,
+        target=data.target,
         split="train",
-        on_bad_record=on_bad,  # type: ignore[arg-type]
+        on_bad_record=on_bad,
         check_images=False,
     )
 

@@ -136,6 +136,7 @@ class ContrastiveStep:
         image = torch.cat(images)[:real].requires_grad_()
         loss = self._loss(text, image, offset, total_rows)
         (loss * self.world.size).backward()
+        assert text.grad is not None and image.grad is not None  # both fed the loss
         text_grad, image_grad = pad_rows(text.grad, encoded), pad_rows(image.grad, encoded)
         # 3. Each chunk again with gradients, back-propagating its share of the cached gradient.
         #    Under DDP only the last backward synchronises gradients across processes.
