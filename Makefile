@@ -42,6 +42,7 @@ demo: $(BIN)/.installed
 # as the longer one alone (two 2-thread processes would oversubscribe the cores).
 test: $(BIN)/.installed $(NEWEST_BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ty check  # src/geoloc, configured in pyproject.toml; about 2 s
 	@echo "compatibility pass, on the newest releases:" \
 	  $$($(NEWEST_BIN)/pip list --format=freeze 2>/dev/null | grep -i -E '^($(UNPINNED))==' | tr '\n' ' ')
 	@OMP_NUM_THREADS=1 $(NEWEST_BIN)/pytest -p no:cacheprovider --basetemp=$(NEWEST)/pytest-tmp --durations=15 $(COMPAT_TESTS) $(COMPAT_SKIP) > $(NEWEST)/pytest.log 2>&1 & \
@@ -54,6 +55,7 @@ test: $(BIN)/.installed $(NEWEST_BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ty check
 
 clean:
 	rm -rf $(VENV) $(NEWEST) demo_out runs
