@@ -29,7 +29,7 @@ from geoloc.data.images import load_image
 from geoloc.data.manifest import read_manifest
 from geoloc.data.pipeline import PairCollator, PairDataset, available_cores, make_loader
 from geoloc.data.synth import generate_city
-from geoloc.encoder.families import FAMILIES
+from geoloc.encoder.families import MllmFamily, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.presets import preset_processing
 from geoloc.train.batching import EpochBatchSampler, epoch_batches
@@ -55,13 +55,13 @@ def jpeg_tiles(folder: Path, count: int, size: int) -> tuple[list[Path], list[st
 def processors(size: int) -> tuple[TextInputs, dict[str, TileProcessor]]:
     preset, family_name = PRESETS[size]
     tokenizer, image_processor = preset_processing(preset)
-    family = FAMILIES[family_name]
+    family = family_named(family_name, MllmFamily)
     text = TextInputs(tokenizer, [], [], limit=300)
     made = {
         name: TileProcessor.for_processor(
             image_processor,
             size,
-            name,  # type: ignore[arg-type]
+            name,
             image_axis=family.pixels_have_image_axis,
             nudge_all_zero=family.drops_all_zero_images,
             released_kwargs=family.image_processor_kwargs,

@@ -199,11 +199,11 @@ def test_tile_folder_missing(tmp_path):
 
 def test_unknown_options(tmp_path):
     with pytest.raises(DataError, match="unknown CVG-Text version 'single'"):
-        load_cvgtext(tmp_path, "Tokyo", version="single")  # type: ignore[arg-type]
+        load_cvgtext(tmp_path, "Tokyo", version="single")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     with pytest.raises(DataError, match="unknown CVG-Text target 'map'"):
-        load_cvgtext(tmp_path, "Tokyo", target="map")  # type: ignore[arg-type]
+        load_cvgtext(tmp_path, "Tokyo", target="map")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     with pytest.raises(DataError, match="unknown CVG-Text split 'val'"):
-        load_cvgtext(tmp_path, "Tokyo", split="val")  # type: ignore[arg-type]
+        load_cvgtext(tmp_path, "Tokyo", split="val")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     with pytest.raises(DataError, match="invalid CVG-Text city name"):
         load_cvgtext(tmp_path, "../Tokyo")
 

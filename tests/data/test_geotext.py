@@ -166,11 +166,11 @@ def test_view_without_images_raises(tmp_path):
 def test_unknown_split_and_view(tmp_path):
     write_split(tmp_path, [make_record("0001/image-01.jpeg")])
     with pytest.raises(DataError, match="unknown GeoText-1652 split 'val'"):
-        load_geotext(tmp_path, split="val")  # type: ignore[arg-type]
+        load_geotext(tmp_path, split="val")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     with pytest.raises(DataError, match="unknown GeoText-1652 view 'aerial'"):
-        load_geotext(tmp_path, view="aerial")  # type: ignore[arg-type]
+        load_geotext(tmp_path, view="aerial")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     with pytest.raises(ValueError, match="on_bad_record"):
-        load_geotext(tmp_path, on_bad_record="ignore")  # type: ignore[arg-type]
+        load_geotext(tmp_path, on_bad_record="ignore")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
 
 
 # --- bad files and records -----------------------------------------------------------------------

@@ -316,5 +316,5 @@ def test_to_rgb_refuses_unconvertible_mode() -> None:
             raise ValueError("conversion not supported")
 
     with pytest.raises(DataError, match="cannot convert image mode 'XYZ'") as exc:
-        to_rgb(Weird(), path="w.img", record="line 1")  # type: ignore[arg-type]
+        to_rgb(Weird(), path="w.img", record="line 1")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
     assert_names(exc, Path("w.img"), "line 1")

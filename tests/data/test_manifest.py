@@ -392,7 +392,7 @@ def test_empty_manifest(tmp_path: Path) -> None:
 
 def test_unknown_on_bad_record(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="on_bad_record"):
-        read_manifest(tmp_path, on_bad_record="ignore")  # type: ignore[arg-type]
+        read_manifest(tmp_path, on_bad_record="ignore")  # ty: ignore[invalid-argument-type]  a wrong value on purpose: its refusal is the test
 
 
 # --- writing ------------------------------------------------------------------------------------
