@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -118,6 +118,12 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+class FeatureSource(Protocol):
+    """Where an encoder with tile features reads them (tile_features.TileFeatureStore)."""
+
+    def features(self, images: Sequence[str | Path], records: list[str] | None = None) -> torch.Tensor: ...
+
+
 class Encoder(nn.Module):
     """What every geoloc encoder is: its structure, batched encoding to unit vectors, and the
     saved-folder layout.
@@ -206,7 +212,7 @@ class Encoder(nn.Module):
         serving quantises."""
         return self.base_model.get_submodule(self.text_tower_path)
 
-    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> Encoder:
+    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: FeatureSource | None = None) -> Encoder:
         """An encoder on these same weights with another spec's input settings (or, for an
         encoder with tile features, reading them from `tile_features`)."""
         raise NotImplementedError

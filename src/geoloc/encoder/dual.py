@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from geoloc.encoder.base import EncoderSpec, split_template
+from geoloc.encoder.base import EncoderSpec, FeatureSource, split_template
 from geoloc.encoder.families import DualFamily, EncoderKind, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.sources import LoadableEncoder, Parts
@@ -70,7 +70,9 @@ class DualEncoder(LoadableEncoder):
             image_processor, self.image_size, spec.preprocessing
         )
 
-    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> DualEncoder:
+    def rebuilt(
+        self, spec: EncoderSpec | None = None, tile_features: FeatureSource | None = None
+    ) -> DualEncoder:
         """An encoder on these same weights with another spec's text template; a dual encoder
         has no tile features to read."""
         spec = spec or self.spec

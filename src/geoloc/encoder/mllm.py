@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from geoloc.encoder.base import EncoderSpec, split_template
+from geoloc.encoder.base import EncoderSpec, FeatureSource, split_template
 from geoloc.encoder.families import EncoderKind, MllmFamily, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.pooling import POOLINGS, build_pooling
@@ -38,7 +38,7 @@ class GeoEncoder(LoadableEncoder):
         tokenizer: Any,
         image_processor: Any,
         spec: EncoderSpec,
-        tile_features: Any = None,
+        tile_features: FeatureSource | None = None,
     ):
         """`tile_features`: a TileFeatureStore (tile_features.py) that encode_images reads tile
         files through, when the vision side is frozen and its features are kept on disk; None
@@ -76,7 +76,9 @@ class GeoEncoder(LoadableEncoder):
         image_prefix, image_suffix = split_template(spec.image_template, "{image}", "image")
         self._image_ids = self._token_ids(image_prefix + self.family.placeholder(self.config) + image_suffix)
 
-    def rebuilt(self, spec: EncoderSpec | None = None, tile_features: Any = None) -> GeoEncoder:
+    def rebuilt(
+        self, spec: EncoderSpec | None = None, tile_features: FeatureSource | None = None
+    ) -> GeoEncoder:
         """An encoder on these same weights (backbone and pooling head, shared, not copied) with
         another spec's input templates, or reading tile features from `tile_features`; this one
         is left as it is."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ class TileFeatureStore:
             done += len(chunk)
             self.computed += len(chunk)
 
-    def features(self, images: list[str | Path], records: list[str] | None = None) -> torch.Tensor:
+    def features(self, images: Sequence[str | Path], records: list[str] | None = None) -> torch.Tensor:
         """(tiles, visual tokens, hidden) float32 features of image files, in order."""
         paths = [Path(p) for p in images]
         missing = list(dict.fromkeys(p for p in paths if not self._file(p).is_file()))

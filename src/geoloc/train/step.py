@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,13 +27,16 @@ from geoloc.train.distributed import average_gradients, gather_with_grad, pad_ro
 from geoloc.train.loss import InfoNCE
 from geoloc.world import World
 
+if TYPE_CHECKING:
+    from geoloc.encoder.base import Encoder
+
 Inputs = dict[str, torch.Tensor]
 
 
 class PairEncoder(nn.Module):
     """Both sides of a batch in one forward call: the module DistributedDataParallel wraps."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: Encoder):
         super().__init__()
         self.encoder = encoder
 
