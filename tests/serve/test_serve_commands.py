@@ -4,16 +4,27 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
-from geoloc.cli import build_parser
-from geoloc.serve.commands import _is_loopback
+import pytest
+
+from geoloc.cli import build_parser, main
+from geoloc.serve.auth import ENV
 
 
-def test_serve_binds_loopback_unless_told_otherwise() -> None:
+def test_serve_binds_loopback_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = build_parser().parse_args(["serve", "some_index"])
     assert args.host == "127.0.0.1" and args.port == 8000
-    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
-    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4") and not _is_loopback("example.org")
+    # Without a token, `geoloc serve` refuses a host other machines reach before it opens the index;
+    # on loopback it goes on, and here fails on the missing index instead.
+    monkeypatch.delenv(ENV, raising=False)
+    missing = str(tmp_path / "no_index")
+    for host in ["127.0.0.1", "::1", "localhost", "0.0.0.0", "192.168.1.4", "example.org"]:
+        assert main(["serve", missing, "--host", host]) == 2
+        refused = "reaches other machines" in capsys.readouterr().err
+        assert refused == (host not in {"127.0.0.1", "::1", "localhost"}), host
 
 
 def test_geoloc_serve_answers_over_http(served_index, unused_port: int) -> None:
