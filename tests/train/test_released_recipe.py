@@ -18,7 +18,7 @@ from torch import nn
 
 from geoloc.config import config_from_dict
 from geoloc.train import trainer as trainer_module
-from geoloc.train.trainer import decays, warmup_steps
+from geoloc.train.trainer import decays, lr_factor, warmup_steps
 
 
 def _config(data: Path | None = None, **sections: dict) -> object:
@@ -49,11 +49,12 @@ def reference_factors(total: int, ratio: float, rule: str, floor: float, steps: 
 
 
 def scheduled_factors(total: int, ratio: float, rule: str, floor: float, steps: int) -> list[float]:
-    """The lr each optimizer step actually uses, through the trainer's own scheduler."""
+    """The lr each optimizer step actually uses, with the trainer's `lr_factor` in a LambdaLR (as
+    `Trainer.build` schedules it)."""
     config = _config(train={"warmup_ratio": ratio, "warmup": rule, "min_lr_ratio": floor, "lr": 1.0})
     parameter = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=1.0)
-    scheduler = trainer_module._schedule(optimizer, total, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))
     factors = []
     for _ in range(steps):
         factors.append(optimizer.param_groups[0]["lr"])
