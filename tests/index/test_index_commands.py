@@ -120,7 +120,8 @@ def test_search_within_a_box_a_geojson_file_or_a_radius(
     from geoloc.index.region import Region
 
     query = "a red building by a pond"
-    lat, lon = search_index._lat, search_index._lon  # noqa: SLF001
+    tiles = search_index.stored.tiles
+    lat, lon = np.array(tiles.lat, dtype=np.float64), np.array(tiles.lon, dtype=np.float64)
     west, south, east, north = lon.min(), lat.min(), np.median(lon), np.median(lat)
     box = Region.bbox(west, south, east, north)
     expected = [hit.key for hit in search_index.search(query, 40, box)]

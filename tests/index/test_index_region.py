@@ -91,7 +91,11 @@ def test_region_search_is_exact_over_the_tiles_inside(
 
 def test_antimeridian_box_holds_both_sides_and_nothing_between(tmp_path: Path) -> None:
     index = open_index(tmp_path / "index", AnnSettings())
-    lat, lon = index._lat, index._lon  # noqa: SLF001 - checked against the region's own definition
+    # checked against the region's own definition
+    lat, lon = (
+        np.array(index.stored.tiles.lat, dtype=np.float64),
+        np.array(index.stored.tiles.lon, dtype=np.float64),
+    )
     inside = index.inside(Region.bbox(170, -40, -172, 50))
     expected = (lat >= -40) & (lat <= 50) & ((lon >= 170) | (lon <= -172))
     assert np.array_equal(inside, expected) and lon[inside].min() < -172 and lon[inside].max() > 170
@@ -102,7 +106,7 @@ def test_antimeridian_box_holds_both_sides_and_nothing_between(tmp_path: Path) -
 
 def test_a_region_with_fewer_tiles_than_k_and_an_empty_one(tmp_path: Path) -> None:
     index = open_index(tmp_path / "index", AnnSettings())
-    region = Region.near(float(index._lat[0]), float(index._lon[0]), 1.0)  # noqa: SLF001
+    region = Region.near(float(index.stored.tiles.lat[0]), float(index.stored.tiles.lon[0]), 1.0)
     hits = index.search_vectors(queries(1), 10, region)[0]
     assert [hit.key for hit in hits] == ["t00000"] and hits[0].rank == 1
     assert index.search_vectors(queries(1), 10, Region.bbox(0, 89.5, 1, 90))[0] == []

@@ -182,7 +182,8 @@ def test_the_page_and_its_vendored_map_library(client) -> None:
 def test_search_within_an_area_or_near_a_point(client, served_index) -> None:
     from geoloc.index.region import Region
 
-    lat, lon = served_index._lat, served_index._lon  # noqa: SLF001
+    tiles = served_index.stored.tiles
+    lat, lon = np.array(tiles.lat, dtype=np.float64), np.array(tiles.lon, dtype=np.float64)
     west, south, east, north = (
         float(lon.min()),
         float(lat.min()),
