@@ -11,7 +11,7 @@ UNPINNED := transformers|peft|accelerate|tokenizers|huggingface_hub|safetensors
 # What the compatibility pass runs: everything that touches a model, and the real-file tests.
 COMPAT_TESTS := tests/encoder tests/train tests/eval tests/index tests/test_real_models_cli.py tests/test_versions.py
 # torch.compile's tracing takes most of a minute a family: each pass traces one of the two.
-COMPILE_TEST := tests/train/test_compile.py::test_compiled_steps_give_eager_losses
+COMPILE_TEST := tests/train/test_trainer_compile.py::test_compiled_steps_give_eager_losses
 MAIN_SKIP := --deselect '$(COMPILE_TEST)[tiny-internvl]'
 COMPAT_SKIP := --deselect '$(COMPILE_TEST)[tiny-smolvlm]'
 

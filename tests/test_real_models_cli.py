@@ -22,7 +22,7 @@ from geoloc.encoder.model_files import REAL_MODELS
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 # Every paper config, and one released-recipe variant (the others differ from it only in the
-# backbone and data, which the paper configs cover; tests/train/test_released_recipe.py checks
+# backbone and data, which the paper configs cover; tests/train/test_trainer_released_recipe.py checks
 # their switches): a real-width training step costs seconds, and this suite runs twice.
 RECIPES = sorted(p.name for p in CONFIGS.glob("paper-*.yaml")) + ["released-smolvlm-256m-geotext1652.yaml"]
 FOLDER_OF_ID = {hub_id: name for name, hub_id in REAL_MODELS.items()}
