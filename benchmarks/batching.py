@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,8 +65,6 @@ def one_run(out: Path, manifest: Path, city_name: str, method: str, seed: int, o
             *overrides,
         ]
         if run.exists() and not (run / "final").exists():
-            import shutil
-
             shutil.rmtree(run)  # an interrupted run: train it again from the start
         if not (run / "final").exists():
             command = [*GEOLOC, "train", "configs/synthetic-tiny.yaml", "--out", str(run)]

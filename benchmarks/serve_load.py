@@ -53,6 +53,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(index: Path, port: int) -> list[str]:
+    """`geoloc serve` of an index on a port, on the CPU."""
+    return [sys.executable, "-m", "geoloc.cli", "serve", str(index), "--port", str(port), "--device", "cpu"]
+
+
 def build_demo_index(folder: Path, tiles: int) -> Path:
     import torch
 
@@ -131,18 +136,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(args.server_threads)}
-        command = [
-            sys.executable,
-            "-m",
-            "geoloc.cli",
-            "serve",
-            str(index),
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ]
-        server = subprocess.Popen(command, env=env)
+        server = subprocess.Popen(serve_command(index, port), env=env)
         try:
             health = wait_for_health(url, server)
             before = health["searches"]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from serve_load import free_port, serve_command  # this folder is the script's sys.path[0]
 
 MODEL = "SmolVLM-256M-Instruct"
 CHUNK = 100_000
@@ -70,12 +70,6 @@ def prepare(folder: Path, tiles: int, kind: str, nlist: int) -> Path:
     return index
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> dict[str, int]:
     fields = {"rss": "VmRSS", "anon": "RssAnon", "file": "RssFile"}
     status = dict(
@@ -89,17 +83,7 @@ def time_start(index: Path, limit_s: float) -> dict:
     import httpx
 
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "geoloc.cli",
-        "serve",
-        str(index),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
+    command = serve_command(index, port)
     started = time.perf_counter()
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -25,7 +25,6 @@ import torch
 from geoloc.distance import haversine_km
 
 Batches = list[list[int]]
-NO_PARTNERS: Callable[[int], Sequence[int]] = lambda index: ()  # noqa: E731 (a named constant)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -86,7 +85,7 @@ def form_batches(
     order: Sequence[int],
     batch_size: int,
     guard: BatchGuard,
-    partners: Callable[[int], Sequence[int]] = NO_PARTNERS,
+    partners: Callable[[int], Sequence[int]] | None = None,
     neighbours: int = 0,
 ) -> Batches:
     """Every item of `order` exactly once, cut into batches that the guard allows.
@@ -107,7 +106,7 @@ def form_batches(
         batch.append(index)
         placed[index] = True
         pulled = 0
-        if neighbours:
+        if partners is not None and neighbours:
             for partner in partners(index):
                 if pulled == neighbours or len(batch) == batch_size:
                     break

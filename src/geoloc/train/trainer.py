@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from geoloc import atomic, faults
@@ -393,7 +394,7 @@ class Trainer:
         )
         return batches
 
-    def _embed_training_set(self) -> tuple[Any, Any]:
+    def _embed_training_set(self) -> tuple[np.ndarray, np.ndarray]:
         """Unit vectors of the training texts and tiles, with the model as it stands. Tiles come
         from the feature store when the vision side is frozen, through the evaluation pipeline."""
         miner = self.encoder
