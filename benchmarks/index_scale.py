@@ -46,20 +46,33 @@ def write_gallery(folder: Path, n: int, dim: int, seed: int) -> np.memmap:
     return np.load(folder / "gallery.npy", mmap_mode="r")
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """The exact top k rows per query (over `rows` if given), read from disk by chunks."""
-    rows = np.arange(len(vectors)) if rows is None else rows
-    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-    best_rows = np.zeros((len(queries), 0), np.int64)
-    for start in range(0, len(rows), CHUNK):
-        part = rows[start : start + CHUNK]
-        scores = queries @ np.asarray(vectors[part]).T
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_rows = np.concatenate([best_rows, np.broadcast_to(part, scores.shape)], axis=1)
-        keep = np.argsort(-best_scores, axis=1)[:, :k]
-        best_scores = np.take_along_axis(best_scores, keep, axis=1)
-        best_rows = np.take_along_axis(best_rows, keep, axis=1)
-    return best_rows
+def exact_tops(
+    vectors: np.ndarray, queries: np.ndarray, k: int, subsets: dict[str, np.ndarray | None]
+) -> dict[str, np.ndarray]:
+    """The exact top k rows per query within each subset (a boolean mask over the rows, or None
+    for all), in one pass over the vectors read from disk by contiguous chunks."""
+    best = {
+        name: (np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64))
+        for name in subsets
+    }
+    for start in range(0, len(vectors), CHUNK):
+        stop = min(start + CHUNK, len(vectors))
+        scores = queries @ np.asarray(vectors[start:stop]).T
+        for name, mask in subsets.items():
+            part = np.arange(start, stop) if mask is None else start + np.flatnonzero(mask[start:stop])
+            chunk_scores = scores if mask is None else scores[:, part - start]
+            all_scores = np.concatenate([best[name][0], chunk_scores], axis=1)
+            all_rows = np.concatenate([best[name][1], np.broadcast_to(part, chunk_scores.shape)], axis=1)
+            if all_scores.shape[1] > k:
+                keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
+                all_scores = np.take_along_axis(all_scores, keep, axis=1)
+                all_rows = np.take_along_axis(all_rows, keep, axis=1)
+            best[name] = (all_scores, all_rows)
+    return {name: rows for name, (_, rows) in best.items()}
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
@@ -166,11 +179,14 @@ def main() -> None:
         queries = queries + 0.5 * rng.standard_normal(queries.shape, np.float32) / np.sqrt(args.dim)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         np.save(work / "queries.npy", queries)
-        truth = exact_top(vectors, queries, args.k)
-        inside, region_truth = {}, {}
+        _log(f"gallery written: {args.n} x {args.dim}")
+        masks: dict[str, np.ndarray | None] = {"": None}
         for name, (west, south, east, north) in BOXES.items():
-            inside[name] = np.flatnonzero((lat >= south) & (lat <= north) & (lon >= west) & (lon <= east))
-            region_truth[name] = exact_top(vectors, queries, args.k, inside[name])
+            masks[name] = (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
+        region_truth = exact_tops(vectors, queries, args.k, masks)
+        truth = region_truth.pop("")
+        inside = {name: np.flatnonzero(masks[name]) for name in BOXES}
+        _log("exact top k computed")
         builds = [
             (kind, int(pq_m))
             for kind in args.kinds.split(",")
@@ -178,6 +194,7 @@ def main() -> None:
         ]
         for kind, pq_m in builds:
             folder = work / kind
+            _log(f"building {kind} pq_m={pq_m}")
             built = build(folder, kind, vectors, lat, lon, pq_m, args.nlist)
             nprobes = args.nprobe.split(",") if "ivf" in kind else ["0"]
             rescores = args.rescore.split(",") if kind in ("sq8", "ivf-pq") else ["0"]
@@ -197,6 +214,7 @@ def main() -> None:
                     nprobe,
                     rescore,
                 ]
+                _log(f"serving nprobe={nprobe} rescore={rescore}")
                 served = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
                 faiss_file = folder / "index.faiss"  # an exact index is the vectors, copied into RAM on open
                 ram = faiss_file.stat().st_size if faiss_file.exists() else 4 * args.dim * args.n
