@@ -4,6 +4,7 @@ and run, and which is rewritten when an evaluation adds results."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,23 @@ def test_a_broken_config_or_source_card_never_stops_a_save(run, tmp_path: Path) 
         encoder.save(tmp_path / "best")
     assert load_encoder(tmp_path / "best").embedding_dim == encoder.embedding_dim
     assert "No training run is recorded" in (tmp_path / "best" / card.CARD).read_text()
+
+
+def test_a_saved_folder_holds_no_lock_file(run, tmp_path: Path) -> None:
+    """Users upload saved folders: the card's lock lives beside the folder, never inside it."""
+    _, _, encoder = run
+    folder = tmp_path / "best"
+    encoder.save(folder)
+    (folder / ".model_card.lock").touch()  # left inside by an older geoloc
+    results = [card.eval_result(VAL | {"protocol": f"p{i}"}, "GeoText-1652", "test") for i in range(6)]
+    threads = [threading.Thread(target=card.add_result, args=(folder, result)) for result in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Concurrent additions are serialised by the lock: none is lost.
+    assert len(json.loads((folder / card.FACTS).read_text())["results"]) == len(results)
+    assert not [p.name for p in folder.rglob("*") if "lock" in p.name]
+    assert card.lock_file(folder) == tmp_path / ".best.model_card.lock"
+    assert card.lock_file(folder).is_file()
+    assert card.lock_file(tmp_path / "sub" / ".." / "best") == card.lock_file(folder)

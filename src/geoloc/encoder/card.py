@@ -8,7 +8,8 @@ The card is drawn from the facts beside it, `model_card.json`: the encoder's spe
 trainable parameter counts when saved, its embedding width, the training recipe (the run's
 `config.yaml`, when the folder is a run's `best/` or `final/`), and its evaluation results, each
 with its data set, split and protocol. Adding a result rewrites both files (atomically, under a
-lock), so the card always shows every result the folder has. The YAML front matter holds
+lock file beside the folder, `.NAME.model_card.lock`, never inside it: the folder is what users
+upload), so the card always shows every result the folder has. The YAML front matter holds
 `base_model` (a Hugging Face id, when the backbone has one), `library_name`, `tags`, `datasets`
 (what it trained on), `metrics` and, with results, `model-index` (the Hub's results layout).
 """
@@ -33,7 +34,7 @@ from geoloc.errors import GeolocError
 
 CARD = "README.md"
 FACTS = "model_card.json"
-_LOCK = ".model_card.lock"
+_OLD_LOCK = ".model_card.lock"  # where geoloc before this version kept the lock: inside the folder
 FACTS_VERSION = 1
 LIBRARY = "geoloc"
 # What a run directory holds beside best/ and final/ (geoloc.train.trainer's layout).
@@ -235,9 +236,15 @@ def eval_result(
     return result | extra
 
 
+def lock_file(folder: str | Path) -> Path:
+    """The lock that serialises changes to `folder`'s card: beside the folder, not in it."""
+    folder = Path(folder).resolve()
+    return folder.with_name(f".{folder.name}.model_card.lock")
+
+
 @contextlib.contextmanager
 def _locked(folder: Path) -> Generator[None]:
-    with open(folder / _LOCK, "a") as lock:
+    with open(lock_file(folder), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -294,6 +301,7 @@ def write_card(folder: str | Path, facts: dict[str, Any], name: str | None = Non
     folder = Path(folder)
     atomic.write_json(folder / FACTS, facts)
     atomic.write_text(folder / CARD, render_card(facts, name or folder.name))
+    (folder / _OLD_LOCK).unlink(missing_ok=True)  # left by an older geoloc: not part of a model
     return folder / CARD
 
 
