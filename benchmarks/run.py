@@ -359,7 +359,7 @@ def quality(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     reference = embed_dataset(load_for_serving(run), test, batch_size=64)
     int8 = load_for_serving(run, precision="int8")
     int8_texts = int8.encode_text(texts, batch_size=64)
-    bf16 = load_for_serving(run, precision="bf16")
+    bf16 = load_for_serving(run, precision="bfloat16")
     out: dict[str, Any] = {
         "model": str(run),
         "test_tiles": len(test.records),
@@ -640,8 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.clip_tiles} for CLIP (224 px, batch 16), {len(texts)} descriptions of "
         f"{np.mean(lengths):.0f} tokens on average (batch 32), the same token ids for both"
     )
-    smol_bf16 = to_precision(copy.deepcopy(smol), "bf16")
-    clip_bf16 = to_precision(copy.deepcopy(clip), "bf16")
+    smol_bf16 = to_precision(copy.deepcopy(smol), "bfloat16")
+    clip_bf16 = to_precision(copy.deepcopy(clip), "bfloat16")
     towers_models = {"smol": smol, "clip": clip}
     towers = {
         "SmolVLM-256M float32": tower("SmolVLM-256M float32", smol, 4),

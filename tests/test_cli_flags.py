@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import get_args
+from typing import get_args, get_type_hints
 
 import pytest
 
@@ -35,11 +35,11 @@ def _with(flag: str) -> dict[tuple[str, ...], argparse.Action]:
     return {words: action for words, p in COMMANDS.items() if (action := _flag(p, flag)) is not None}
 
 
-def test_the_choices_are_the_configs() -> None:
-    from geoloc.config import OnBadRecord, WeightsDtype
+def test_the_flags_offer_the_configs_choices() -> None:
+    from geoloc.config import DataConfig, ModelConfig
 
-    assert cli_flags.ON_BAD_RECORD == get_args(OnBadRecord)
-    assert cli_flags.DTYPES == get_args(WeightsDtype)
+    assert cli_flags.ON_BAD_RECORD == get_args(get_type_hints(DataConfig)["on_bad_record"])
+    assert cli_flags.DTYPES == get_args(get_type_hints(ModelConfig)["dtype"])
 
 
 def test_each_shared_flag_is_the_same_everywhere() -> None:

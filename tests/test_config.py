@@ -133,7 +133,7 @@ def test_released_recipes_differ_from_the_paper_configs_only_by_the_released_swi
     assert released.loss.temperature == 0.02
     switched = {
         "model.dtype": "bfloat16",
-        "train.precision": "bf16",
+        "train.precision": "bfloat16",
         "train.no_decay": "names",
         "train.warmup": "released",
         "data.val_fraction": 0.0,
@@ -248,7 +248,7 @@ def test_bad_bases_are_refused_in_one_line(tmp_path: Path, files: dict[str, str]
         ("tuning.strategy", "frozen, lora, dora, full"),
         ("loss.direction", "text_to_image, symmetric"),
         ("data.benchmark", "manifest, geotext1652, cvgtext"),
-        ("train.precision", "auto, float32, bf16"),
+        ("train.precision", "auto, float32, bfloat16"),
         ("train.tile_features", "auto, cache, compute"),
         ("train.sharding", "ddp, fsdp"),
         ("tuning.targets", "llm-attn, llm-attn-mlp, vision-attn, paper"),
@@ -296,3 +296,40 @@ def test_the_demo_reads_the_shipped_recipe() -> None:
     )
     assert demo.demo_config(manifest, 2.5, 3) == expected
     assert not isinstance(demo.DEMO_CONFIG, dict)  # no copy of the recipe in the code
+
+
+def test_bfloat16_has_one_spelling_and_the_older_one_still_reads(tmp_path: Path) -> None:
+    """Run folders saved before the spelling was unified say `precision: bf16`."""
+    old = tmp_path / "config.yaml"
+    old.write_text("model: {dtype: bf16}\ntrain: {precision: bf16}\n")
+    config = load_config(old, ["model.text_template=bf16 {text}"])
+    assert (config.model.dtype, config.train.precision) == ("bfloat16", "bfloat16")
+    assert config.model.text_template == "bf16 {text}"  # free text is never respelled
+    save_config(config, tmp_path / "saved.yaml")
+    assert "bf16" not in (tmp_path / "saved.yaml").read_text().replace("bf16 {text}", "")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.num_workers=many", "train.num_workers: 'many' is not one of auto, int"),
+        ("train.epochs=2.5", "train.epochs: expected int, got float 2.5"),
+        ("train.progress=1", "train.progress: expected bool, got int 1"),
+        (
+            "tuning.init=loftq",
+            "tuning.init: 'loftq' is not one of default, gaussian, pissa, olora, orthogonal",
+        ),
+        ("data.version=both", "data.version: 'both' is not one of mixed, panorama, photos"),
+    ],
+)
+def test_values_are_checked_strictly_with_one_line_messages(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+def test_a_value_yaml_reads_as_a_date_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {text_template: 2026-12-06}\n")
+    with pytest.raises(ConfigError, match="not text, a number"):
+        load_config(path)

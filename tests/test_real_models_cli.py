@@ -65,7 +65,7 @@ def test_each_recipe_trains_two_steps_on_its_real_folder(
         # bfloat16 weights and steps: this CPU runs them at about twice the float32 rate, and the
         # float32 path is what every other training test takes.
         "model.dtype=bfloat16",
-        "train.precision=bf16",
+        "train.precision=bfloat16",
         "train.progress=false",
     ]
     code = main(["train", str(CONFIGS / recipe), "--out", str(tmp_path / "run"), *_sets(overrides)])

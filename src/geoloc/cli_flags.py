@@ -1,15 +1,24 @@
 """The flags several commands share, each declared here once: one name, one meaning, one help.
 
-Light on purpose: building the parser imports this, so it imports no library beyond argparse.
+Light on purpose: building the parser imports this, so it imports no library beyond argparse
+(geoloc.choices, where the choices are stated, is as light).
 """
 
 from __future__ import annotations
 
 import argparse
 
-ON_BAD_RECORD = ("error", "skip")  # config.OnBadRecord, checked equal by tests/test_cli_flags.py
-DTYPES = ("float32", "bfloat16")  # config.WeightsDtype, likewise
+from geoloc.choices import OnBadRecord, WeightsDtype, canonical, options
+
+ON_BAD_RECORD = options(OnBadRecord)
+DTYPES = options(WeightsDtype)
 OUT_LIST = "<out>/skipped_records.jsonl"
+
+
+def flag_for(setting: str) -> str:
+    """A data setting as `geoloc eval` spells it (data/readers.py names settings through this):
+    the manifest is --data, `on_bad_record` is --on-bad-record."""
+    return "--data" if setting == "manifest" else "--" + setting.replace("_", "-")
 
 
 def split_or_none(value: str) -> str | None:
@@ -22,7 +31,8 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dtype(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    # bf16, the older spelling of bfloat16, still reads.
+    parser.add_argument("--dtype", default="float32", type=canonical, choices=DTYPES)
 
 
 def add_split(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:

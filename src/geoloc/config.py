@@ -5,47 +5,45 @@
 A config file may extend another: `base: paper-internvl3_5-1b.yaml` (relative to the file) reads
 that one first, then merges this file's sections into it key by key, so a variant states only
 what it changes. Unknown keys, wrong types and choices outside a field's `Literal` are refused
-when the config is read, naming the file, the key and the valid choices, before any data is
-touched. The resolved config is saved in every run directory, so a run can be repeated exactly.
+when the config is read (by pydantic, strictly), naming the file, the key and the valid choices,
+before any data is touched. The resolved config is saved in every run directory, so a run can be
+repeated exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import json
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from yaml.constructor import ConstructorError
 
+from geoloc.choices import (
+    Batching,
+    CompileBackend,
+    LossDirection,
+    NoDecayRule,
+    Sharding,
+    TileFeatures,
+    TrainPrecision,
+    WarmupRule,
+    WeightsDtype,
+    canonical,
+    options,
+)
+from geoloc.data.readers import BenchmarkData
 from geoloc.encoder.base import EmbeddingSettings
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import ConfigError
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
-# The choice fields. Each is checked against its Literal when the config is read (`_coerce`),
-# so code further on can rely on the value being one of these.
-WeightsDtype = Literal["float32", "bfloat16"]
-LossDirection = Literal["text_to_image", "symmetric"]
-BenchmarkName = Literal["manifest", "geotext1652", "cvgtext"]
-CvgTextVersion = Literal["mixed", "panorama", "photos"]
-CvgTextTarget = Literal["satellite", "osm"]
-GeoTextView = Literal["all", "satellite", "drone", "ground"]
-OnBadRecord = Literal["error", "skip"]
-NoDecayRule = Literal["ndim", "names"]
-WarmupRule = Literal["ceil", "released"]
-TrainPrecision = Literal["auto", "float32", "bf16"]
-TileFeatures = Literal["auto", "cache", "compute"]
-Sharding = Literal["ddp", "fsdp"]
-CompileBackend = Literal["inductor", "aot_eager"]
-Batching = Literal["random", "nearby", "mined"]
-
-
+# The choice fields, each a Literal stated once in geoloc/choices.py. Each is checked when the
+# config is read (`_validated`), so code further on can rely on the value being one of its options.
 @dataclass
 class ModelConfig(EmbeddingSettings):
     """The backbone, its weights' dtype, and the embedding settings (pooling, templates, ...),
@@ -63,8 +61,9 @@ class LossConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the training data is. `benchmark` picks the reader (see docs/benchmarks.md):
+class DataConfig(BenchmarkData):
+    """Where the training data is. `benchmark` picks the reader (data/readers.py, whose
+    `BenchmarkData` states the benchmark's fields; see docs/benchmarks.md):
 
     - manifest: `train` is a manifest file or a folder with manifest.jsonl; its `train_split` rows
       (and rows without a split) train, its `val_split` rows validate when it has any;
@@ -77,18 +76,11 @@ class DataConfig:
     without a val split there is no validation, so the run's model is its final checkpoint.
     """
 
-    benchmark: BenchmarkName = "manifest"
     train: str = ""  # manifest only: a manifest file or a folder with manifest.jsonl
-    root: str = ""  # geotext1652 / cvgtext: the benchmark's root folder
-    city: str = ""  # cvgtext: NewYork, Brisbane, Tokyo
-    version: CvgTextVersion = "mixed"  # cvgtext: the queries
-    target: CvgTextTarget = "satellite"  # cvgtext: the tiles
-    view: GeoTextView = "all"  # geotext1652: the images that train
     train_split: str = "train"
     val_split: str = "val"  # manifest: used when the data has it; else carved from the training rows
     val_fraction: float = 0.1  # 0: no carve, train on every record, keep the final checkpoint
     max_val_images: int = 1000
-    on_bad_record: OnBadRecord = "error"  # error: stop on the first bad record; skip: leave it out, list it
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -186,57 +178,80 @@ class Config:
         return asdict(self)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check `value` against a field's type; ints are accepted where floats are due."""
-    if isinstance(annotation, str):
-        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, annotation)
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if isinstance(value, str) and value in choices:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not a valid value")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type[DataclassInstance], data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+def _sections(cls: Any = None) -> list[type]:
+    """The config's dataclasses: `Config` and, recursively, its sections."""
+    cls = cls or Config
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    nested = [hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    return [cls, *(section for child in nested for section in _sections(child))]
+
+
+def _validator() -> TypeAdapter[Config]:
+    """pydantic's validator of the config (serve/'s request models use the same library).
+
+    Each section refuses keys it does not have. Values are checked strictly, as JSON: an int is
+    never read from "3" nor a bool from 1, though an int may stand for a float. pydantic reads a
+    stdlib dataclass's settings from its `__pydantic_config__`."""
+    for section in _sections():
+        # pydantic's documented hook for a stdlib dataclass; ty cannot see it on `type`.
+        section.__pydantic_config__ = ConfigDict(extra="forbid")  # ty: ignore[missing-attribute]
+    return TypeAdapter(Config)
+
+
+def _choices_in(annotation: Any) -> tuple[str, ...]:
+    """The string options of a field's type: its Literal's, or those of a Literal in a union."""
+    if typing.get_origin(annotation) is Literal:
+        return options(annotation)
+    return tuple(o for member in typing.get_args(annotation) for o in _choices_in(member))
+
+
+_EXPECTED = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str"}
+
+
+def _problem(error: ValidationError) -> str:
+    """pydantic's first complaint as one line that names the key and says what is valid."""
+    errors = error.errors()
+    unknown = [e for e in errors if e["type"] in ("unexpected_keyword_argument", "extra_forbidden")]
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, key)
-        else:
-            values[name] = _coerce(value, hint, key)
-    return cls(**values)
+        section = unknown[0]["loc"][:-1]
+        names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == section)
+        known = sorted(f.name for f in dataclasses.fields(_field_type([str(p) for p in section])))
+        where = ".".join(map(str, section))
+        text = f"unknown key(s) {', '.join(names)}; known: {', '.join(known)}"
+        return f"{where}: {text}" if where else text
+    first = errors[0]
+    path = [str(part) for part in first["loc"]]
+    while path and _field_type(path) is None:  # a union's member, not a key
+        path.pop()
+    key, value, annotation = ".".join(path), first["input"], _field_type(path)
+    if dataclasses.is_dataclass(annotation):
+        return f"{key}: expected a mapping, got {type(value).__name__}"
+    choices = _choices_in(annotation)
+    if choices and isinstance(value, str):
+        members = typing.get_args(annotation)
+        others = [name for name, kind in (("int", int), ("float", float)) if kind in members]
+        return f"{key}: {value!r} is not one of {', '.join((*choices, *others))}"
+    if first["type"] in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[first['type']]}, got {type(value).__name__} {value!r}"
+    return f"{key}: {value!r}: {first['msg']}"
+
+
+def _in_use_spelling(data: Any, path: list[str]) -> Any:
+    """`data` with every choice in today's spelling (`bf16` read as `bfloat16`)."""
+    if isinstance(data, dict):
+        return {key: _in_use_spelling(value, [*path, str(key)]) for key, value in data.items()}
+    return canonical(data) if _choices_in(_field_type(path)) else data
+
+
+def _validated(data: dict[str, Any]) -> Config:
+    try:
+        text = json.dumps(_in_use_spelling(data, []))
+    except (TypeError, ValueError) as error:  # e.g. a YAML date or a NaN: not a setting's value
+        raise ConfigError(f"a value that is not text, a number, true/false or a mapping ({error})") from None
+    try:
+        return _VALIDATOR.validate_json(text, strict=True)
+    except ValidationError as error:
+        raise ConfigError(_problem(error)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -288,9 +303,12 @@ def config_from_dict(
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {part} is not a section")
         node[path[-1]] = value
-    config = _build(Config, data, "") if not isinstance(data, Config) else data
+    config = _validated(data)
     _check_targets(config.tuning.targets)
     return config
+
+
+_VALIDATOR = _validator()
 
 
 def _check_targets(targets: str) -> None:

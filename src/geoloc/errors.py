@@ -31,3 +31,7 @@ class DataError(GeolocError):
 
 class ConfigError(GeolocError):
     """A bad configuration file or override."""
+
+
+class ChoiceError(ConfigError, ValueError):
+    """A value outside a choice's options (geoloc/choices.py), from a config or a library call."""

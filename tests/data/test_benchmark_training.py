@@ -126,7 +126,7 @@ def test_manifest_training_never_opens_test_rows(small_city: Path, tmp_path: Pat
             {"benchmark": "cvgtext", "root": "nowhere", "city": "Paris"},
             "CVG-Text Paris mixed train not found",
         ),
-        ({"benchmark": "manifest"}, "no training data: set data.train"),
+        ({"benchmark": "manifest"}, "no data: set data.train"),
     ],
 )
 def test_train_refuses_missing_benchmark_data(tmp_path: Path, data: dict, message: str, capsys) -> None:

@@ -259,7 +259,7 @@ def test_bad_sources_raise_geoloc_error(tmp_path) -> None:
 
 
 def test_bad_settings_raise_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown pooling"):
+    with pytest.raises(ConfigError, match="pooling: 'max' is not one of eos, mean, query"):
         count_parameters_on_meta("tiny-smolvlm", FROZEN, pooling="max")
     with pytest.raises(ConfigError, match="not divisible"):
         count_parameters_on_meta("tiny-smolvlm", FROZEN, pooling="query", query_heads=7)

@@ -149,7 +149,7 @@ def test_int8_needs_merged_float32_weights(adapter_models: dict[str, Path]) -> N
 
 def test_bf16_runs_and_stays_close() -> None:
     reference = GeoEncoder.load("tiny-smolvlm")
-    encoder = load_for_serving("tiny-smolvlm", precision="bf16")
+    encoder = load_for_serving("tiny-smolvlm", precision="bfloat16")
     assert encoder.dtype == torch.bfloat16
     text, image = encoder.encode_text(TEXTS), encoder.encode_images(_images())
     assert text.dtype == np.float32 and image.dtype == np.float32

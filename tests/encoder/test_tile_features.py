@@ -80,7 +80,7 @@ def test_feature_key_follows_the_vision_weights_not_the_llm(tmp_path: Path) -> N
     with torch.no_grad():
         next(p for n, p in encoder.named_parameters() if "vision_model" in n).add_(1.0)
     assert TileFeatureStore(encoder, tmp_path).dir.name != key
-    assert TileFeatureStore(encoder, tmp_path, precision="bf16").dir.name != key
+    assert TileFeatureStore(encoder, tmp_path, precision="bfloat16").dir.name != key
 
 
 def test_only_a_frozen_vision_side_counts_as_cacheable() -> None:

@@ -12,11 +12,11 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from geoloc.choices import TuningStrategy, options
 from geoloc.encoder.families import FAMILIES
 from geoloc.encoder.mllm import GeoEncoder
 from geoloc.encoder.presets import PRESETS, preset_model
 from geoloc.encoder.tuning import (
-    STRATEGIES,
     TARGET_SETS,
     TuningConfig,
     apply_tuning,
@@ -182,7 +182,7 @@ def test_unknown_targets_and_strategy_raise_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         apply_tuning(preset_model("tiny-smolvlm"), family, TuningConfig(strategy="qlora"))
     assert "qlora" in str(info.value)
-    for name in STRATEGIES:
+    for name in options(TuningStrategy):
         assert name in str(info.value)
     with pytest.raises(ConfigError, match="bogus"):
         GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(targets="bogus")})

@@ -375,7 +375,7 @@ def test_geotext_record_layout_checks() -> None:
         quirks(record_images=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="not its own image"):
         quirks(record_images=[0, 1, 2, 3], text_records=[1, 0, 2, 3])
-    with pytest.raises(ValueError, match="unknown GeoText-1652 protocol"):
+    with pytest.raises(ValueError, match="GeoText-1652 protocol: .* is not one of"):
         geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="leaderboard")
     with pytest.raises(ValueError, match="protocol paper needs text_image_index"):
         geotext_metrics(text_emb, image_emb, text_groups, image_groups, protocol="paper")

@@ -214,7 +214,7 @@ def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"precision": "bf16", "gradient_checkpointing": True, "strategy": "dora", "pooling": "query"},
+        {"precision": "bfloat16", "gradient_checkpointing": True, "strategy": "dora", "pooling": "query"},
         {"precision": "float32", "gradient_checkpointing": False, "strategy": "lora", "pooling": "mean"},
     ],
 )

@@ -4,7 +4,7 @@
   `ceil` (geoloc's): ceil(total x ratio) steps (at least 1), rising from 1/warm-up;
 - `train.no_decay: names`: only parameters whose names contain `bias` or `LayerNorm.weight` are
   exempt from weight decay; `ndim` (geoloc's): every 1-D parameter is;
-- `model.dtype: bfloat16` with `train.precision: bf16`: bf16 weights, bf16-mixed steps.
+- `model.dtype: bfloat16` with `train.precision: bfloat16`: bf16 weights, bf16-mixed steps.
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def test_bf16_weights_with_bf16_mixed_steps(tiny_city: Path, tmp_path: Path) -> 
     """The released form: the backbone's weights in bf16 and bf16 autocast; the adapters stay
     float32 (peft keeps adapter weights in float32 over a bf16 base), and a step moves them."""
     config = _config(
-        tiny_city, model={"dtype": "bfloat16"}, train={"precision": "bf16", "batch_size": 8, "max_steps": 1}
+        tiny_city,
+        model={"dtype": "bfloat16"},
+        train={"precision": "bfloat16", "batch_size": 8, "max_steps": 1},
     )
     trainer = trainer_module.Trainer(config, tmp_path / "run")
     trainer.build()

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal
 
 from geoloc.atomic import write_text
+from geoloc.choices import OnBadRecord
 from geoloc.data.manifest import Dataset
 
 SKIPPED_FILE = "skipped_records.jsonl"
@@ -59,7 +59,7 @@ def report_skipped(entries: list[dict[str, str]], listed_in: Path | None) -> Non
 
 def list_skipped(
     entries: list[dict[str, str]],
-    on_bad_record: Literal["error", "skip"],
+    on_bad_record: OnBadRecord,
     folder: str | Path | None,
     name: str = SKIPPED_FILE,
 ) -> Path | None:
@@ -75,7 +75,7 @@ def list_skipped(
 
 def verify_and_list(
     dataset: Dataset,
-    on_bad_record: Literal["error", "skip"],
+    on_bad_record: OnBadRecord,
     folder: str | Path | None,
     name: str = SKIPPED_FILE,
     quiet: bool = False,

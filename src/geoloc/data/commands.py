@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from geoloc.choices import CityStyleName, options
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from geoloc.data.synth import STYLES, generate_city
@@ -32,7 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--geotiff", action="store_true", help="also write the city as one UTM GeoTIFF, city.tif")
     p.add_argument(
         "--style",
-        choices=["demo", "holdout"],
+        choices=options(CityStyleName),
         default="demo",
         help="the look and vocabulary: the demo city's, or another kept for testing methods (default: demo)",
     )

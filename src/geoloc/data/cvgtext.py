@@ -41,15 +41,16 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from geoloc.choices import CvgTextSplit, CvgTextTarget, CvgTextVersion, OnBadRecord, check_choice, options
 from geoloc.data.manifest import Dataset, Record
 from geoloc.data.records import BadRecord, json_kind, read_json_file, text_problem
 from geoloc.errors import DataError
 
-VERSIONS = ("mixed", "panorama", "photos")
-TARGETS = ("satellite", "osm")
-SPLITS = ("test", "train")
+VERSIONS = options(CvgTextVersion)
+TARGETS = options(CvgTextTarget)
+SPLITS = options(CvgTextSplit)
 _TARGET_SUFFIX = {"satellite": "satellite", "osm": "OSM"}
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
@@ -91,10 +92,10 @@ def version_folder(city: str, version: str) -> str:
 def load_cvgtext(
     root: str | Path,
     city: str,
-    version: Literal["mixed", "panorama", "photos"] = "mixed",
-    target: Literal["satellite", "osm"] = "satellite",
-    split: Literal["test", "train"] = "test",
-    on_bad_record: Literal["error", "skip"] = "error",
+    version: CvgTextVersion = "mixed",
+    target: CvgTextTarget = "satellite",
+    split: CvgTextSplit = "test",
+    on_bad_record: OnBadRecord = "error",
     check_images: bool = True,
 ) -> Dataset:
     """Read one CVG-Text city version as a `Dataset`: one `Record` per location.
@@ -104,8 +105,7 @@ def load_cvgtext(
     (file name, reason); problems with a file as a whole, or an empty result, still raise
     `DataError`. `Dataset.source` is the (first) JSON file read.
     """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    check_choice(on_bad_record, OnBadRecord, "on_bad_record")
     root = Path(root).absolute()
     for name, value, choices in (("version", version, VERSIONS), ("target", target, TARGETS)):
         if value not in choices:

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
+from geoloc.choices import GeoTextCamera, GeoTextSplit, GeoTextView, OnBadRecord, check_choice, options
 from geoloc.data.manifest import Dataset, Record
 from geoloc.data.records import (
     BadRecord,
@@ -65,7 +66,7 @@ SPLIT_FILES = {
     "test": "test_951_version.json",
     "test_24G": "test_24G_version.json",
 }
-VIEWS = ("all", "satellite", "drone", "ground")
+VIEWS = options(GeoTextView)
 
 _IMAGE_ID = re.compile(r"(\d{4})/(\S.*)", re.ASCII)
 _DRONE_STEM = re.compile(r"^image-\d+$", re.ASCII)
@@ -79,7 +80,7 @@ _VIEW_WORDS = (
 )
 
 
-def geotext_view(image: str, building: str) -> Literal["satellite", "drone", "ground"]:
+def geotext_view(image: str, building: str) -> GeoTextCamera:
     """The camera of a GeoText-1652 image, from its path (relative to `<root>/images`).
 
     `building` is the record's 4-digit building id. See the module docstring for the rules.
@@ -100,7 +101,7 @@ def geotext_view(image: str, building: str) -> Literal["satellite", "drone", "gr
     return "ground"
 
 
-def _view_word(name: str) -> Literal["satellite", "drone", "ground"] | None:
+def _view_word(name: str) -> GeoTextCamera | None:
     lowered = name.lower()
     for word, view in _VIEW_WORDS:
         if word in lowered:
@@ -110,9 +111,9 @@ def _view_word(name: str) -> Literal["satellite", "drone", "ground"] | None:
 
 def load_geotext(
     root: str | Path,
-    split: Literal["test", "test_24G", "train"] = "test",
-    view: Literal["all", "satellite", "drone", "ground"] = "all",
-    on_bad_record: Literal["error", "skip"] = "error",
+    split: GeoTextSplit = "test",
+    view: GeoTextView = "all",
+    on_bad_record: OnBadRecord = "error",
     check_images: bool = True,
 ) -> Dataset:
     """Read one GeoText-1652 split as a `Dataset`: one `Record` per image, grouped by building.
@@ -123,8 +124,7 @@ def load_geotext(
     `Dataset.skipped` as ("record N", reason); problems with the file as a whole, or an empty
     result, still raise `DataError`.
     """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    check_choice(on_bad_record, OnBadRecord, "on_bad_record")
     root = Path(root).absolute()
     if split not in SPLIT_FILES:
         raise DataError(f"unknown GeoText-1652 split {split!r}: expected one of {', '.join(SPLIT_FILES)}")

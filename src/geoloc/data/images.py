@@ -28,11 +28,11 @@ import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from geoloc.choices import OnBadRecord, check_choice
 from geoloc.data.manifest import Dataset, Record
 from geoloc.errors import DataError
 
@@ -194,7 +194,7 @@ def _bomb_error(exc: BaseException, file: Path, record: str | int | None) -> Dat
 
 
 def verify_images(
-    dataset: Dataset, on_bad_record: Literal["error", "skip"] = "error", workers: int | None = None
+    dataset: Dataset, on_bad_record: OnBadRecord = "error", workers: int | None = None
 ) -> Dataset:
     """Decode every record's image once, so a bad tile is found before any work depends on it.
 
@@ -205,8 +205,7 @@ def verify_images(
     on_bad_record="skip" the record is left out and added to `skipped` as ("image <key>", reason).
     Returns the dataset itself when every image is good, else a new one without the bad records.
     """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    check_choice(on_bad_record, OnBadRecord, "on_bad_record")
 
     def problem(record: Record) -> str | None:
         try:

@@ -51,9 +51,10 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from geoloc.atomic import write_text
+from geoloc.choices import OnBadRecord, check_choice
 from geoloc.data.records import (
     BadRecord,
     check_text,
@@ -142,7 +143,7 @@ def resolve_manifest(data: str | Path) -> Path:
 def read_manifest(
     data: str | Path,
     split: str | None = None,
-    on_bad_record: Literal["error", "skip"] = "error",
+    on_bad_record: OnBadRecord = "error",
     check_images: bool = True,
     require_texts: bool = True,
 ) -> Dataset:
@@ -154,8 +155,7 @@ def read_manifest(
     in `Dataset.skipped`; problems with the file as a whole, or an empty result, still raise.
     `require_texts=False` accepts rows without descriptions (a gallery to search).
     """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+    check_choice(on_bad_record, OnBadRecord, "on_bad_record")
     source = resolve_manifest(data)
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}", path=source)

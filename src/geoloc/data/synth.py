@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from geoloc import atomic
+from geoloc.choices import CityStyleName
 
 TILE_PIXELS = 128
 CELL = TILE_PIXELS // 3
@@ -170,7 +171,7 @@ HOLDOUT = CityStyle(
     ground=(150, 135, 110),
     extra_features=(2, 4),
 )
-STYLES = {"demo": DEMO, "holdout": HOLDOUT}
+STYLES: dict[CityStyleName, CityStyle] = {"demo": DEMO, "holdout": HOLDOUT}
 
 
 @dataclass

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
+from geoloc.choices import PaddingSide, Pooling, Preprocessing
 from geoloc.encoder import card
 from geoloc.encoder.families import BackboneFamily, EncoderKind
-from geoloc.encoder.inputs import Inputs, Preprocessing, TextInputs, TileProcessor
-from geoloc.encoder.pooling import PoolingName
+from geoloc.encoder.inputs import Inputs, TextInputs, TileProcessor
 from geoloc.encoder.tuning import TuningConfig, count_parameters
 from geoloc.errors import ConfigError, GeolocError
 
@@ -46,12 +46,8 @@ FORMAT_VERSION = 1
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-PaddingSide = Literal["left", "right"]
 
 
 @dataclass
@@ -59,7 +55,7 @@ class EmbeddingSettings:
     """How inputs become vectors, besides the weights: the one statement of these fields, for
     the saved spec (EncoderSpec) and the config's `model` section (config.ModelConfig)."""
 
-    pooling: PoolingName = "eos"
+    pooling: Pooling = "eos"
     query_tokens: int = 4  # pooling "query": learned queries
     query_heads: int = 4
     text_template: str = "{text}"

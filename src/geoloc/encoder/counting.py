@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from geoloc.choices import Pooling, check_choice
 from geoloc.encoder.families import config_from_file, config_from_source, family_for_model_type
 from geoloc.encoder.model_files import MODEL_FILES_DIR, REAL_BACKBONES
-from geoloc.encoder.pooling import POOLINGS, build_pooling
+from geoloc.encoder.pooling import build_pooling
 from geoloc.encoder.presets import PRESETS, preset_config
 from geoloc.encoder.tuning import TuningConfig, apply_tuning, count_parameters
 from geoloc.errors import ConfigError, GeolocError
@@ -98,15 +99,14 @@ def _part(name: str, vision_prefix: str, llm_prefix: str) -> str:
 def count_parameters_on_meta(
     source: str | Path,
     tuning: TuningConfig,
-    pooling: str = "eos",
+    pooling: Pooling = "eos",
     query_tokens: int = 4,
     query_heads: int = 4,
 ) -> dict[str, Any]:
     """Exact total and trainable parameter counts of a backbone + adapters + pooling head."""
     name, config = resolve_config(source)
     family = family_for_model_type(config.model_type)
-    if pooling not in POOLINGS:
-        raise ConfigError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    check_choice(pooling, Pooling, "pooling")
     with torch.device("meta"):
         try:
             backbone = family.transformers_class()(config)

@@ -19,16 +19,16 @@ measured differences).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from geoloc.choices import PaddingSide, Preprocessing
 from geoloc.errors import GeolocError
 
 Inputs = dict[str, torch.Tensor]
-Preprocessing = Literal["one-resize", "released"]
 PREPROCESSINGS: tuple[str, ...] = ("one-resize", "released")
 
 
@@ -46,7 +46,7 @@ class TextInputs:
     prefix: list[int]
     suffix: list[int]
     limit: int
-    padding_side: Literal["left", "right"] = "right"
+    padding_side: PaddingSide = "right"
     fixed_length: int | None = None
     with_attention_mask: bool = True
     length_buckets: tuple[int, ...] = ()

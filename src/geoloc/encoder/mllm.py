@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from geoloc.choices import Pooling, check_choice
 from geoloc.encoder.base import EncoderSpec, FeatureSource, split_template
 from geoloc.encoder.families import EncoderKind, MllmFamily, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
-from geoloc.encoder.pooling import POOLINGS, build_pooling
+from geoloc.encoder.pooling import build_pooling
 from geoloc.encoder.sources import LoadableEncoder, Parts
 from geoloc.errors import ConfigError, GeolocError
 
@@ -51,8 +52,7 @@ class GeoEncoder(LoadableEncoder):
         hidden = self.config.text_config.hidden_size
         if spec.max_text_tokens < 1:
             raise ConfigError(f"max_text_tokens must be at least 1, not {spec.max_text_tokens}")
-        if spec.pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {spec.pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        check_choice(spec.pooling, Pooling, "pooling")
         try:
             self.pooler = build_pooling(spec.pooling, hidden, spec.query_tokens, spec.query_heads)
         except ValueError as error:  # e.g. query_heads not dividing the hidden size

@@ -9,13 +9,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-PoolingName = Literal["eos", "mean", "query"]
-POOLINGS: tuple[str, ...] = ("eos", "mean", "query")
+from geoloc.choices import Pooling, check_choice
 
 
 def last_real_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -58,11 +55,12 @@ class QueryPooling(nn.Module):
         return self.norm(attended).mean(dim=1)
 
 
-def build_pooling(name: str, hidden_size: int, num_queries: int = 4, num_heads: int = 4) -> nn.Module:
+def build_pooling(name: Pooling, hidden_size: int, num_queries: int = 4, num_heads: int = 4) -> nn.Module:
     if name == "eos":
         return EosPooling()
     if name == "mean":
         return MeanPooling()
     if name == "query":
         return QueryPooling(hidden_size, num_queries=num_queries, num_heads=num_heads)
-    raise ValueError(f"unknown pooling {name!r}; choose one of: {', '.join(POOLINGS)}")
+    check_choice(name, Pooling, "pooling")
+    raise AssertionError(f"pooling {name!r} has no module")

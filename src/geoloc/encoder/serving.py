@@ -9,7 +9,7 @@ Three independent speed-ups, each a function on an already loaded encoder:
 - `merge_adapters`: LoRA / DoRA deltas are folded into the base weights (peft's
   `merge_and_unload`), so every adapted layer is one matrix product instead of three (or, for
   DoRA, a product plus a weight-norm rescaling). Embeddings do not change beyond float rounding.
-- `to_precision("bf16")`: bfloat16 weights; on CPUs with AVX-512 BF16 / AMX a bf16 matrix
+- `to_precision("bfloat16")`: bfloat16 weights; on CPUs with AVX-512 BF16 / AMX a bf16 matrix
   product runs at 2-3x the float32 rate.
 - `to_precision("int8")`: dynamic int8 quantisation of the LLM's linear layers (weights int8 per
   tensor, activations quantised on the fly). The query side (text) only runs the LLM, so this is
@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from geoloc.choices import ServingPrecision, canonical, check_choice
 from geoloc.encoder.base import Encoder
 from geoloc.encoder.loading import load_encoder
 from geoloc.errors import GeolocError
-
-PRECISIONS: tuple[str, ...] = ("float32", "bf16", "int8")
 
 
 def merge_adapters(encoder: Encoder) -> Encoder:
@@ -84,11 +83,11 @@ def quantize_llm_int8(encoder: Encoder) -> Encoder:
     return encoder
 
 
-def to_precision(encoder: Encoder, precision: str) -> Encoder:
-    """Cast (bf16) or quantise (int8) a float32 encoder for inference, in place."""
-    if precision not in PRECISIONS:
-        raise GeolocError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16":
+def to_precision(encoder: Encoder, precision: ServingPrecision) -> Encoder:
+    """Cast (bfloat16) or quantise (int8) a float32 encoder for inference, in place."""
+    precision = canonical(precision)  # bf16, the older spelling, still reads
+    check_choice(precision, ServingPrecision, "precision")
+    if precision == "bfloat16":
         encoder.to(torch.bfloat16)
     elif precision == "int8":
         quantize_llm_int8(encoder)
@@ -97,7 +96,7 @@ def to_precision(encoder: Encoder, precision: str) -> Encoder:
 
 def load_for_serving(
     source: str | Path,
-    precision: str = "float32",
+    precision: ServingPrecision = "float32",
     merge: bool = True,
     device: str | None = "cpu",
 ) -> Encoder:
@@ -106,8 +105,8 @@ def load_for_serving(
     `source` is anything `load_encoder` takes. Weights are loaded in float32 and merged
     before any cast, so bf16 and int8 round the merged weights once.
     """
-    if precision not in PRECISIONS:
-        raise GeolocError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    precision = canonical(precision)
+    check_choice(precision, ServingPrecision, "precision")
     if precision == "int8" and not merge:
         raise GeolocError("int8 serving needs merged adapters: use merge=True")
     encoder = load_encoder(source, device=device, dtype="float32")

@@ -9,25 +9,23 @@ full-path regex.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from torch import nn
 
+from geoloc.choices import LoraInit, TuningStrategy, check_choice
 from geoloc.encoder.families import BackboneFamily
 from geoloc.errors import ConfigError
 
-Strategy = Literal["frozen", "lora", "dora", "full"]
-STRATEGIES: tuple[str, ...] = ("frozen", "lora", "dora", "full")
 TARGET_SETS: tuple[str, ...] = ("llm-attn", "llm-attn-mlp", "vision-attn", "paper")
 
 
 @dataclass
 class TuningConfig:
-    strategy: Strategy = "lora"
+    strategy: TuningStrategy = "lora"
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
-    init: str = "default"  # peft init_lora_weights: default | gaussian | pissa | olora | ...
+    init: LoraInit = "default"  # peft's init_lora_weights; "default" is its True
     targets: str = "paper"
 
 
@@ -50,10 +48,8 @@ def target_regex(family: BackboneFamily, targets: str) -> str:
 def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConfig) -> nn.Module:
     """Freeze or unfreeze the backbone and wrap it with adapters, as the strategy says; the
     family (of either encoder kind) names the target sets."""
-    if tuning.strategy not in STRATEGIES:
-        raise ConfigError(
-            f"unknown tuning strategy {tuning.strategy!r}; choose one of: {', '.join(STRATEGIES)}"
-        )
+    check_choice(tuning.strategy, TuningStrategy, "tuning.strategy")
+    check_choice(tuning.init, LoraInit, "tuning.init")
     if tuning.strategy == "full":
         backbone.requires_grad_(True)
         return backbone
@@ -63,7 +59,7 @@ def apply_tuning(backbone: nn.Module, family: BackboneFamily, tuning: TuningConf
     from peft import LoraConfig, NoMatchingPeftModuleError, get_peft_model
 
     regex = target_regex(family, tuning.targets)
-    init: Any = True if tuning.init in ("default", "true", True) else tuning.init
+    init: bool | str = True if tuning.init == "default" else tuning.init
     config = LoraConfig(
         r=tuning.rank,
         lora_alpha=tuning.alpha,  # ty: ignore[invalid-argument-type]  peft says int; any number scales

@@ -10,100 +10,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
-from geoloc.config import CvgTextTarget, CvgTextVersion, DataConfig, GeoTextView, OnBadRecord
+from geoloc.choices import GeoTextProtocol, check_choice
+from geoloc.config import DataConfig
 from geoloc.data.manifest import Dataset
-from geoloc.errors import GeolocError
+from geoloc.data.readers import BenchmarkData, config_key, read_benchmark
+from geoloc.errors import ConfigError
 from geoloc.eval.evaluate import Embeddings, format_table, score
-from geoloc.eval.protocols import (
-    GEOTEXT_PROTOCOLS,
-    cvgtext_metrics,
-    format_cvgtext_table,
-    geotext_metrics,
-)
-
-BENCHMARKS = ("manifest", "geotext1652", "cvgtext")
+from geoloc.eval.protocols import cvgtext_metrics, format_cvgtext_table, geotext_metrics
 
 
 @dataclass
-class BenchmarkRequest:
-    benchmark: str = "manifest"
-    data: str | None = None  # manifest file or folder
-    root: str | None = None  # benchmark root folder
-    split: str | None = "test"
-    city: str | None = None
-    version: CvgTextVersion = "mixed"
-    target: CvgTextTarget = "satellite"
-    view: GeoTextView = "all"
-    protocol: str = "benchmark"  # geotext1652: benchmark | official-quirks | paper
-    full_city: bool = False
-    on_bad_record: OnBadRecord = "error"  # error | skip: bad records are left out, in Dataset.skipped
+class BenchmarkRequest(BenchmarkData):
+    """The data to score (the benchmark's fields, as training reads them) and how to score it."""
 
-    def subset(self) -> dict[str, str | None]:
-        """Which part of the benchmark is read (a CVG-Text city, queries and tiles; a GeoText-1652
-        view): with the benchmark, what names the data set in a model card."""
-        return {"city": self.city, "version": self.version, "target": self.target, "view": self.view}
+    data: str = ""  # manifest: a manifest file or folder
+    split: str | None = "test"  # None: every row
+    protocol: GeoTextProtocol = "benchmark"  # geotext1652 only
+    full_city: bool = False  # cvgtext: the whole city as every query's gallery
 
 
 def request_for(data: DataConfig, split: str | None) -> BenchmarkRequest:
     """The request that reads `split` of the data a training config names, with its benchmark's
     reader and protocol (a sweep or a report scores a run on the data it trained on)."""
-    return BenchmarkRequest(
-        benchmark=data.benchmark,
-        data=data.train or None,
-        root=data.root or None,
-        split=split,
-        city=data.city or None,
-        version=data.version,
-        target=data.target,
-        view=data.view,
-        on_bad_record=data.on_bad_record,
-    )
+    shared = {f.name: getattr(data, f.name) for f in fields(BenchmarkData)}
+    return BenchmarkRequest(**shared, data=data.train, split=split)
 
 
-def load_benchmark(request: BenchmarkRequest) -> Dataset:
-    if request.benchmark not in BENCHMARKS:
-        raise GeolocError(f"unknown benchmark {request.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
-    if request.protocol not in GEOTEXT_PROTOCOLS:
-        raise GeolocError(
-            f"unknown protocol {request.protocol!r}; choose one of: {', '.join(GEOTEXT_PROTOCOLS)}"
-        )
+def load_benchmark(request: BenchmarkRequest, named: Callable[[str], str] = config_key) -> Dataset:
+    """The records the request names. A missing or contradictory setting is named as `named`
+    spells it: a config's key (a sweep, a report) or the command line's flag (`geoloc eval`)."""
+    check_choice(request.protocol, GeoTextProtocol, named("protocol"))
     if request.protocol != "benchmark" and request.benchmark != "geotext1652":
-        raise GeolocError(f"protocol {request.protocol} is a GeoText-1652 protocol (--benchmark geotext1652)")
-    on_bad = request.on_bad_record
-    if request.benchmark == "manifest":
-        if not request.data:
-            raise GeolocError("--data is required (a manifest file or a folder holding manifest.jsonl)")
-        from geoloc.data.manifest import read_manifest
-
-        return read_manifest(request.data, split=request.split, on_bad_record=on_bad)
-    if not request.root:
-        raise GeolocError(f"--root is required with --benchmark {request.benchmark}")
-    if request.benchmark == "geotext1652":
-        from geoloc.data.geotext import load_geotext
-
-        return load_geotext(
-            request.root,
-            # --split is free text, checked by the reader: load_geotext refuses another split by name.
-            split=request.split or "test",  # ty: ignore[invalid-argument-type]
-            view=request.view,
-            on_bad_record=on_bad,
+        raise ConfigError(
+            f"{named('protocol')} {request.protocol} is a GeoText-1652 protocol "
+            f"({named('benchmark')} geotext1652)"
         )
-    if not request.city:
-        raise GeolocError("--city is required with --benchmark cvgtext (e.g. NewYork, Brisbane, Tokyo)")
-    from geoloc.data.cvgtext import load_cvgtext
-
-    return load_cvgtext(
-        request.root,
-        request.city,
-        version=request.version,
-        target=request.target,
-        # --split is free text, checked by the reader: load_cvgtext refuses another split by name.
-        split=request.split or "test",  # ty: ignore[invalid-argument-type]
-        on_bad_record=on_bad,
-    )
+    return read_benchmark(request, request.data, request.split, named=named)
 
 
 def score_benchmark(request: BenchmarkRequest, embeddings: Embeddings, dataset: Dataset) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from geoloc.cli_flags import add_device, add_dtype, add_on_bad_record, add_split
+from geoloc.choices import BenchmarkName, CvgTextTarget, CvgTextVersion, GeoTextProtocol, GeoTextView, options
+from geoloc.cli_flags import add_device, add_dtype, add_on_bad_record, add_split, flag_for
 from geoloc.errors import GeolocError
 
 MODEL_HELP = "run directory, saved model, HF id / model folder, or preset"
@@ -21,7 +22,7 @@ def _default_eval_dir(model: str, split: str | None) -> Path:
     return Path(model) / name if saved_encoder_dir(model) is not None else Path(name)
 
 
-def _geotext_protocol(args: argparse.Namespace) -> str:
+def _geotext_protocol(args: argparse.Namespace) -> GeoTextProtocol:
     """--protocol, with --official-quirks as its older spelling."""
     if args.official_quirks and args.protocol not in (None, "official-quirks"):
         raise GeolocError(f"--official-quirks and --protocol {args.protocol} contradict each other")
@@ -40,10 +41,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     request = BenchmarkRequest(
         benchmark=args.benchmark,
-        data=args.data,
-        root=args.root,
+        data=args.data or "",
+        root=args.root or "",
         split=args.split,
-        city=args.city,
+        city=args.city or "",
         version=args.version,
         target=args.target,
         view=args.view,
@@ -54,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # Every record is read and every image decoded before the model loads: bad data stops the
     # command here, before anything is written, or (skip) is left out and listed.
     out = Path(args.out) if args.out else _default_eval_dir(args.model, args.split)
-    dataset, skipped = verify_and_list(load_benchmark(request), args.on_bad_record, out)
+    dataset, skipped = verify_and_list(load_benchmark(request, flag_for), args.on_bad_record, out)
     saved = saved_encoder_dir(args.model)
     save_id = card.card_save_id(saved) if saved is not None else None  # before loading: same weights
     encoder = load_encoder(args.model, device=args.device, dtype=args.dtype)
@@ -130,19 +131,15 @@ def _register_eval(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on a data set")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", help=DATA_HELP)
-    p.add_argument("--benchmark", default="manifest", choices=["manifest", "geotext1652", "cvgtext"])
+    p.add_argument("--benchmark", default="manifest", choices=options(BenchmarkName))
     p.add_argument("--root", help="benchmark root folder (geotext1652, cvgtext)")
     p.add_argument("--city", help="cvgtext city, e.g. NewYork")
-    p.add_argument(
-        "--version", default="mixed", choices=["mixed", "panorama", "photos"], help="cvgtext queries"
-    )
-    p.add_argument("--target", default="satellite", choices=["satellite", "osm"], help="cvgtext tiles")
-    p.add_argument(
-        "--view", default="all", choices=["all", "satellite", "drone", "ground"], help="geotext1652"
-    )
+    p.add_argument("--version", default="mixed", choices=options(CvgTextVersion), help="cvgtext queries")
+    p.add_argument("--target", default="satellite", choices=options(CvgTextTarget), help="cvgtext tiles")
+    p.add_argument("--view", default="all", choices=options(GeoTextView), help="geotext1652")
     p.add_argument(
         "--protocol",
-        choices=["benchmark", "official-quirks", "paper"],
+        choices=options(GeoTextProtocol),
         help="geotext1652: benchmark (default; one row per image), official-quirks (the official "
         "itm_eval exactly: one row per record, off-by-one labels), paper (one row per caption)",
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from geoloc.choices import GeoTextProtocol, check_choice
 from geoloc.data.cvgtext import is_panorama, parse_coordinates
 from geoloc.distance import haversine_km
 from geoloc.eval.metrics import embedding_pair, retrieval_metrics
@@ -59,7 +60,6 @@ def official_building_labels(image_groups: Sequence[Hashable]) -> list[int]:
     return labels
 
 
-GEOTEXT_PROTOCOLS = ("benchmark", "official-quirks", "paper")
 _GEOTEXT_LABELS = {
     "benchmark": "geotext1652",
     "official-quirks": "geotext1652-official-quirks",
@@ -72,7 +72,7 @@ def geotext_metrics(
     image_emb: np.ndarray,
     text_groups: Sequence[Hashable],
     image_groups: Sequence[Hashable],
-    protocol: str = "benchmark",
+    protocol: GeoTextProtocol = "benchmark",
     text_image_index: Sequence[int] | None = None,
     record_images: Sequence[int] | None = None,
     text_records: Sequence[int] | None = None,
@@ -102,10 +102,7 @@ def geotext_metrics(
 
     Each text's group must equal its image's group.
     """
-    if protocol not in GEOTEXT_PROTOCOLS:
-        raise ValueError(
-            f"unknown GeoText-1652 protocol {protocol!r}; choose one of: {', '.join(GEOTEXT_PROTOCOLS)}"
-        )
+    check_choice(protocol, GeoTextProtocol, "GeoText-1652 protocol")
     if len(text_groups) != len(text_emb):
         raise ValueError(f"{len(text_groups)} text groups for {len(text_emb)} text embeddings")
     if len(image_groups) != len(image_emb):

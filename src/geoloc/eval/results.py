@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from geoloc.choices import RetrievalDirection, options
+
 PRIMARY_METRIC = "text_to_image_R@1"
-DIRECTIONS = ("text_to_image", "image_to_text")
 
 
 def with_flat_keys(metrics: dict[str, Any]) -> dict[str, Any]:
     """`metrics` with its nested numbers also under flat keys, and `primary_metric` naming one."""
     flat: dict[str, Any] = {}
-    for direction in DIRECTIONS:
+    for direction in options(RetrievalDirection):
         for name, value in (metrics.get(direction) or {}).items():
             flat[f"{direction}_{name}"] = value
     for subset, values in (metrics.get("subsets") or {}).items():

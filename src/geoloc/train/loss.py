@@ -14,14 +14,15 @@ import math
 import torch
 from torch import nn
 
-DIRECTIONS = ("text_to_image", "symmetric")
+from geoloc.choices import LossDirection, check_choice
 
 
 class InfoNCE(nn.Module):
-    def __init__(self, temperature: float = 0.02, learnable: bool = False, direction: str = "text_to_image"):
+    def __init__(
+        self, temperature: float = 0.02, learnable: bool = False, direction: LossDirection = "text_to_image"
+    ):
         super().__init__()
-        if direction not in DIRECTIONS:
-            raise ValueError(f"unknown loss direction {direction!r}; choose one of: {', '.join(DIRECTIONS)}")
+        check_choice(direction, LossDirection, "loss.direction")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.direction = direction

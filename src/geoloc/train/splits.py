@@ -26,8 +26,9 @@ import torch
 from geoloc.config import Config, DataConfig
 from geoloc.data.bad_records import skipped_entries
 from geoloc.data.images import verify_images
-from geoloc.data.manifest import Dataset, Record, read_manifest
-from geoloc.errors import ConfigError, DataError
+from geoloc.data.manifest import Dataset, Record
+from geoloc.data.readers import read_benchmark
+from geoloc.errors import DataError
 
 
 @dataclass
@@ -60,35 +61,12 @@ def carve_splits(config: Config) -> Splits:
 
 
 def _read_training_data(data: DataConfig) -> Dataset:
-    """Every record that may train or validate, fields checked; images are checked later."""
-    on_bad = data.on_bad_record
-    if data.benchmark == "manifest":
-        if not data.train:
-            raise ConfigError("no training data: set data.train to a manifest file or folder")
-        return read_manifest(data.train, split=None, on_bad_record=on_bad, check_images=False)
-    if not data.root:
-        raise ConfigError(
-            f"data.root is required with data.benchmark {data.benchmark}: the benchmark's folder"
-        )
-    if data.benchmark == "geotext1652":
-        from geoloc.data.geotext import load_geotext
+    """Every record that may train or validate, fields checked; images are checked later.
 
-        return load_geotext(
-            data.root, split="train", view=data.view, on_bad_record=on_bad, check_images=False
-        )
-    if not data.city:
-        raise ConfigError("data.city is required with data.benchmark cvgtext (NewYork, Brisbane or Tokyo)")
-    from geoloc.data.cvgtext import load_cvgtext
-
-    return load_cvgtext(
-        data.root,
-        data.city,
-        version=data.version,
-        target=data.target,
-        split="train",
-        on_bad_record=on_bad,
-        check_images=False,
-    )
+    A manifest's every row is read (its splits are sorted out by `_train_and_val`); a
+    benchmark's train split."""
+    split = None if data.benchmark == "manifest" else "train"
+    return read_benchmark(data, data.train, split, check_images=False)
 
 
 def _train_and_val(dataset: Dataset, data: DataConfig, seed: int) -> tuple[list[Record], list[Record]]:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from geoloc import atomic, faults
-from geoloc.config import Config, NoDecayRule, TrainPrecision, WarmupRule, save_config
+from geoloc.choices import NoDecayRule, TrainPrecision, WarmupRule
+from geoloc.config import Config, save_config
 from geoloc.data.pipeline import (
     PairBatch,
     PairCollator,
@@ -135,7 +136,7 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, config: Config
 def _uses_bf16(device: torch.device, precision: TrainPrecision) -> bool:
     if precision == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
+    return precision == "bfloat16"
 
 
 def _autocast(device: torch.device, precision: TrainPrecision) -> Any:
@@ -443,7 +444,7 @@ class Trainer:
             self.encoder,
             train.tile_feature_dir or None,
             autocast=lambda: _autocast(self.device, train.precision),
-            precision="bf16" if bf16 else "float32",
+            precision="bfloat16" if bf16 else "float32",
             num_workers=train.num_workers,
         )
 

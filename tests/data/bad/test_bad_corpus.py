@@ -161,7 +161,7 @@ def test_train_skips_and_lists_bad_records(corpus_dir: Path, capsys) -> None:
         (b"data: {trian: x}\n", "unknown key(s) trian"),
         (b"data: {train: a}\ndata: {train: b}\n", "key 'data' is given twice"),
         (b"data: {on_bad_record: ignore}\n", "data.on_bad_record"),
-        (b"", "no training data"),
+        (b"", "no data: set data.train"),
         (b"- a list\n", "expected a mapping"),
     ],
 )
