@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.presets import CORPUS
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
@@ -91,7 +91,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 4096, re
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def synthetic_batch(encoder: GeoEncoder, batch: int, text_words: int, seed: int = 0) -> tuple[dict, dict]:
+def synthetic_batch(encoder: MllmEncoder, batch: int, text_words: int, seed: int = 0) -> tuple[dict, dict]:
     """(text inputs, image inputs) of `batch` pairs: corpus words and random-noise tiles."""
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(CORPUS, size=text_words)) for _ in range(batch)]
@@ -116,7 +116,7 @@ def measure_training_step(
     steps: int = 5,
     matmul: float | None = None,
     tile_features: str = "compute",
-    encoder: GeoEncoder | None = None,
+    encoder: MllmEncoder | None = None,
 ) -> StepFigures:
     """Time the trainer's step on `model` (a preset, e.g. random-smolvlm-256m) at one batch size.
 

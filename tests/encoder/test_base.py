@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from geoloc.encoder.base import SPEC_FILE
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import GeolocError
 
@@ -27,7 +27,7 @@ def _images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(64, 64), (30, 70)]]
 
 
-def _train(encoder: GeoEncoder, steps: int = 3) -> None:
+def _train(encoder: MllmEncoder, steps: int = 3) -> None:
     params = [p for p in encoder.parameters() if p.requires_grad]
     assert params
     optimizer = torch.optim.Adam(params, lr=1e-2)
@@ -43,14 +43,14 @@ def _train(encoder: GeoEncoder, steps: int = 3) -> None:
     encoder.eval()
 
 
-def _embed(encoder: GeoEncoder) -> tuple[np.ndarray, np.ndarray]:
+def _embed(encoder: MllmEncoder) -> tuple[np.ndarray, np.ndarray]:
     return encoder.encode_text(TEXTS), encoder.encode_images(_images())
 
 
-def _round_trip(encoder: GeoEncoder, folder: Path) -> GeoEncoder:
+def _round_trip(encoder: MllmEncoder, folder: Path) -> MllmEncoder:
     before = _embed(encoder)
     encoder.save(folder)
-    loaded = GeoEncoder.load(folder)
+    loaded = MllmEncoder.load(folder)
     after = _embed(loaded)
     np.testing.assert_allclose(after[0], before[0], atol=1e-6)
     np.testing.assert_allclose(after[1], before[1], atol=1e-6)
@@ -61,7 +61,7 @@ def _round_trip(encoder: GeoEncoder, folder: Path) -> GeoEncoder:
 def test_adapter_round_trip(tmp_path: Path, strategy: str) -> None:
     torch.manual_seed(0)
     tuning = TuningConfig(strategy=strategy, rank=4, targets="llm-attn+vision-attn")
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": tuning, "padding_side": "left"})
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": tuning, "padding_side": "left"})
     untrained = _embed(encoder)
     _train(encoder)
     lora_b = [p for n, p in encoder.named_parameters() if "lora_B" in n]
@@ -74,13 +74,13 @@ def test_adapter_round_trip(tmp_path: Path, strategy: str) -> None:
     assert loaded.spec.padding_side == "left"
     assert loaded.spec.tuning == tuning
     assert loaded.parameter_counts()[1] == 0  # loaded for inference
-    trainable = GeoEncoder.load(tmp_path / "enc", trainable=True)
+    trainable = MllmEncoder.load(tmp_path / "enc", trainable=True)
     assert trainable.parameter_counts()[1] == encoder.parameter_counts()[1]
 
 
 def test_full_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="full")})
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="full")})
     untrained = _embed(encoder)
     _train(encoder, steps=2)
     assert np.abs(_embed(encoder)[1] - untrained[1]).max() > 1e-4
@@ -94,7 +94,7 @@ def test_full_round_trip(tmp_path: Path) -> None:
 def test_query_pooling_round_trip_and_overwrite(tmp_path: Path) -> None:
     torch.manual_seed(0)
     tuning = TuningConfig(strategy="lora", rank=2, targets="llm-attn")
-    encoder = GeoEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning, "pooling": "query"})
+    encoder = MllmEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning, "pooling": "query"})
     _train(encoder, steps=2)
     target = tmp_path / "query"
     target.mkdir()
@@ -107,19 +107,19 @@ def test_query_pooling_round_trip_and_overwrite(tmp_path: Path) -> None:
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     # The saved queries are the trained ones, not a fresh random init.
-    fresh = GeoEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning, "pooling": "query"})
+    fresh = MllmEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning, "pooling": "query"})
     assert not torch.allclose(fresh.pooler.queries, loaded.pooler.queries)
 
 
 def test_run_dir_with_best_subfolder_loads(tmp_path: Path) -> None:
-    encoder = GeoEncoder.load("tiny-internvl", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
+    encoder = MllmEncoder.load("tiny-internvl", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
     encoder.save(tmp_path / "run" / "best")
-    loaded = GeoEncoder.load(tmp_path / "run")
+    loaded = MllmEncoder.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.encode_text(TEXTS), encoder.encode_text(TEXTS), atol=1e-6)
 
 
 def test_future_format_version_is_refused(tmp_path: Path) -> None:
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
     encoder.save(tmp_path / "enc")
     spec_path = tmp_path / "enc" / SPEC_FILE
     spec = json.loads(spec_path.read_text())
@@ -127,12 +127,12 @@ def test_future_format_version_is_refused(tmp_path: Path) -> None:
     spec["format_version"] = 999
     spec_path.write_text(json.dumps(spec))
     with pytest.raises(GeolocError, match="999"):
-        GeoEncoder.load(tmp_path / "enc")
+        MllmEncoder.load(tmp_path / "enc")
     spec_path.write_text("{not json")
     with pytest.raises(GeolocError, match="unreadable"):
-        GeoEncoder.load(tmp_path / "enc")
+        MllmEncoder.load(tmp_path / "enc")
 
 
 def test_unknown_source_raises(tmp_path: Path) -> None:
     with pytest.raises(GeolocError, match="tiny-smolvlm"):
-        GeoEncoder.load(str(tmp_path / "no-such-model"))
+        MllmEncoder.load(str(tmp_path / "no-such-model"))

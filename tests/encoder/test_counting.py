@@ -25,7 +25,7 @@ from geoloc.encoder.counting import (
     resolve_config,
 )
 from geoloc.encoder.families import family_for_model_type
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.model_files import write_model_files
 from geoloc.encoder.presets import PRESETS, preset_processing
 from geoloc.encoder.tuning import TuningConfig, target_regex
@@ -209,7 +209,7 @@ _COMBINATIONS = [
     ids=[f"{p}-{q}-{t.strategy}" for p, q, t in _COMBINATIONS],
 )
 def test_meta_equals_a_real_encoder_on_presets(preset: str, pooling: str, tuning: TuningConfig) -> None:
-    encoder = GeoEncoder.load(preset, spec_overrides={"tuning": tuning, "pooling": pooling})
+    encoder = MllmEncoder.load(preset, spec_overrides={"tuning": tuning, "pooling": pooling})
     result = count_parameters_on_meta(preset, tuning, pooling=pooling)
     assert (result["total"], result["trainable"]) == encoder.parameter_counts()
     assert sum(result["trainable_by_part"].values()) == result["trainable"]

@@ -1,4 +1,4 @@
-"""The CLIP / SigLIP dual-encoder baseline: same API, same trainer, same commands as GeoEncoder."""
+"""The CLIP / SigLIP dual-encoder baseline: same API, same trainer, same commands as MllmEncoder."""
 
 from __future__ import annotations
 
@@ -143,12 +143,12 @@ def test_one_loader_and_honest_types() -> None:
     from geoloc import load_encoder as top_level
     from geoloc.encoder.base import Encoder
     from geoloc.encoder.dual import DualEncoder
-    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.encoder.mllm import MllmEncoder
     from geoloc.errors import GeolocError
 
     assert top_level is load_encoder
     dual, mllm = load_encoder("tiny-clip"), load_encoder("tiny-smolvlm")
-    assert isinstance(dual, DualEncoder) and isinstance(dual, Encoder) and not isinstance(dual, GeoEncoder)
-    assert isinstance(mllm, GeoEncoder) and isinstance(mllm, Encoder)
+    assert isinstance(dual, DualEncoder) and isinstance(dual, Encoder) and not isinstance(dual, MllmEncoder)
+    assert isinstance(mllm, MllmEncoder) and isinstance(mllm, Encoder)
     with pytest.raises(GeolocError, match="dual encoder, not an MLLM"):
-        GeoEncoder.load("tiny-clip")  # was: returned a DualEncoder typed as GeoEncoder
+        MllmEncoder.load("tiny-clip")  # was: returned a DualEncoder typed as MllmEncoder

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from geoloc.encoder.families import FAMILIES, family_for_model_type
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 
 
@@ -39,8 +39,8 @@ def test_every_family_names_a_transformers_class() -> None:
 
 
 @pytest.fixture(scope="module", params=["tiny-smolvlm", "tiny-internvl"])
-def encoder(request: pytest.FixtureRequest) -> GeoEncoder:
-    return GeoEncoder.load(request.param)
+def encoder(request: pytest.FixtureRequest) -> MllmEncoder:
+    return MllmEncoder.load(request.param)
 
 
 def _image() -> Image.Image:
@@ -48,13 +48,13 @@ def _image() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8))
 
 
-def test_preset_family_matches_model_type(encoder: GeoEncoder) -> None:
+def test_preset_family_matches_model_type(encoder: MllmEncoder) -> None:
     assert family_for_model_type(encoder.config.model_type) is encoder.family
     assert encoder.spec.family == encoder.family.name
     assert encoder.image_size == {"tiny-smolvlm": 64, "tiny-internvl": 56}[encoder.spec.backbone]
 
 
-def test_image_seq_len_matches_the_model(encoder: GeoEncoder) -> None:
+def test_image_seq_len_matches_the_model(encoder: MllmEncoder) -> None:
     family, config = encoder.family, encoder.config
     seq_len = family.image_seq_len(config)
     assert isinstance(seq_len, int) and seq_len == 16  # (64/8)^2/2^2 and (56/7)^2*0.5^2

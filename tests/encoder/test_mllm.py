@@ -1,4 +1,4 @@
-"""GeoEncoder on the tiny presets: batching, padding side, images, truncation, input errors."""
+"""MllmEncoder on the tiny presets: batching, padding side, images, truncation, input errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from geoloc.encoder.inputs import TileProcessor
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 
 PRESETS = ["tiny-smolvlm", "tiny-internvl"]
@@ -33,9 +33,9 @@ def _images() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def encoders() -> dict[tuple[str, str], GeoEncoder]:
+def encoders() -> dict[tuple[str, str], MllmEncoder]:
     return {
-        (preset, side): GeoEncoder.load(preset, spec_overrides={"padding_side": side})
+        (preset, side): MllmEncoder.load(preset, spec_overrides={"padding_side": side})
         for preset in PRESETS
         for side in SIDES
     }
@@ -78,8 +78,8 @@ def test_eos_left_and_right_padding_agree(encoders: dict, preset: str) -> None:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_mean_pooling_left_and_right_padding_agree(preset: str) -> None:
-    left = GeoEncoder.load(preset, spec_overrides={"padding_side": "left", "pooling": "mean"})
-    right = GeoEncoder.load(preset, spec_overrides={"padding_side": "right", "pooling": "mean"})
+    left = MllmEncoder.load(preset, spec_overrides={"padding_side": "left", "pooling": "mean"})
+    right = MllmEncoder.load(preset, spec_overrides={"padding_side": "right", "pooling": "mean"})
     vectors = left.encode_text(TEXTS)
     np.testing.assert_allclose(vectors, right.encode_text(TEXTS), atol=1e-4)
     np.testing.assert_allclose(vectors, np.concatenate([left.encode_text([t]) for t in TEXTS]), atol=1e-5)
@@ -151,7 +151,7 @@ def test_image_normalising_to_all_zeros_is_not_dropped(encoders: dict) -> None:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_truncation_keeps_template_suffix(preset: str, side: str) -> None:
     template = "query: {text} ."
-    encoder = GeoEncoder.load(
+    encoder = MllmEncoder.load(
         preset, spec_overrides={"padding_side": side, "max_text_tokens": 5, "text_template": template}
     )
     tok = encoder.tokenizer
@@ -187,8 +187,8 @@ def test_truncation_keeps_template_suffix(preset: str, side: str) -> None:
 
 
 def test_image_template_is_applied() -> None:
-    plain = GeoEncoder.load("tiny-internvl")
-    templated = GeoEncoder.load("tiny-internvl", spec_overrides={"image_template": "tile: {image}"})
+    plain = MllmEncoder.load("tiny-internvl")
+    templated = MllmEncoder.load("tiny-internvl", spec_overrides={"image_template": "tile: {image}"})
     plain_ids = plain.image_token_inputs(1)["input_ids"][0].tolist()
     templated_ids = templated.image_token_inputs(1)["input_ids"][0].tolist()
     prefix = templated.tokenizer("tile: ", add_special_tokens=False)["input_ids"]
@@ -206,19 +206,19 @@ def test_empty_text_raises(encoders: dict, bad: str) -> None:
 
 def test_bad_spec_values_raise_geoloc_errors() -> None:
     with pytest.raises(GeolocError, match="padding_side"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"padding_side": "middle"})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"padding_side": "middle"})
     with pytest.raises(GeolocError, match="exactly once"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"text_template": "no slot here"})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"text_template": "no slot here"})
     with pytest.raises(GeolocError, match="exactly once"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"image_template": "{image}{image}"})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"image_template": "{image}{image}"})
     with pytest.raises(GeolocError, match="dtype"):
-        GeoEncoder.load("tiny-smolvlm", dtype="float64")
+        MllmEncoder.load("tiny-smolvlm", dtype="float64")
     with pytest.raises(GeolocError, match="eos, mean, query"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"pooling": "max"})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"pooling": "max"})
     with pytest.raises(GeolocError, match="divisible"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"pooling": "query", "query_heads": 3})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"pooling": "query", "query_heads": 3})
     with pytest.raises(GeolocError, match="poolng"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"poolng": "mean"})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"poolng": "mean"})
 
 
 def test_encode_empty_list(encoders: dict) -> None:
@@ -243,5 +243,5 @@ def test_the_config_and_the_saved_spec_state_the_embedding_settings_once(tmp_pat
     with pytest.raises(ConfigError, match="padding_side.*left.*right"):
         load_config(config, overrides=["model.padding_side=middle"])
     loaded = load_config(config, overrides=["model.pooling=mean", "model.max_text_tokens=12"])
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides=loaded.model.embedding_settings())
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides=loaded.model.embedding_settings())
     assert (encoder.spec.pooling, encoder.spec.max_text_tokens) == ("mean", 12)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.model_files import REAL_MODELS, write_model_files
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.index.explain import QUESTION, Generator
@@ -52,8 +52,8 @@ def _tile(seed: int, size: int = 300) -> Image.Image:
 
 
 @pytest.fixture(scope="module", params=ALL)
-def loaded(request, real_model) -> tuple[str, GeoEncoder]:
-    return request.param, GeoEncoder.load(real_model(request.param))
+def loaded(request, real_model) -> tuple[str, MllmEncoder]:
+    return request.param, MllmEncoder.load(real_model(request.param))
 
 
 def test_a_tile_is_the_real_placeholder_with_the_real_ids(loaded) -> None:
@@ -108,7 +108,7 @@ def test_padding_side_in_bfloat16_stays_within_float_noise(real_model) -> None:
     folder = real_model("SmolVLM-256M-Instruct")
     vectors = {}
     for side in ("right", "left"):
-        encoder = GeoEncoder.load(folder, dtype="bfloat16", spec_overrides={"padding_side": side})
+        encoder = MllmEncoder.load(folder, dtype="bfloat16", spec_overrides={"padding_side": side})
         vectors[side] = encoder.encode_text(TEXTS)
     cosine = (vectors["left"] * vectors["right"]).sum(axis=1)
     assert cosine.min() > 0.99999, cosine
@@ -120,7 +120,7 @@ def test_one_adapter_training_step_then_a_save_load_round_trip(
 ) -> None:
     for name in ("SmolVLM-256M-Instruct", "InternVL3_5-1B-HF"):
         tuning = TuningConfig(strategy=strategy, rank=4, alpha=8.0, dropout=0.0, targets="paper")
-        encoder = GeoEncoder.load(real_model(name), spec_overrides={"tuning": tuning}, trainable=True)
+        encoder = MllmEncoder.load(real_model(name), spec_overrides={"tuning": tuning}, trainable=True)
         trainable = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n or "magnitude" in n for n in trainable)
         optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
@@ -137,7 +137,7 @@ def test_one_adapter_training_step_then_a_save_load_round_trip(
         assert changed, "the step moved no adapter weight"
         expected = encoder.encode_text(TEXTS), encoder.encode_images([_tile(3)])
         encoder.save(tmp_path / name)
-        again = GeoEncoder.load(tmp_path / name)
+        again = MllmEncoder.load(tmp_path / name)
         assert again.spec.tuning.strategy == strategy
         np.testing.assert_allclose(again.encode_text(TEXTS), expected[0], atol=1e-5)
         np.testing.assert_allclose(again.encode_images([_tile(3)]), expected[1], atol=1e-5)

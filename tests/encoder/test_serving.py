@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.serving import (
     QueryEncoder,
     load_for_serving,
@@ -39,11 +39,11 @@ def _images(count: int = 4) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def _train(strategy: str, steps: int = 3) -> GeoEncoder:
+def _train(strategy: str, steps: int = 3) -> MllmEncoder:
     """A tiny encoder whose adapters moved off their zero start under a few Adam steps."""
     torch.manual_seed(0)
     tuning = TuningConfig(strategy=strategy, rank=4, targets="paper")
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": tuning})
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": tuning})
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-2)
     encoder.train()
@@ -75,11 +75,11 @@ def test_merged_adapters_give_the_same_embeddings(
 ) -> None:
     from peft import PeftModel
 
-    encoder = GeoEncoder.load(adapter_models[strategy])
+    encoder = MllmEncoder.load(adapter_models[strategy])
     assert isinstance(encoder.backbone, PeftModel)
     text_before, image_before = encoder.encode_text(TEXTS), encoder.encode_images(_images())
     # The adapters matter: without them the embeddings differ.
-    base = GeoEncoder.load("tiny-smolvlm")
+    base = MllmEncoder.load("tiny-smolvlm")
     assert np.abs(base.encode_text(TEXTS) - text_before).max() > 1e-3
 
     merge_adapters(encoder)
@@ -91,7 +91,7 @@ def test_merged_adapters_give_the_same_embeddings(
     # A merged encoder saves as a full model and loads back identical.
     encoder.save(tmp_path / "merged")
     assert (tmp_path / "merged" / "backbone").is_dir()
-    loaded = GeoEncoder.load(tmp_path / "merged")
+    loaded = MllmEncoder.load(tmp_path / "merged")
     np.testing.assert_allclose(loaded.encode_text(TEXTS), text_before, atol=1e-5)
 
 
@@ -109,7 +109,7 @@ def _top_ranks(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
 
 
 def test_int8_quantises_the_llm_and_keeps_rankings() -> None:
-    encoder = GeoEncoder.load("tiny-smolvlm")
+    encoder = MllmEncoder.load("tiny-smolvlm")
     images = _images(8)
     gallery = encoder.encode_images(images)
     reference = encoder.encode_text(TEXTS)
@@ -138,17 +138,17 @@ def test_int8_quantises_the_llm_and_keeps_rankings() -> None:
 
 def test_int8_needs_merged_float32_weights(adapter_models: dict[str, Path]) -> None:
     with pytest.raises(GeolocError, match="merge"):
-        quantize_llm_int8(GeoEncoder.load(adapter_models["lora"]))
+        quantize_llm_int8(MllmEncoder.load(adapter_models["lora"]))
     with pytest.raises(GeolocError, match="float32"):
-        quantize_llm_int8(GeoEncoder.load("tiny-smolvlm", dtype="bfloat16"))
+        quantize_llm_int8(MllmEncoder.load("tiny-smolvlm", dtype="bfloat16"))
     with pytest.raises(GeolocError, match="merge=True"):
         load_for_serving("tiny-smolvlm", precision="int8", merge=False)
     with pytest.raises(GeolocError, match="precision"):
-        to_precision(GeoEncoder.load("tiny-smolvlm"), "int4")
+        to_precision(MllmEncoder.load("tiny-smolvlm"), "int4")
 
 
 def test_bf16_runs_and_stays_close() -> None:
-    reference = GeoEncoder.load("tiny-smolvlm")
+    reference = MllmEncoder.load("tiny-smolvlm")
     encoder = load_for_serving("tiny-smolvlm", precision="bfloat16")
     assert encoder.dtype == torch.bfloat16
     text, image = encoder.encode_text(TEXTS), encoder.encode_images(_images())

@@ -11,7 +11,7 @@ from geoloc.encoder import presets, sources
 from geoloc.encoder.dual import DualEncoder
 from geoloc.encoder.families import FAMILIES, DualFamily, MllmFamily
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.tuning import TARGET_SETS
 from geoloc.errors import GeolocError
 
@@ -62,6 +62,6 @@ def test_a_saved_spec_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_a_source_of_the_other_kind_is_refused_by_name() -> None:
     with pytest.raises(GeolocError, match="'tiny-clip' is a CLIP / SigLIP dual encoder, not an MLLM"):
-        GeoEncoder.load("tiny-clip")
+        MllmEncoder.load("tiny-clip")
     with pytest.raises(GeolocError, match="'tiny-internvl' is an MLLM, not a CLIP / SigLIP dual encoder"):
         DualEncoder.load("tiny-internvl")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
@@ -18,9 +18,9 @@ from geoloc.train.step import ContrastiveStep, PairEncoder
 LLM_ONLY = TuningConfig(strategy="lora", rank=4, alpha=8.0, dropout=0.0, targets="llm-attn")
 
 
-def _encoder(preset: str, tuning: TuningConfig = LLM_ONLY) -> GeoEncoder:
+def _encoder(preset: str, tuning: TuningConfig = LLM_ONLY) -> MllmEncoder:
     torch.manual_seed(0)
-    encoder = GeoEncoder.load(preset, spec_overrides={"tuning": tuning})
+    encoder = MllmEncoder.load(preset, spec_overrides={"tuning": tuning})
     with torch.no_grad():  # non-zero adapters, so the LLM side differs from the bare preset
         for name, parameter in encoder.named_parameters():
             if "lora_B" in name:

@@ -14,7 +14,7 @@ from torch import nn
 
 from geoloc.choices import TuningStrategy, options
 from geoloc.encoder.families import FAMILIES
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.presets import PRESETS, preset_model
 from geoloc.encoder.tuning import (
     TARGET_SETS,
@@ -138,8 +138,8 @@ def test_frozen_and_full(base_models: dict, preset: str) -> None:
 
 def test_encoder_level_counts_and_identity_at_init(base_models: dict) -> None:
     tuning = TuningConfig(strategy="lora", rank=RANK, targets="llm-attn")
-    encoder = GeoEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning})
-    plain = GeoEncoder.load("tiny-internvl", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
+    encoder = MllmEncoder.load("tiny-internvl", spec_overrides={"tuning": tuning})
+    plain = MllmEncoder.load("tiny-internvl", spec_overrides={"tuning": TuningConfig(strategy="frozen")})
     expected = _expected("tiny-internvl", "llm-attn", base_models["tiny-internvl"])
     total, trainable = encoder.parameter_counts()
     assert trainable == _lora_count(expected, RANK, dora=False)
@@ -185,7 +185,7 @@ def test_unknown_targets_and_strategy_raise_config_error() -> None:
     for name in options(TuningStrategy):
         assert name in str(info.value)
     with pytest.raises(ConfigError, match="bogus"):
-        GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(targets="bogus")})
+        MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(targets="bogus")})
 
 
 # -- the real InternVL3.5-1B-HF shape, on the meta device (no weights) --------------------------

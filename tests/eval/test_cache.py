@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.eval.cache import cached_embeddings, data_fingerprint, model_fingerprint
 
 
 @pytest.fixture(scope="module")
-def encoder() -> GeoEncoder:
-    return GeoEncoder.load("tiny-smolvlm")
+def encoder() -> MllmEncoder:
+    return MllmEncoder.load("tiny-smolvlm")
 
 
 def test_second_evaluation_reads_the_cache(
-    encoder: GeoEncoder, tiny_city: Path, tmp_path: Path, monkeypatch
+    encoder: MllmEncoder, tiny_city: Path, tmp_path: Path, monkeypatch
 ) -> None:
     data = read_manifest(tiny_city, split="test")
     first, hit = cached_embeddings(encoder, data, tmp_path)
@@ -33,14 +33,14 @@ def test_second_evaluation_reads_the_cache(
     assert first.image_keys == second.image_keys and first.texts == second.texts
 
 
-def test_key_changes_with_weights_and_data(encoder: GeoEncoder, tiny_city: Path, tmp_path: Path) -> None:
+def test_key_changes_with_weights_and_data(encoder: MllmEncoder, tiny_city: Path, tmp_path: Path) -> None:
     import shutil
 
     data = read_manifest(tiny_city, split="test")
     before_model, before_data = model_fingerprint(encoder), data_fingerprint(data)
-    other = GeoEncoder.load("tiny-smolvlm", spec_overrides={"text_template": "query: {text}"})
+    other = MllmEncoder.load("tiny-smolvlm", spec_overrides={"text_template": "query: {text}"})
     assert model_fingerprint(other) != before_model
-    with_changed_weight = GeoEncoder.load("tiny-smolvlm")
+    with_changed_weight = MllmEncoder.load("tiny-smolvlm")
     next(with_changed_weight.parameters()).data.add_(1e-3)
     assert model_fingerprint(with_changed_weight) != before_model
 
@@ -64,7 +64,7 @@ def test_an_int8_encoder_has_its_own_fingerprint() -> None:
 
 
 def test_the_fingerprint_ignores_how_a_model_folder_is_spelled(
-    encoder: GeoEncoder, tmp_path: Path, monkeypatch
+    encoder: MllmEncoder, tmp_path: Path, monkeypatch
 ) -> None:
     from geoloc.encoder.presets import preset_processing
 
@@ -73,9 +73,9 @@ def test_the_fingerprint_ignores_how_a_model_folder_is_spelled(
     for part in preset_processing("tiny-smolvlm"):
         part.save_pretrained(folder)
     monkeypatch.chdir(tmp_path)
-    relative, absolute = GeoEncoder.load("S"), GeoEncoder.load(str(folder))
+    relative, absolute = MllmEncoder.load("S"), MllmEncoder.load(str(folder))
     assert (relative.spec.backbone, absolute.spec.backbone) == ("S", str(folder))
     # Before: the spec's backbone string was hashed, so "S" and its absolute path differed.
     assert model_fingerprint(relative) == model_fingerprint(absolute) == model_fingerprint(encoder)
     relative.save(tmp_path / "saved")  # saved, its spec names the source differently again
-    assert model_fingerprint(GeoEncoder.load(tmp_path / "saved")) == model_fingerprint(encoder)
+    assert model_fingerprint(MllmEncoder.load(tmp_path / "saved")) == model_fingerprint(encoder)

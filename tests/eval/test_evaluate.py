@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from geoloc.encoder.loading import load_encoder
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 from geoloc.eval.cache import model_fingerprint
 from geoloc.eval.evaluate import (
@@ -21,8 +21,8 @@ TEXTS = ["a red roof beside a car park", "a round pond with trees on its left"]
 
 
 @pytest.fixture(scope="module")
-def encoder() -> GeoEncoder:
-    return GeoEncoder.load("tiny-smolvlm")
+def encoder() -> MllmEncoder:
+    return MllmEncoder.load("tiny-smolvlm")
 
 
 def tiles() -> list[Image.Image]:
@@ -30,9 +30,9 @@ def tiles() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
 
 
-def test_evaluation_templates_equal_a_model_built_with_them(encoder: GeoEncoder) -> None:
+def test_evaluation_templates_equal_a_model_built_with_them(encoder: MllmEncoder) -> None:
     prefixed = with_templates(encoder, RELEASED_EVAL_TEXT_TEMPLATE, RELEASED_EVAL_IMAGE_TEMPLATE)
-    built = GeoEncoder.load(
+    built = MllmEncoder.load(
         "tiny-smolvlm",
         spec_overrides={
             "text_template": RELEASED_EVAL_TEXT_TEMPLATE,
@@ -53,14 +53,14 @@ def test_evaluation_templates_equal_a_model_built_with_them(encoder: GeoEncoder)
     assert prefixed.backbone is encoder.backbone
 
 
-def test_no_templates_keep_the_encoder(encoder: GeoEncoder) -> None:
+def test_no_templates_keep_the_encoder(encoder: MllmEncoder) -> None:
     assert with_templates(encoder) is encoder
     assert with_templates(encoder, "{text}", "{image}") is encoder
     only_text = with_templates(encoder, text_template="query: {text}")
     assert (only_text.spec.text_template, only_text.spec.image_template) == ("query: {text}", "{image}")
 
 
-def test_bad_templates_and_dual_encoders_are_refused(encoder: GeoEncoder) -> None:
+def test_bad_templates_and_dual_encoders_are_refused(encoder: MllmEncoder) -> None:
     with pytest.raises(GeolocError, match="must contain {text} exactly once"):
         with_templates(encoder, "no slot")
     dual = load_encoder("tiny-clip")

@@ -12,7 +12,7 @@ import pytest
 
 from geoloc.cli import main
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.eval import gallery
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -26,7 +26,9 @@ def _load(out: Path) -> tuple[list[str], np.ndarray]:
 @pytest.fixture(scope="module")
 def reference(tiny_city: Path) -> tuple[list[str], np.ndarray]:
     records = read_manifest(tiny_city).records
-    return [r.key for r in records], GeoEncoder.load("tiny-smolvlm").encode_images([r.image for r in records])
+    return [r.key for r in records], MllmEncoder.load("tiny-smolvlm").encode_images(
+        [r.image for r in records]
+    )
 
 
 def test_embed_writes_the_plain_vectors_in_manifest_order(tiny_city: Path, tmp_path: Path, reference) -> None:

@@ -15,11 +15,11 @@ from torch_threads import one_thread, one_torch_thread  # noqa: F401  (autouse f
 
 def save_lora_model(out: Path, seed: int) -> Path:
     """A tiny-smolvlm with a LoRA adapter of random weights (both factors), so the adapter matters."""
-    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.encoder.mllm import MllmEncoder
     from geoloc.encoder.tuning import TuningConfig
 
     torch.manual_seed(seed)
-    encoder = GeoEncoder.load(
+    encoder = MllmEncoder.load(
         "tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="lora", rank=4)}
     )
     with torch.no_grad():

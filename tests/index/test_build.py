@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoloc.data.manifest import read_manifest
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 from geoloc.index import store
 from geoloc.index.ann import AnnSettings
@@ -37,7 +37,7 @@ def test_index_folder_holds_vectors_metadata_and_the_models_identity(
     assert table["image"] == [str(r.image) for r in records]
 
     vectors = np.load(city_index / "vectors.npy")
-    encoder = GeoEncoder.load(lora_model)
+    encoder = MllmEncoder.load(lora_model)
     assert np.allclose(vectors[:3], encoder.encode_images([r.image for r in records[:3]]), atol=1e-5)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
@@ -141,7 +141,7 @@ def test_a_second_build_reads_the_embedding_cache(
 ) -> None:
     from geoloc.index import build
 
-    encoder = GeoEncoder.load(lora_model)
+    encoder = MllmEncoder.load(lora_model)
     build_index(lora_model, tiny_city, tmp_path / "a", encoder=encoder, cache_dir=tmp_path / "cache")
 
     def no_encoding(*args: object, **kwargs: object) -> None:

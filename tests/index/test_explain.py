@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geoloc.data.images import load_image
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 from geoloc.index.explain import MAX_JUDGED, Generator, judge_hits, rerank, search_and_judge, tile_prompt
 from geoloc.index.search import SearchIndex
@@ -56,7 +56,7 @@ def test_the_generator_answers_with_the_retrieval_adapter_off(search_index: Sear
     tiles = [load_image(search_index.image_path(h.key)) for h in search_index.search(QUERY, k=3)]
     with_adapter_off = Generator(search_index.encoder).judge(tiles, QUERY)
     # The same preset without any adapter: the judgement must be the bare backbone's.
-    bare = Generator(GeoEncoder.load("tiny-smolvlm")).judge(tiles, QUERY)
+    bare = Generator(MllmEncoder.load("tiny-smolvlm")).judge(tiles, QUERY)
     assert np.allclose(with_adapter_off, bare, atol=1e-4)
     # With the adapter left on, the answer changes: the switch-off is what makes them equal.
     adapter_on = Generator(search_index.encoder)
@@ -69,7 +69,7 @@ def test_the_generator_answers_with_the_retrieval_adapter_off(search_index: Sear
 def test_internvl_backbones_generate_too(tiny_city: Path) -> None:
     from geoloc.data.manifest import read_manifest
 
-    generator = Generator(GeoEncoder.load("tiny-internvl"))
+    generator = Generator(MllmEncoder.load("tiny-internvl"))
     tiles = [load_image(r.image) for r in read_manifest(tiny_city).records[:2]]
     assert generator.judge(tiles, QUERY).shape == (2,)
     assert isinstance(generator.explain(tiles[0], QUERY, max_new_tokens=3), str)

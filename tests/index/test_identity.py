@@ -15,11 +15,11 @@ from geoloc.index import identity
 
 def _save_full_model(out: Path, seed: int) -> Path:
     """A tiny-smolvlm saved whole (backbone and all), so its weights are files alone."""
-    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.encoder.mllm import MllmEncoder
     from geoloc.encoder.tuning import TuningConfig
 
     torch.manual_seed(seed)
-    encoder = GeoEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="full")})
+    encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides={"tuning": TuningConfig(strategy="full")})
     with torch.no_grad():
         for parameter in encoder.backbone.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))

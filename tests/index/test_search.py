@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geoloc.data.synth import generate_city
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
 from geoloc.index.build import build_index
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, SearchIndex, check_query
@@ -17,7 +17,7 @@ def test_search_ranks_tiles_by_cosine_with_the_index_model(
 ) -> None:
     query = "a red square building with a pond on its left"
     hits = search_index.search(query, k=5)
-    encoder = GeoEncoder.load(lora_model)
+    encoder = MllmEncoder.load(lora_model)
     similarity = (encoder.encode_text([query]) @ search_index.stored.vectors.T)[0]
     expected = np.argsort(-similarity)[:5]
     assert [h.key for h in hits] == [search_index.stored.tiles.key[i] for i in expected]
@@ -44,7 +44,7 @@ def test_several_queries_at_once_answer_as_one_at_a_time(search_index: SearchInd
 
 def test_a_different_model_is_refused(city_index: Path, tmp_path: Path, make_lora_model) -> None:
     with pytest.raises(GeolocError, match="built by model .* the query model is a different one .*adapter"):
-        SearchIndex.open(city_index, encoder=GeoEncoder.load("tiny-smolvlm"))
+        SearchIndex.open(city_index, encoder=MllmEncoder.load("tiny-smolvlm"))
     other = make_lora_model(tmp_path / "other", seed=1)  # same architecture, other adapter weights
     with pytest.raises(GeolocError, match="different one \\(differs in: adapter_hash\\)"):
         SearchIndex.open(city_index, model=str(other))

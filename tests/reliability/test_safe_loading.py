@@ -17,7 +17,7 @@ import torch
 
 from geoloc.cli import main
 from geoloc.encoder.base import SPEC_FILE
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.presets import preset_model, preset_processing
 from geoloc.errors import GeolocError
 
@@ -55,7 +55,7 @@ def saved_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("saved") / "encoder"
     from geoloc.encoder.tuning import TuningConfig
 
-    encoder = GeoEncoder.load(
+    encoder = MllmEncoder.load(
         "tiny-smolvlm", spec_overrides={"tuning": TuningConfig(rank=4, init="gaussian")}
     )
     encoder.save(folder)
@@ -89,12 +89,12 @@ def test_code_shipped_with_a_model_is_never_run(model_folder: Path, tmp_path: Pa
     monkeypatch.setattr(builtins, "input", lambda *args, **kwargs: "y")
     # A known architecture that also names remote code: loaded with the built-in classes.
     known = _with_remote_code(model_folder, tmp_path / "known", marker, None)
-    vectors = GeoEncoder.load(known).encode_text(["a red roof"])
+    vectors = MllmEncoder.load(known).encode_text(["a red roof"])
     assert vectors.shape == (1, 128)
     # An architecture only its shipped code defines: refused, with the folder named.
     unknown = _with_remote_code(model_folder, tmp_path / "unknown", marker, "evil")
     with pytest.raises(GeolocError, match="cannot load model .*unknown"):
-        GeoEncoder.load(unknown)
+        MllmEncoder.load(unknown)
     assert not marker.exists()
 
 
@@ -106,27 +106,27 @@ def test_weights_and_adapters_are_read_only_from_safetensors(
     written = [p.name for p in saved_lora.rglob("*") if p.is_file()]
     assert "adapter_model.safetensors" in written
     assert not [name for name in written if name.endswith(PICKLE_SUFFIXES)], written
-    reference = GeoEncoder.load(saved_lora).encode_text(["a red roof"])
+    reference = MllmEncoder.load(saved_lora).encode_text(["a red roof"])
 
     # A pickle planted beside the safetensors is ignored: same vectors, nothing run.
     planted = tmp_path / "planted"
     shutil.copytree(saved_lora, planted)
     _plant_pickle(planted / "adapter" / "adapter_model.bin", marker)
-    assert (GeoEncoder.load(planted).encode_text(["a red roof"]) == reference).all()
+    assert (MllmEncoder.load(planted).encode_text(["a red roof"]) == reference).all()
     # With the safetensors gone, the pickle is refused rather than used.
     (planted / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(GeolocError, match="no adapter_model.safetensors"):
-        GeoEncoder.load(planted)
+        MllmEncoder.load(planted)
 
     # The same for a backbone: pytorch_model.bin beside model.safetensors is ignored ...
     folder = tmp_path / "backbone"
     shutil.copytree(model_folder, folder)
     _plant_pickle(folder / "pytorch_model.bin", marker)
-    GeoEncoder.load(folder)
+    MllmEncoder.load(folder)
     # ... and on its own it is refused.
     (folder / "model.safetensors").unlink()
     with pytest.raises(GeolocError, match="cannot load model"):
-        GeoEncoder.load(folder)
+        MllmEncoder.load(folder)
     assert not marker.exists()
 
 
@@ -210,7 +210,7 @@ def test_incompatible_format_versions_are_refused_and_named(
     shutil.copytree(saved_lora, run / "best")
     _set_version(run / "best" / SPEC_FILE, "format_version", 7)
     with pytest.raises(GeolocError, match="encoder format version 7, this geoloc reads version 1"):
-        GeoEncoder.load(run)
+        MllmEncoder.load(run)
     # Resuming a run whose checkpoint is of another version: refused the same way, one line.
     checkpoint = run / "checkpoints" / "latest"
     shutil.copytree(run / "best", checkpoint / "encoder")

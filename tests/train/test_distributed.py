@@ -137,10 +137,10 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
     two_logs, two = _train(tiny_city, tmp_path / "fsdp", processes=2, batch_size=7, **fsdp)
     _assert_same_training((one_logs, one), (two_logs, two))
     # Each process holds half of the decoder layers' frozen weights.
-    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.encoder.mllm import MllmEncoder
     from geoloc.train.sharding import decoder_layers
 
-    encoder = GeoEncoder.load(tmp_path / "one" / "final", trainable=True)
+    encoder = MllmEncoder.load(tmp_path / "one" / "final", trainable=True)
     layers = decoder_layers(encoder)
     frozen = sum(p.numel() * p.element_size() for x in layers for p in x.parameters() if not p.requires_grad)
     whole, sharded = one_logs[0]["parameter_bytes_per_process"], two_logs[0]["parameter_bytes_per_process"]
@@ -148,11 +148,11 @@ def test_fsdp_shards_the_language_model_and_trains_like_one_process(tiny_city: P
 
 
 def test_fsdp_refuses_a_fully_tuned_backbone() -> None:
-    from geoloc.encoder.mllm import GeoEncoder
+    from geoloc.encoder.mllm import MllmEncoder
     from geoloc.errors import ConfigError
     from geoloc.train.sharding import check_shardable
 
-    encoder = GeoEncoder.load("tiny-smolvlm")
+    encoder = MllmEncoder.load("tiny-smolvlm")
     with pytest.raises(ConfigError, match="use ddp"):
         check_shardable(encoder, "full", saves_backbone=False)
     check_shardable(encoder, "lora", saves_backbone=False)  # adapters: accepted

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from geoloc.config import config_from_dict
 from geoloc.data.manifest import Record
 from geoloc.distance import haversine_km
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import ConfigError
 from geoloc.train import trainer as trainer_module
 from geoloc.train.mining import confusable_tiles, nearest_tiles, tile_positions
@@ -140,13 +140,13 @@ def test_mining_reads_cached_tile_features(tiny_city: Path, tmp_path: Path, monk
     """With the vision side frozen, every tile goes through the vision tower once, into the
     feature store; mining (here before every step) and training read it from there."""
     tiles_seen = {"n": 0}
-    real_features = GeoEncoder.image_features
+    real_features = MllmEncoder.image_features
 
     def counting(self, pixel_inputs):  # noqa: ANN001, ANN202
         tiles_seen["n"] += pixel_inputs["pixel_values"].shape[0]
         return real_features(self, pixel_inputs)
 
-    monkeypatch.setattr(GeoEncoder, "image_features", counting)
+    monkeypatch.setattr(MllmEncoder, "image_features", counting)
     config = config_from_dict(
         {
             "model": {"backbone": "tiny-smolvlm"},

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.train.loss import InfoNCE
 from geoloc.train.step import ContrastiveStep, PairEncoder, split_inputs
 from geoloc.world import World
 
 
-def _synthetic_batch(encoder: GeoEncoder, batch: int, text_words: int, seed: int) -> tuple[dict, dict]:
+def _synthetic_batch(encoder: MllmEncoder, batch: int, text_words: int, seed: int) -> tuple[dict, dict]:
     """(text inputs, image inputs) of `batch` pairs: random words and random-noise tiles."""
     rng = np.random.default_rng(seed)
     words = ["red", "roof", "road", "park", "tower", "river", "bridge", "square", "church", "lot"]
@@ -26,10 +26,10 @@ def _synthetic_batch(encoder: GeoEncoder, batch: int, text_words: int, seed: int
     return encoder.text_inputs(texts), encoder.image_inputs(tiles)
 
 
-def _setup(preset: str, dropout: float) -> tuple[GeoEncoder, InfoNCE, dict, dict]:
+def _setup(preset: str, dropout: float) -> tuple[MllmEncoder, InfoNCE, dict, dict]:
     torch.manual_seed(0)
     tuning = TuningConfig(strategy="lora", rank=4, alpha=8.0, dropout=dropout, targets="paper")
-    encoder = GeoEncoder.load(preset, spec_overrides={"tuning": tuning, "pooling": "query"})
+    encoder = MllmEncoder.load(preset, spec_overrides={"tuning": tuning, "pooling": "query"})
     encoder.train()
     # Non-zero B matrices, so that gradients reach every adapter matrix.
     with torch.no_grad():
@@ -41,7 +41,7 @@ def _setup(preset: str, dropout: float) -> tuple[GeoEncoder, InfoNCE, dict, dict
     return encoder, loss_fn, text, image
 
 
-def _collect(encoder: GeoEncoder, loss_fn: InfoNCE) -> dict[str, torch.Tensor]:
+def _collect(encoder: MllmEncoder, loss_fn: InfoNCE) -> dict[str, torch.Tensor]:
     grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
     grads["log_scale"] = loss_fn.log_scale.grad.clone()
     return grads

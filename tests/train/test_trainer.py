@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from geoloc.config import config_from_dict, load_config
 from geoloc.data.manifest import read_manifest
 from geoloc.encoder.card import read_facts
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
 from geoloc.train import trainer as trainer_module
@@ -44,9 +44,9 @@ def _config(data: Path, **train: object) -> object:
 
 def test_short_run_raises_held_out_recall(small_city: Path, tmp_path: Path) -> None:
     test = read_manifest(small_city, split="test")
-    before, _ = evaluate(GeoEncoder.load("tiny-smolvlm"), test, show_progress=False)
+    before, _ = evaluate(MllmEncoder.load("tiny-smolvlm"), test, show_progress=False)
     result = train(_config(small_city, epochs=8), tmp_path / "run")
-    after, _ = evaluate(GeoEncoder.load(tmp_path / "run"), test, show_progress=False)
+    after, _ = evaluate(MllmEncoder.load(tmp_path / "run"), test, show_progress=False)
     assert result["steps"] > 0
     # 20 test tiles: chance R@1 is 5 %. A few epochs take it well past that.
     assert after["text_to_image"]["R@1"] >= before["text_to_image"]["R@1"] + 10
@@ -206,7 +206,7 @@ def test_lora_run_saves_adapter_only_and_reloads(tiny_city: Path, tmp_path: Path
     best = tmp_path / "run" / "best"
     assert (best / "adapter" / "adapter_model.safetensors").is_file()
     assert not (best / "backbone").exists()
-    encoder = GeoEncoder.load(tmp_path / "run")
+    encoder = MllmEncoder.load(tmp_path / "run")
     vectors = encoder.encode_text(["a red building in the centre"])
     assert vectors.shape == (1, 128) and abs(float((vectors**2).sum()) - 1) < 1e-5
 

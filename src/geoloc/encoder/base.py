@@ -1,6 +1,6 @@
 """The encoder interface: what every geoloc encoder shares, and the saved-model layout.
 
-Two encoders implement it: the MLLM `GeoEncoder` (geoloc.encoder.mllm, the paper's method) and
+Two encoders implement it: the MLLM `MllmEncoder` (geoloc.encoder.mllm, the paper's method) and
 the CLIP / SigLIP `DualEncoder` baseline (geoloc.encoder.dual). `geoloc.load_encoder`
 (geoloc.encoder.loading) resolves a source once and returns the right one, typed as `Encoder`.
 
@@ -319,7 +319,7 @@ class Encoder(nn.Module):
 
     # -- saving --------------------------------------------------------------------------------
     def _save_extra(self, folder: Path) -> None:
-        """Files a subclass adds to a saved folder (GeoEncoder: its pooling head)."""
+        """Files a subclass adds to a saved folder (MllmEncoder: its pooling head)."""
 
     def save(self, path: str | Path) -> None:
         """Write a folder `load_encoder` reads back, with its model card, atomically (all or nothing).

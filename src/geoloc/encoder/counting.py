@@ -118,7 +118,7 @@ def count_parameters_on_meta(
             raise ConfigError(str(error)) from error
     base_total, _ = count_parameters(backbone)
     backbone = apply_tuning(backbone, family, tuning)
-    # The same container shape as GeoEncoder: the backbone and the pooler side by side.
+    # The same container shape as MllmEncoder: the backbone and the pooler side by side.
     whole = nn.ModuleDict({"backbone": backbone, "pooler": pooler})
     total, trainable = count_parameters(whole)
     by_part = dict.fromkeys(PARTS, 0)

@@ -3,7 +3,7 @@
 One registry serves both encoder kinds. Every family says which transformers class it is, which
 `config.model_type` values it serves, where its text and vision sides live in the module tree
 (adapters are targeted by module path), and its named adapter target sets. An MLLM family
-(`MllmFamily`, the `GeoEncoder`) adds how a tile is written into the token sequence (its image
+(`MllmFamily`, the `MllmEncoder`) adds how a tile is written into the token sequence (its image
 placeholder) and how pixels are prepared (square resize, no splitting); a two-tower family
 (`DualFamily`, the CLIP / SigLIP `DualEncoder`) adds the text conventions its tower was trained
 with. Adding a backbone means adding an entry here, not an `if` elsewhere.

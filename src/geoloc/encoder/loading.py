@@ -5,7 +5,7 @@
 
 A source is a preset name, a Hugging Face id, a model folder, a saved encoder or a training run
 directory. Its kind is read once -- a saved encoder's spec names its family; a preset or model
-folder says what it is -- and the MLLM (`GeoEncoder`) or dual (`DualEncoder`) loader takes it.
+folder says what it is -- and the MLLM (`MllmEncoder`) or dual (`DualEncoder`) loader takes it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 from geoloc.encoder.base import Encoder
 from geoloc.encoder.dual import DualEncoder
 from geoloc.encoder.families import EncoderKind
-from geoloc.encoder.mllm import GeoEncoder
+from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.sources import LoadableEncoder, load_as, resolve
 
 # The encoder class of each kind of family (families.py).
-ENCODERS: dict[EncoderKind, type[LoadableEncoder]] = {"mllm": GeoEncoder, "dual": DualEncoder}
+ENCODERS: dict[EncoderKind, type[LoadableEncoder]] = {"mllm": MllmEncoder, "dual": DualEncoder}
 
 
 def load_encoder(

@@ -1,13 +1,13 @@
-"""GeoEncoder: one MLLM that turns text queries and satellite tiles into unit vectors.
+"""MllmEncoder: one MLLM that turns text queries and satellite tiles into unit vectors.
 
-    encoder = GeoEncoder.load("tiny-smolvlm")            # or an HF id, a model folder, a run dir
+    encoder = MllmEncoder.load("tiny-smolvlm")            # or an HF id, a model folder, a run dir
     text_vectors = encoder.encode_text(["a red building by a pond"])
     tile_vectors = encoder.encode_images(["tiles/0001.png"])
     scores = text_vectors @ tile_vectors.T
 
 A text goes in as raw tokens (truncated at `max_text_tokens`), a tile as the family's image
 placeholder plus pixels (square, no splitting). Both sides pass through the same backbone and the
-same pooling; the result is L2-normalised float32. `GeoEncoder.load` loads MLLMs only; a source
+same pooling; the result is L2-normalised float32. `MllmEncoder.load` loads MLLMs only; a source
 that may be either kind goes through `geoloc.load_encoder`.
 """
 
@@ -30,7 +30,7 @@ from geoloc.encoder.sources import LoadableEncoder, Parts
 from geoloc.errors import ConfigError, GeolocError
 
 
-class GeoEncoder(LoadableEncoder):
+class MllmEncoder(LoadableEncoder):
     kind: ClassVar[EncoderKind] = "mllm"
 
     def __init__(
@@ -78,7 +78,7 @@ class GeoEncoder(LoadableEncoder):
 
     def rebuilt(
         self, spec: EncoderSpec | None = None, tile_features: FeatureSource | None = None
-    ) -> GeoEncoder:
+    ) -> MllmEncoder:
         """An encoder on these same weights (backbone and pooling head, shared, not copied) with
         another spec's input templates, or reading tile features from `tile_features`; this one
         is left as it is."""
@@ -86,7 +86,7 @@ class GeoEncoder(LoadableEncoder):
         pooling = ("pooling", "query_tokens", "query_heads", "family", "tuning")
         if any(getattr(spec, name) != getattr(self.spec, name) for name in pooling):
             raise GeolocError("a rebuilt encoder keeps its weights: only input settings may change")
-        other = GeoEncoder(
+        other = MllmEncoder(
             self.backbone,
             self.tokenizer,
             self.image_processor,
@@ -196,7 +196,7 @@ class GeoEncoder(LoadableEncoder):
             )
 
     @classmethod
-    def from_parts(cls, parts: Parts, trainable: bool) -> GeoEncoder:
+    def from_parts(cls, parts: Parts, trainable: bool) -> MllmEncoder:
         encoder = cls(parts.backbone, parts.tokenizer, parts.image_processor, parts.spec)
         if parts.saved is not None:
             pooling_file = parts.saved / "pooling.safetensors"
@@ -231,3 +231,8 @@ def feature_grid(output: Any, tiles: int, tokens_per_tile: int) -> torch.Tensor:
             f"{tokens_per_tile} per tile"
         )
     return rows.reshape(tiles, tokens_per_tile, rows.shape[-1])
+
+
+# The class's name before the dual encoder joined it: both are geo encoders, this one is the MLLM's.
+# Kept so that code written against the older name runs.
+GeoEncoder = MllmEncoder

@@ -10,7 +10,7 @@ is stored once and `write_model_files` assembles the full folder.
     write_model_files("SmolVLM-256M-Instruct", "models/smolvlm")          # the files, no weights
     build_random_checkpoint("SmolVLM-256M-Instruct", "models/smolvlm")    # + random weights, 2 layers
 
-A folder built this way is what a user's download looks like, so `GeoEncoder.load(folder)` takes
+A folder built this way is what a user's download looks like, so `MllmEncoder.load(folder)` takes
 exactly the path it takes on real weights. Only the weights are random; the random-size presets
 (`random-smolvlm-256m`, ...) read the same files.
 """

@@ -1,4 +1,4 @@
-"""The training run: contrastive tuning of a GeoEncoder, resumable exactly.
+"""The training run: contrastive tuning of a MllmEncoder, resumable exactly.
 
 A run directory holds:
     config.yaml            the resolved configuration
