@@ -107,6 +107,21 @@ def load_cvgtext(
     """
     check_choice(on_bad_record, OnBadRecord, "on_bad_record")
     root = Path(root).absolute()
+    _check_arguments(city, version, target, split)
+    parts = _find_parts(root, city, version, target, split)
+    source = parts[0][0]
+    records, skipped = _read_parts(parts, split, on_bad_record, check_images)
+    if not records:
+        extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
+        raise DataError(f"no records in CVG-Text {city} {version} {split}{extra}", path=source)
+    return Dataset(records=records, source=source, skipped=skipped)
+
+
+def _check_arguments(city: str, version: str, target: str, split: str) -> None:
+    """Refuse an unknown version, target or split, or a city name that is not one plain folder name.
+
+    Checked before any file is looked for, so a typo is named as such rather than as a missing file.
+    """
     for name, value, choices in (("version", version, VERSIONS), ("target", target, TARGETS)):
         if value not in choices:
             raise DataError(f"unknown CVG-Text {name} {value!r}: expected one of {', '.join(choices)}")
@@ -115,7 +130,16 @@ def load_cvgtext(
     if not isinstance(city, str) or not city or "/" in city or "\\" in city or city in (".", ".."):
         raise DataError(f"invalid CVG-Text city name {city!r}")
 
-    parts = _find_parts(root, city, version, target, split)
+
+def _read_parts(
+    parts: list[tuple[Path, Path]], split: str, on_bad_record: OnBadRecord, check_images: bool
+) -> tuple[list[Record], list[tuple[str, str]]]:
+    """The records of every (annotation file, tile folder) part, in order, and the skipped ones.
+
+    A file name is one location, so it may appear once across all the parts (the two halves of a
+    mixed set included). A bad record raises `DataError` naming its file, or with
+    on_bad_record="skip" is listed as (file name, reason).
+    """
     source = parts[0][0]
     records: list[Record] = []
     skipped: list[tuple[str, str]] = []
@@ -123,21 +147,22 @@ def load_cvgtext(
     for annotation, tiles in parts:
         for key, description in _read_object(annotation):
             try:
-                if key in seen:
-                    where = "earlier in this file" if seen[key] == annotation else f"also in {seen[key]}"
-                    raise BadRecord(f"file name listed twice ({where})")
-                seen[key] = annotation
+                _claim_key(key, annotation, seen)
                 records.append(_record(key, description, tiles, split, check_images))
             except BadRecord as exc:
                 if on_bad_record == "error":
                     raise DataError(str(exc), path=annotation, record=key) from None
                 # Skipped entries are listed against `source`; name the other half's file.
                 skipped.append((key, str(exc) if annotation == source else f"{exc} (in {annotation})"))
+    return records, skipped
 
-    if not records:
-        extra = f" ({len(skipped)} bad record(s) skipped)" if skipped else ""
-        raise DataError(f"no records in CVG-Text {city} {version} {split}{extra}", path=source)
-    return Dataset(records=records, source=source, skipped=skipped)
+
+def _claim_key(key: str, annotation: Path, seen: dict[str, Path]) -> None:
+    """Record that `annotation` lists `key`; a `BadRecord` if a file (this or another) listed it already."""
+    if key in seen:
+        where = "earlier in this file" if seen[key] == annotation else f"also in {seen[key]}"
+        raise BadRecord(f"file name listed twice ({where})")
+    seen[key] = annotation
 
 
 def _record(key: str, description: Any, tiles: Path, split: str, check_images: bool) -> Record:

@@ -68,6 +68,21 @@ def load_image(path: str | Path, root: Path | None = None, record: str | int | N
     to_open = file
     if root is not None:
         file, to_open = _inside_root(file, Path(root), record)
+    _check_file(file, record)
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice its limit; a warning is easy to miss.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _open(to_open, file, record)
+        with img:
+            _check_size(img, file, record)
+            _decode(img, file, record)
+            rgb = to_rgb(img, path=file, record=record)
+            # Closing `img` below invalidates its pixels; an RGB input needs its own copy.
+            return img.copy() if rgb is img else rgb
+
+
+def _check_file(file: Path, record: str | int | None) -> None:
+    """Refuse a missing path, a folder or an empty file, with a clearer message than Pillow's."""
     if not file.exists():
         raise DataError("image file not found", path=file, record=record)
     if not file.is_file():
@@ -75,39 +90,45 @@ def load_image(path: str | Path, root: Path | None = None, record: str | int | N
     if file.stat().st_size == 0:
         raise DataError("image file is empty (0 bytes)", path=file, record=record)
 
-    with warnings.catch_warnings():
-        # Pillow only warns between its limit and twice its limit; a warning is easy to miss.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(to_open)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_error(exc, file, record) from exc
-        except UnidentifiedImageError as exc:
-            raise DataError(
-                "not an image file (Pillow cannot identify its format)", path=file, record=record
-            ) from exc
-        except _READ_ERRORS as exc:
-            raise DataError(f"cannot read image: {exc}", path=file, record=record) from exc
 
-        with img:
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
-                    "pixels (refused as a possible decompression bomb)",
-                    path=file,
-                    record=record,
-                )
-            try:
-                # Decode now, so truncation surfaces here and not later in a data loader worker.
-                img.load()
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise _bomb_error(exc, file, record) from exc
-            except _READ_ERRORS as exc:
-                raise DataError(f"cannot read image: {exc}", path=file, record=record) from exc
-            rgb = to_rgb(img, path=file, record=record)
-            # Closing `img` below invalidates its pixels; an RGB input needs its own copy.
-            return img.copy() if rgb is img else rgb
+def _open(to_open: Path, file: Path, record: str | int | None) -> Image.Image:
+    """`Image.open` (which reads only the header), its failures turned into `DataError` naming `file`.
+
+    Call it with `Image.DecompressionBombWarning` turned into an error, so Pillow's own pixel
+    limit refuses the file instead of warning.
+    """
+    try:
+        return Image.open(to_open)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(exc, file, record) from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(
+            "not an image file (Pillow cannot identify its format)", path=file, record=record
+        ) from exc
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read image: {exc}", path=file, record=record) from exc
+
+
+def _check_size(img: Image.Image, file: Path, record: str | int | None) -> None:
+    """Refuse an image above `MAX_IMAGE_PIXELS` from its header, before its pixels are decoded."""
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+            "pixels (refused as a possible decompression bomb)",
+            path=file,
+            record=record,
+        )
+
+
+def _decode(img: Image.Image, file: Path, record: str | int | None) -> None:
+    """Decode every pixel now, so truncation surfaces here and not later in a data loader worker."""
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(exc, file, record) from exc
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read image: {exc}", path=file, record=record) from exc
 
 
 def pil_from_any(item: str | Path | Image.Image) -> Image.Image:

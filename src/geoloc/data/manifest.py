@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -259,6 +260,18 @@ def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     # by itself instead of failing the whole file.
     text = _read_bytes(source).decode("utf-8-sig", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""))
+    header = _csv_header(reader, source)
+    for row_number, cells in _csv_cells(reader):
+        row = cells if isinstance(cells, BadRecord) else _csv_record(header, cells)
+        if row is not None:
+            yield f"row {row_number}", row
+
+
+def _csv_header(reader: Iterator[list[str]], source: Path) -> list[str]:
+    """The CSV's column names, stripped; a file without a usable header is a `DataError` as a whole.
+
+    Unlike a bad row, a bad header leaves no row readable, so it cannot be skipped.
+    """
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -269,32 +282,40 @@ def _read_csv(source: Path) -> Iterator[tuple[str, dict[str, Any] | BadRecord]]:
     _check_unique_columns(header, source, "CSV header")
     if "image" not in header:
         raise DataError(f"CSV has no 'image' column (columns: {', '.join(header)})", path=source)
-    row_number = 1
-    while True:
+    return header
+
+
+def _csv_cells(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str] | BadRecord]]:
+    """Each row after the header, numbered from 2 (the header is row 1), as its cells.
+
+    A row the csv module cannot split comes as a `BadRecord` instead, and reading goes on, so one
+    malformed row is reported (or skipped) by itself.
+    """
+    for row_number in itertools.count(2):
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            row_number += 1
-            yield f"row {row_number}", BadRecord(f"invalid CSV: {exc}")
-            continue
-        row_number += 1
-        record_id = f"row {row_number}"
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) != len(header):
-            yield record_id, BadRecord(f"row has {len(cells)} cells but the header has {len(header)}")
-            continue
-        bad = next((i for i, cell in enumerate(cells) if _bad_byte(cell) is not None), None)
-        if bad is not None:
-            byte = _bad_byte(cells[bad])
-            yield record_id, BadRecord(f"not valid UTF-8: byte 0x{byte:02x} in column {header[bad]!r}")
-            continue
-        try:
-            yield record_id, _csv_row(dict(zip(header, cells, strict=True)))
-        except BadRecord as exc:
-            yield record_id, exc
+            yield row_number, BadRecord(f"invalid CSV: {exc}")
+        else:
+            yield row_number, cells
+
+
+def _csv_record(header: list[str], cells: list[str]) -> dict[str, Any] | BadRecord | None:
+    """One CSV row as a row dict, a `BadRecord` saying what is wrong with it, or None for a blank row."""
+    if not any(cell.strip() for cell in cells):
+        return None  # blank lines (an editor's trailing ones, say) are not records
+    if len(cells) != len(header):
+        return BadRecord(f"row has {len(cells)} cells but the header has {len(header)}")
+    bad = next((i for i, cell in enumerate(cells) if _bad_byte(cell) is not None), None)
+    if bad is not None:
+        byte = _bad_byte(cells[bad])
+        return BadRecord(f"not valid UTF-8: byte 0x{byte:02x} in column {header[bad]!r}")
+    try:
+        return _csv_row(dict(zip(header, cells, strict=True)))
+    except BadRecord as exc:
+        return exc
 
 
 def _csv_row(cells: dict[str, str]) -> dict[str, Any]:

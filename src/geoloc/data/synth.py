@@ -259,29 +259,73 @@ def _draw_building(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random, st
         draw.ellipse((x0, y0, x1, y1), fill=colour, outline=outline, width=2)
 
 
+_Box = tuple[int, int, int, int]  # a cell's (x0, y0, x1, y1) in pixels, as `_cell_box` gives it
+
+
 def _draw_feature(draw: ImageDraw.ImageDraw, f: Feature, rng: random.Random) -> None:
-    x0, y0, x1, y1 = _cell_box(f.cell, 4)
+    """Draw a non-building feature in its cell; a kind without a drawing is left out.
+
+    Only the trees draw from `rng`: the other kinds must not, or every later tile of the city
+    would change.
+    """
+    box = _cell_box(f.cell, 4)
     if f.kind == "water":
-        draw.ellipse((x0, y0 + 4, x1, y1 - 4), fill=(30, 110, 190))
+        _draw_water(draw, box)
     elif f.kind == "trees":
-        for _ in range(7):
-            cx, cy, radius = rng.randint(x0 + 6, x1 - 6), rng.randint(y0 + 6, y1 - 6), rng.randint(4, 7)
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(20, 90, 30))
+        _draw_trees(draw, box, rng)
     elif f.kind == "parking":
-        draw.rectangle((x0, y0, x1, y1), fill=(95, 95, 100))
-        for x in range(x0 + 4, x1, 6):
-            draw.line((x, y0 + 2, x, (y0 + y1) // 2 - 2), fill=(235, 235, 235))
-            draw.line((x, (y0 + y1) // 2 + 2, x, y1 - 2), fill=(235, 235, 235))
+        _draw_parking(draw, box)
     elif f.kind == "field":
-        for i, y in enumerate(range(y0, y1, 5)):
-            draw.rectangle((x0, y, x1, y + 4), fill=(190, 160, 80) if i % 2 else (160, 140, 60))
+        _draw_field(draw, box)
     elif f.kind == "pitch":
-        draw.rectangle((x0, y0, x1, y1), fill=(60, 140, 60), outline=(245, 245, 245), width=1)
-        draw.line(((x0 + x1) // 2, y0, (x0 + x1) // 2, y1), fill=(245, 245, 245))
+        _draw_pitch(draw, box)
     elif f.kind == "plaza":
-        for i, x in enumerate(range(x0, x1, 6)):
-            for j, y in enumerate(range(y0, y1, 6)):
-                draw.rectangle((x, y, x + 5, y + 5), fill=(205, 200, 190) if (i + j) % 2 else (180, 175, 165))
+        _draw_plaza(draw, box)
+
+
+def _draw_water(draw: ImageDraw.ImageDraw, box: _Box) -> None:
+    """A pond: a blue ellipse a little flatter than its cell."""
+    x0, y0, x1, y1 = box
+    draw.ellipse((x0, y0 + 4, x1, y1 - 4), fill=(30, 110, 190))
+
+
+def _draw_trees(draw: ImageDraw.ImageDraw, box: _Box, rng: random.Random) -> None:
+    """Seven tree crowns of random size, at random places kept off the cell's edge."""
+    x0, y0, x1, y1 = box
+    for _ in range(7):
+        cx, cy, radius = rng.randint(x0 + 6, x1 - 6), rng.randint(y0 + 6, y1 - 6), rng.randint(4, 7)
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(20, 90, 30))
+
+
+def _draw_parking(draw: ImageDraw.ImageDraw, box: _Box) -> None:
+    """Grey tarmac with two rows of white bay lines, one above and one below the middle."""
+    x0, y0, x1, y1 = box
+    draw.rectangle((x0, y0, x1, y1), fill=(95, 95, 100))
+    for x in range(x0 + 4, x1, 6):
+        draw.line((x, y0 + 2, x, (y0 + y1) // 2 - 2), fill=(235, 235, 235))
+        draw.line((x, (y0 + y1) // 2 + 2, x, y1 - 2), fill=(235, 235, 235))
+
+
+def _draw_field(draw: ImageDraw.ImageDraw, box: _Box) -> None:
+    """A ploughed field: horizontal stripes in two alternating earth colours."""
+    x0, y0, x1, y1 = box
+    for i, y in enumerate(range(y0, y1, 5)):
+        draw.rectangle((x0, y, x1, y + 4), fill=(190, 160, 80) if i % 2 else (160, 140, 60))
+
+
+def _draw_pitch(draw: ImageDraw.ImageDraw, box: _Box) -> None:
+    """A sports pitch: green with a white outline and a halfway line."""
+    x0, y0, x1, y1 = box
+    draw.rectangle((x0, y0, x1, y1), fill=(60, 140, 60), outline=(245, 245, 245), width=1)
+    draw.line(((x0 + x1) // 2, y0, (x0 + x1) // 2, y1), fill=(245, 245, 245))
+
+
+def _draw_plaza(draw: ImageDraw.ImageDraw, box: _Box) -> None:
+    """A paved plaza: a checkerboard of two stone shades."""
+    x0, y0, x1, y1 = box
+    for i, x in enumerate(range(x0, x1, 6)):
+        for j, y in enumerate(range(y0, y1, 6)):
+            draw.rectangle((x, y, x + 5, y + 5), fill=(205, 200, 190) if (i + j) % 2 else (180, 175, 165))
 
 
 def _draw_roads(draw: ImageDraw.ImageDraw, road: str) -> None:
