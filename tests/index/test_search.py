@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 from pathlib import Path
@@ -61,6 +62,18 @@ def test_a_moved_model_is_found_with_model(city_index: Path, lora_model: Path, t
     with pytest.raises(GeolocError, match="cannot load the index's model .* name it with --model"):
         SearchIndex.open(moved_index)
     assert len(SearchIndex.open(moved_index, model=str(moved_model)).search("a pond", k=3)) == 3
+
+
+def test_a_damaged_index_is_reported_before_its_model(city_index: Path, tmp_path: Path) -> None:
+    """The index opens while its model loads: when both fail, the index's own error is the one."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(city_index, damaged)
+    (damaged / "metadata.parquet").unlink()
+    manifest = (damaged / "manifest.json").read_text()
+    record = json.loads(manifest)["model"]["id"]
+    (damaged / "manifest.json").write_text(manifest.replace(record, str(tmp_path / "gone")))
+    with pytest.raises(GeolocError, match="damaged index"):
+        SearchIndex.open(damaged)
 
 
 def test_query_rules() -> None:

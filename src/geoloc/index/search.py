@@ -11,6 +11,7 @@ index.search("a red building by a pond", k=5, region=Region.bbox(2.2, 48.8, 2.5,
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from geoloc.index import ann
 from geoloc.index.identity import check_same_model, load_index_model
 from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import Region
-from geoloc.index.store import StoredIndex, read_index
+from geoloc.index.store import StoredIndex, read_index, read_manifest_json
 
 if TYPE_CHECKING:
     from geoloc.encoder.base import Encoder
@@ -75,12 +76,25 @@ class SearchIndex:
         cls, path: str | Path, model: str | None = None, device: str = "cpu", encoder: Encoder | None = None
     ) -> SearchIndex:
         """Open the index at `path`; load its model (from `model` if it moved) unless `encoder` is given."""
-        stored = read_index(path)
         if encoder is not None:
+            stored = read_index(path)
             check_same_model(stored.manifest["model"], encoder, str(path))
             return cls(stored, encoder)
-        # load_index_model checks the model: weights are hashed once, not again here.
-        return cls(stored, load_index_model(stored.manifest["model"], str(path), model, device))
+        record = read_manifest_json(path)["model"]
+        # The index opens while the model loads: reading the tiles' table and mapping the FAISS
+        # file wait mostly on the disk and on C++, the model on imports and its weights' files.
+        with ThreadPoolExecutor(1, thread_name_prefix="geoloc-open-index") as pool:
+            opening = pool.submit(read_index, path)
+            try:
+                # load_index_model checks the model: weights are hashed once, not again here.
+                loaded = load_index_model(record, str(path), model, device)
+            except Exception:
+                opening.result()  # a damaged index is reported before its model's failure
+                raise
+            stored = opening.result()
+        if stored.manifest["model"] != record:  # the folder was replaced meanwhile (index add / remove)
+            check_same_model(stored.manifest["model"], loaded, str(path))
+        return cls(stored, loaded)
 
     @property
     def manifest(self) -> dict[str, Any]:
