@@ -107,11 +107,32 @@ def geotext_metrics(
         raise ValueError(f"{len(text_groups)} text groups for {len(text_emb)} text embeddings")
     if len(image_groups) != len(image_emb):
         raise ValueError(f"{len(image_groups)} image groups for {len(image_emb)} image embeddings")
-    label = _GEOTEXT_LABELS[protocol]
     if protocol == "benchmark":
         metrics = retrieval_metrics(text_emb, image_emb, text_groups, image_groups, chunk_size=chunk_size)
-        return with_flat_keys({"protocol": label, **metrics})
+    else:
+        index = _text_images(protocol, text_image_index, text_groups, image_groups)
+        if protocol == "paper":
+            # Row t of the gallery is text t's image: duplicated images, true building labels.
+            rows = np.asarray(image_emb)[index]
+            metrics = retrieval_metrics(text_emb, rows, text_groups, list(text_groups), chunk_size=chunk_size)
+        else:
+            metrics = _official_quirks_metrics(
+                text_emb, image_emb, image_groups, index, record_images, text_records, chunk_size
+            )
+    return with_flat_keys({"protocol": _GEOTEXT_LABELS[protocol], **metrics})
 
+
+def _text_images(
+    protocol: str,
+    text_image_index: Sequence[int] | None,
+    text_groups: Sequence[Hashable],
+    image_groups: Sequence[Hashable],
+) -> np.ndarray:
+    """Each text's image, as an index array, checked: in range, and of the text's own building.
+
+    The protocols that build their gallery from the texts' images need it; a text whose image is
+    of another building would be scored against the wrong labels, so it is refused.
+    """
     if text_image_index is None:
         raise ValueError(f"protocol {protocol} needs text_image_index: each text's labels follow its image's")
     index = _index_array(text_image_index, len(text_groups), len(image_groups), "text_image_index", "images")
@@ -120,32 +141,49 @@ def geotext_metrics(
             raise ValueError(
                 f"text {t} has group {text_groups[t]!r} but its image {int(i)} has group {image_groups[i]!r}"
             )
-    if protocol == "paper":
-        # Row t of the gallery is text t's image: duplicated images, true building labels.
-        rows = np.asarray(image_emb)[index]
-        metrics = retrieval_metrics(text_emb, rows, text_groups, list(text_groups), chunk_size=chunk_size)
-        return with_flat_keys({"protocol": label, **metrics})
+    return index
 
-    if (record_images is None) != (text_records is None):
-        raise ValueError("record_images and text_records go together: give both or neither")
-    if record_images is None or text_records is None:  # neither (both or neither, checked above)
-        records, of_text = np.arange(len(image_groups)), index
-    else:
-        records = np.asarray(record_images, dtype=np.int64)
-        if records.ndim != 1 or (records.size and (records.min() < 0 or records.max() >= len(image_groups))):
-            raise ValueError("record_images holds an index outside the images")
-        of_text = _index_array(text_records, len(text_groups), len(records), "text_records", "records")
-        if not np.array_equal(records[of_text], index):
-            bad = int(np.flatnonzero(records[of_text] != index)[0])
-            raise ValueError(
-                f"text {bad}'s record holds image {int(records[of_text[bad]])}, "
-                f"not its own image {int(index[bad])}"
-            )
+
+def _official_quirks_metrics(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    image_groups: Sequence[Hashable],
+    index: np.ndarray,
+    record_images: Sequence[int] | None,
+    text_records: Sequence[int] | None,
+    chunk_size: int,
+) -> dict[str, Any]:
+    """The official `itm_eval`'s numbers: a gallery row per record, with its off-by-one labels."""
+    records, of_text = _official_records(index, len(image_groups), record_images, text_records)
     record_labels = official_building_labels([image_groups[i] for i in records])
     text_labels = [record_labels[r] for r in of_text]
     gallery = np.asarray(image_emb)[records]
-    metrics = retrieval_metrics(text_emb, gallery, text_labels, record_labels, chunk_size=chunk_size)
-    return with_flat_keys({"protocol": label, **metrics})
+    return retrieval_metrics(text_emb, gallery, text_labels, record_labels, chunk_size=chunk_size)
+
+
+def _official_records(
+    index: np.ndarray, n_images: int, record_images: Sequence[int] | None, text_records: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(each record's image, each text's record), checked against each text's own image `index`.
+
+    Without the file's record layout every image is one record and each text's record is its
+    image, which is what the official code does when no image id repeats.
+    """
+    if (record_images is None) != (text_records is None):
+        raise ValueError("record_images and text_records go together: give both or neither")
+    if record_images is None or text_records is None:  # neither (both or neither, checked above)
+        return np.arange(n_images), index
+    records = np.asarray(record_images, dtype=np.int64)
+    if records.ndim != 1 or (records.size and (records.min() < 0 or records.max() >= n_images)):
+        raise ValueError("record_images holds an index outside the images")
+    of_text = _index_array(text_records, len(index), len(records), "text_records", "records")
+    if not np.array_equal(records[of_text], index):
+        bad = int(np.flatnonzero(records[of_text] != index)[0])
+        raise ValueError(
+            f"text {bad}'s record holds image {int(records[of_text[bad]])}, "
+            f"not its own image {int(index[bad])}"
+        )
+    return records, of_text
 
 
 def _index_array(values: Sequence[int], expected: int, bound: int, name: str, what: str) -> np.ndarray:

@@ -153,31 +153,61 @@ def _tiles(folder: Path, scan: XyzScan) -> list[tuple[int, int, int, Path]]:
     for z_dir in sorted(folder.iterdir()):
         if z_dir.name.startswith(".") or z_dir.is_file():  # the manifest, a README, hidden files
             continue
-        z = _number(z_dir.name, z_dir, "zoom level")
-        if z > MAX_ZOOM:
-            raise GeolocError(f"{z_dir}: zoom level {z} is beyond {MAX_ZOOM}")
+        z = _zoom_level(z_dir)
         for x_dir in sorted(z_dir.iterdir()):
             if x_dir.name.startswith("."):
                 continue
-            x = _number(x_dir.name, x_dir, "column")
-            if not x_dir.is_dir():
-                raise GeolocError(f"{x_dir}: expected a folder of tiles z/x/y.png")
-            for file in sorted(x_dir.iterdir()):
-                if file.name.startswith("."):
-                    continue
-                if file.suffix.lower() not in TILE_SUFFIXES or not file.is_file():
-                    scan.not_tiles.append(file.relative_to(folder).as_posix())
-                    continue
-                y = _number(file.stem, file, "row")
-                if x >= 2**z or y >= 2**z:
-                    raise GeolocError(f"{file}: tile {z}/{x}/{y} does not exist (x and y go to {2**z - 1})")
-                if not _inside(file, real_folder):
-                    raise GeolocError(
-                        f"{file}: a symbolic link to {file.resolve()}, outside {folder}; an index reads "
-                        "tiles inside their gallery only: copy the tile in, or remove the link"
-                    )
-                found.append((z, x, y, file))
+            x = _column(x_dir)
+            found.extend(_column_tiles(folder, real_folder, z, x, x_dir, scan))
     return sorted(found, key=lambda t: (t[0], t[1], t[2]))
+
+
+def _zoom_level(z_dir: Path) -> int:
+    """The zoom level a top folder names; web maps stop well before `MAX_ZOOM`, so more is a mistake."""
+    z = _number(z_dir.name, z_dir, "zoom level")
+    if z > MAX_ZOOM:
+        raise GeolocError(f"{z_dir}: zoom level {z} is beyond {MAX_ZOOM}")
+    return z
+
+
+def _column(x_dir: Path) -> int:
+    """The tile column a second-level entry names; it must be a folder of rows."""
+    x = _number(x_dir.name, x_dir, "column")
+    if not x_dir.is_dir():
+        raise GeolocError(f"{x_dir}: expected a folder of tiles z/x/y.png")
+    return x
+
+
+def _column_tiles(
+    folder: Path, real_folder: Path, z: int, x: int, x_dir: Path, scan: XyzScan
+) -> list[tuple[int, int, int, Path]]:
+    """(z, x, y, file) of the tiles in column folder `x_dir`; other files are listed in `scan.not_tiles`.
+
+    Hidden files are passed over silently (an editor's or a file manager's); anything else that
+    is not an image, such as gdal2tiles' .kml files, is counted so the user sees it was left out.
+    """
+    found: list[tuple[int, int, int, Path]] = []
+    for file in sorted(x_dir.iterdir()):
+        if file.name.startswith("."):
+            continue
+        if file.suffix.lower() not in TILE_SUFFIXES or not file.is_file():
+            scan.not_tiles.append(file.relative_to(folder).as_posix())
+            continue
+        found.append((z, x, _row(file, z, x, folder, real_folder), file))
+    return found
+
+
+def _row(file: Path, z: int, x: int, folder: Path, real_folder: Path) -> int:
+    """The row a tile file names, refused where the tile cannot exist or the file lies outside `folder`."""
+    y = _number(file.stem, file, "row")
+    if x >= 2**z or y >= 2**z:
+        raise GeolocError(f"{file}: tile {z}/{x}/{y} does not exist (x and y go to {2**z - 1})")
+    if not _inside(file, real_folder):
+        raise GeolocError(
+            f"{file}: a symbolic link to {file.resolve()}, outside {folder}; an index reads "
+            "tiles inside their gallery only: copy the tile in, or remove the link"
+        )
+    return y
 
 
 def scan_xyz(folder: str | Path, tms: bool | None = None, max_transparent: float = 0.5) -> XyzScan:
