@@ -37,7 +37,7 @@ from geoloc.choices import (
     options,
 )
 from geoloc.data.readers import BenchmarkData
-from geoloc.encoder.base import EmbeddingSettings
+from geoloc.encoder.spec import EmbeddingSettings
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import ConfigError
 

@@ -187,7 +187,7 @@ def test_geoloc_train_with_val_fraction_zero_trains_on_everything(
     geotext_root: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """One epoch over every training text, no validation, no best/: the run's model is final/."""
-    from geoloc.encoder.base import saved_encoder_dir
+    from geoloc.encoder.saved import saved_encoder_dir
     from geoloc.train.trainer import Trainer
 
     spoil_geotext_test_side(geotext_root)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.encoder.base import SPEC_FILE
 from geoloc.encoder.mllm import MllmEncoder
+from geoloc.encoder.saved import SPEC_FILE
 from geoloc.encoder.tuning import TuningConfig
 from geoloc.errors import GeolocError
 

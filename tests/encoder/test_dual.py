@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from geoloc.cli import main
-from geoloc.encoder.base import SPEC_FILE
 from geoloc.encoder.dual import DualEncoder
 from geoloc.encoder.loading import load_encoder
 from geoloc.encoder.presets import preset_model
+from geoloc.encoder.saved import SPEC_FILE
 from geoloc.encoder.tuning import TuningConfig, target_regex
 from geoloc.errors import ConfigError
 

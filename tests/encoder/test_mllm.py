@@ -232,7 +232,7 @@ def test_the_config_and_the_saved_spec_state_the_embedding_settings_once(tmp_pat
     from dataclasses import fields
 
     from geoloc.config import ModelConfig, load_config
-    from geoloc.encoder.base import EmbeddingSettings, EncoderSpec
+    from geoloc.encoder.spec import EmbeddingSettings, EncoderSpec
     from geoloc.errors import ConfigError
 
     shared = {f.name for f in fields(EmbeddingSettings)}

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from geoloc.cli import main
-from geoloc.encoder.base import SPEC_FILE
 from geoloc.encoder.mllm import MllmEncoder
 from geoloc.encoder.presets import preset_model, preset_processing
+from geoloc.encoder.saved import SPEC_FILE
 from geoloc.errors import GeolocError
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "geoloc"

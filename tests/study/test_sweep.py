@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from geoloc.cli import main
-from geoloc.encoder.base import saved_encoder_dir
 from geoloc.encoder.card import read_front_matter
+from geoloc.encoder.saved import saved_encoder_dir
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.study import sweep as sweep_module
 from geoloc.study.sweep import load_sweep, run_point

@@ -1,4 +1,4 @@
-"""The encoder interface: what every geoloc encoder shares, and the saved-model layout.
+"""The encoder interface: what every geoloc encoder shares.
 
 Two encoders implement it: the MLLM `MllmEncoder` (geoloc.encoder.mllm, the paper's method) and
 the CLIP / SigLIP `DualEncoder` baseline (geoloc.encoder.dual). `geoloc.load_encoder`
@@ -9,17 +9,13 @@ the CLIP / SigLIP `DualEncoder` baseline (geoloc.encoder.dual). `geoloc.load_enc
     tile_vectors = encoder.encode_images(["tiles/0001.png"])
     scores = text_vectors @ tile_vectors.T             # both L2-normalised float32
 
-A saved encoder is a folder: `geoloc_encoder.json` (the EncoderSpec), the tokenizer and image
-processor, `adapter/` (LoRA / DoRA weights) or `backbone/` (fully tuned weights), any files
-the encoder adds (the MLLM's pooling head), and its model card: `README.md` in Hugging Face's
-form, drawn from `model_card.json` (geoloc.encoder.card).
+Beside it: its settings (spec.py), the saved folder's layout (saved.py), and device and dtype
+names (devices.py).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
@@ -29,89 +25,16 @@ from PIL import Image
 from torch import nn
 
 from geoloc import atomic
-from geoloc.choices import PaddingSide, Pooling, Preprocessing
 from geoloc.encoder import card
 from geoloc.encoder.families import BackboneFamily, EncoderKind
 from geoloc.encoder.inputs import Inputs, TextInputs, TileProcessor
-from geoloc.encoder.tuning import TuningConfig, count_parameters
-from geoloc.errors import ConfigError, GeolocError
+from geoloc.encoder.saved import SAVED_BACKBONE, SPEC_FILE
+from geoloc.encoder.spec import EncoderSpec
+from geoloc.encoder.tuning import count_parameters
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
-
-SPEC_FILE = "geoloc_encoder.json"
-SAVED_BACKBONE = "backbone"  # a spec.backbone of this value means "the folder saved beside me"
-FORMAT_VERSION = 1
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-@dataclass
-class EmbeddingSettings:
-    """How inputs become vectors, besides the weights: the one statement of these fields, for
-    the saved spec (EncoderSpec) and the config's `model` section (config.ModelConfig)."""
-
-    pooling: Pooling = "eos"
-    query_tokens: int = 4  # pooling "query": learned queries
-    query_heads: int = 4
-    text_template: str = "{text}"
-    image_template: str = "{image}"
-    max_text_tokens: int = 300
-    padding_side: PaddingSide = "right"
-    # How a tile becomes pixels: "one-resize" (one resize to the model's square, then the image
-    # processor's own rescale and normalise) or "released" (the image processor as the released
-    # code calls it; for SmolVLM a 512-px tile goes up to 2048 px and back). docs/preprocessing.md.
-    preprocessing: Preprocessing = "one-resize"
-
-    def embedding_settings(self) -> dict[str, Any]:
-        """These fields and their values, e.g. as `spec_overrides` of a new encoder."""
-        return {f.name: getattr(self, f.name) for f in fields(EmbeddingSettings)}
-
-
-@dataclass
-class EncoderSpec(EmbeddingSettings):
-    """How embeddings are made: saved with every model so that loading reproduces them."""
-
-    backbone: str = "tiny-smolvlm"  # preset name, HF id, local folder (relative = inside the save)
-    tuning: TuningConfig = field(default_factory=TuningConfig)
-    family: str = ""
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["tuning"] = TuningConfig(**data.get("tuning", {}))
-        return cls(**values)
-
-
-def split_template(template: str, slot: str, what: str) -> tuple[str, str]:
-    if template.count(slot) != 1:
-        raise GeolocError(f"{what} template {template!r} must contain {slot} exactly once")
-    prefix, suffix = template.split(slot)
-    return prefix, suffix
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype a dtype name (float32, bfloat16, float16) stands for; an unknown one is refused."""
-    if dtype not in DTYPES:
-        raise GeolocError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeolocError(f"device {device!r} asked for, but no CUDA device is available")
-    return torch.device(device)
 
 
 class FeatureSource(Protocol):
@@ -354,67 +277,3 @@ class Encoder(nn.Module):
             self.image_processor.save_pretrained(tmp)
             atomic.write_json(tmp / SPEC_FILE, spec)
             card.write_card(tmp, facts, name=path.name)
-
-
-def new_spec(source: str | Path, overrides: dict[str, Any] | None) -> EncoderSpec:
-    """The spec of an encoder built fresh from a backbone: frozen (zero-shot) unless the overrides
-    (pooling, templates, tuning, ...) say otherwise; unknown settings are refused."""
-    spec = EncoderSpec(backbone=str(source), tuning=TuningConfig(strategy="frozen"))
-    known = {f.name for f in fields(EncoderSpec)} - {"backbone", "family", "format_version"}
-    for key, value in (overrides or {}).items():
-        if key not in known:
-            raise ConfigError(f"unknown encoder setting {key!r}; known: {', '.join(sorted(known))}")
-        setattr(spec, key, value)
-    return spec
-
-
-def saved_encoder_dir(source: str | Path) -> Path | None:
-    """The saved encoder that `source` names: itself, or a run directory's best/ or final/."""
-    path = Path(source)
-    for candidate in (path, path / "best", path / "final"):
-        if (candidate / SPEC_FILE).is_file():
-            return candidate
-    return None
-
-
-def hub_processing(source: str | Path) -> tuple[Any, Any]:
-    """(tokenizer, image processor) of an HF id or a folder; never code shipped with them."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    return (
-        AutoTokenizer.from_pretrained(source, trust_remote_code=False),
-        AutoImageProcessor.from_pretrained(source, trust_remote_code=False),
-    )
-
-
-def read_saved_spec(path: Path) -> EncoderSpec:
-    """The spec of a saved encoder folder, refused unless its format version is this geoloc's."""
-    try:
-        spec_data = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise GeolocError(f"{path / SPEC_FILE}: unreadable encoder description ({error})") from error
-    version = spec_data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise GeolocError(
-            f"{path}: saved with encoder format version {version}, this geoloc reads version {FORMAT_VERSION}"
-        )
-    return EncoderSpec.from_dict(spec_data)
-
-
-def saved_backbone_source(path: Path, spec: EncoderSpec) -> str:
-    """Where a saved encoder's backbone comes from: the folder saved beside it, or its source."""
-    return str(path / spec.backbone) if spec.backbone == SAVED_BACKBONE else spec.backbone
-
-
-def attach_saved_adapter(model: nn.Module, path: Path, spec: EncoderSpec, trainable: bool) -> nn.Module:
-    """A saved encoder's adapters on its backbone (safetensors only), and which weights train."""
-    if spec.tuning.strategy in ("lora", "dora"):
-        from peft import PeftModel
-
-        adapter = path / "adapter"
-        if not (adapter / "adapter_model.safetensors").is_file():  # else peft falls back to a pickled .bin
-            raise GeolocError(f"{adapter}: no adapter_model.safetensors (only safetensors are loaded)")
-        model.requires_grad_(False)
-        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    model.requires_grad_(trainable and spec.tuning.strategy == "full")
-    return model

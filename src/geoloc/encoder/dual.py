@@ -22,10 +22,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from geoloc.encoder.base import EncoderSpec, FeatureSource, split_template
+from geoloc.encoder.base import FeatureSource
 from geoloc.encoder.families import DualFamily, EncoderKind, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.sources import LoadableEncoder, Parts
+from geoloc.encoder.spec import EncoderSpec, split_template
 from geoloc.errors import ConfigError, GeolocError
 
 # The contrastive scale (and SigLIP's bias) of the pretrained loss: the InfoNCE loss has its own,

@@ -22,11 +22,12 @@ from PIL import Image
 from torch import nn
 
 from geoloc.choices import Pooling, check_choice
-from geoloc.encoder.base import EncoderSpec, FeatureSource, split_template
+from geoloc.encoder.base import FeatureSource
 from geoloc.encoder.families import EncoderKind, MllmFamily, family_named
 from geoloc.encoder.inputs import TextInputs, TileProcessor
 from geoloc.encoder.pooling import build_pooling
 from geoloc.encoder.sources import LoadableEncoder, Parts
+from geoloc.encoder.spec import EncoderSpec, split_template
 from geoloc.errors import ConfigError, GeolocError
 
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from geoloc.encoder.base import hub_processing, resolve_dtype
+from geoloc.encoder.devices import resolve_dtype
 from geoloc.encoder.families import config_from_dict, config_from_file, family_for_model_type
+from geoloc.encoder.saved import hub_processing
 from geoloc.errors import GeolocError
 
 MODEL_FILES_DIR = Path(__file__).parent / "model_files"

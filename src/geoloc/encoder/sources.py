@@ -19,18 +19,8 @@ from typing import Any, Self, TypeVar
 import torch
 from torch import nn
 
-from geoloc.encoder.base import (
-    Encoder,
-    EncoderSpec,
-    attach_saved_adapter,
-    hub_processing,
-    new_spec,
-    read_saved_spec,
-    resolve_device,
-    resolve_dtype,
-    saved_backbone_source,
-    saved_encoder_dir,
-)
+from geoloc.encoder.base import Encoder
+from geoloc.encoder.devices import resolve_device, resolve_dtype
 from geoloc.encoder.families import (
     FAMILIES,
     KIND_NAMES,
@@ -41,6 +31,14 @@ from geoloc.encoder.families import (
     family_of_model_type,
 )
 from geoloc.encoder.presets import PRESET_FAMILIES, preset_model, preset_processing
+from geoloc.encoder.saved import (
+    attach_saved_adapter,
+    hub_processing,
+    read_saved_spec,
+    saved_backbone_source,
+    saved_encoder_dir,
+)
+from geoloc.encoder.spec import EncoderSpec, new_spec
 from geoloc.encoder.tuning import apply_tuning
 from geoloc.errors import GeolocError
 from geoloc.versions import warn_if_untested

@@ -16,7 +16,7 @@ DATA_HELP = "manifest file or folder holding manifest.jsonl"
 
 def _default_eval_dir(model: str, split: str | None) -> Path:
     """Beside a saved model or run; in the current folder for a preset or hub id."""
-    from geoloc.encoder.base import saved_encoder_dir
+    from geoloc.encoder.saved import saved_encoder_dir
 
     name = f"eval_{split or 'all'}"
     return Path(model) / name if saved_encoder_dir(model) is not None else Path(name)
@@ -33,8 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from geoloc import atomic
     from geoloc.data.bad_records import verify_and_list
     from geoloc.encoder import card
-    from geoloc.encoder.base import saved_encoder_dir
     from geoloc.encoder.loading import load_encoder
+    from geoloc.encoder.saved import saved_encoder_dir
     from geoloc.eval.benchmarks import BenchmarkRequest, format_metrics, load_benchmark, score_benchmark
     from geoloc.eval.cache import cached_embeddings
     from geoloc.eval.evaluate import embed_dataset, with_templates

@@ -106,8 +106,8 @@ def load_index_model(
 def _model_folders(source: str) -> list[Path] | None:
     """The folders whose files make the weights loaded from `source`, or None when they are not
     files alone (a preset's weights are made by code) or cannot be found without the network."""
-    from geoloc.encoder.base import saved_backbone_source
     from geoloc.encoder.presets import PRESET_FAMILIES
+    from geoloc.encoder.saved import saved_backbone_source
     from geoloc.encoder.sources import resolve
 
     resolved = resolve(source)

@@ -466,7 +466,7 @@ def build_report(
     target: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
     """Write `<out>/report.html` and its PNG figures (default out: `<target>/report`); return the page."""
-    from geoloc.encoder.base import saved_encoder_dir
+    from geoloc.encoder.saved import saved_encoder_dir
 
     target = Path(target)
     options = options or ReportOptions()

@@ -171,51 +171,83 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: 'set' must map config keys to values")
-    evaluation = spec.get("eval", {"split": "test"})
-    if evaluation is False or evaluation is None:
-        eval_split, eval_batch = None, 32
-    elif isinstance(evaluation, dict) and set(evaluation) <= {"split", "batch_size"}:
-        eval_split, eval_batch = str(evaluation.get("split", "test")), int(evaluation.get("batch_size", 32))
-    else:
-        raise ConfigError(f"{path}: 'eval' must be false or a mapping with 'split' and 'batch_size'")
-
+    eval_split, eval_batch = _eval_settings(spec.get("eval", {"split": "test"}), path)
     axes = _axes(spec, str(path))
     keys = list(dict.fromkeys(k for axis in axes for choice in axis for k in choice if k != "name"))
+    points = _points(path, axes, keys, base, fixed, overrides)
+    metric = _metric(spec, eval_split, path)
+    name = str(spec.get("name") or path.stem)
+    return Sweep(path, name, points, keys, metric, eval_split, eval_batch, list(overrides or []))
+
+
+def _eval_settings(evaluation: Any, path: Path) -> tuple[str | None, int]:
+    """The sweep's 'eval': (the split each run is scored on, or None for none; the batch size)."""
+    if evaluation is False or evaluation is None:
+        return None, 32
+    if isinstance(evaluation, dict) and set(evaluation) <= {"split", "batch_size"}:
+        return str(evaluation.get("split", "test")), int(evaluation.get("batch_size", 32))
+    raise ConfigError(f"{path}: 'eval' must be false or a mapping with 'split' and 'batch_size'")
+
+
+def _points(
+    path: Path,
+    axes: list[list[dict[str, Any]]],
+    keys: list[str],
+    base: dict[str, Any],
+    fixed: dict[str, Any],
+    overrides: list[str] | None,
+) -> list[SweepPoint]:
+    """One point per combination of the axes' choices, each with its config resolved and checked.
+
+    Every point's folder is named after it, so two points with one name are refused here, before
+    anything runs, rather than the second overwriting the first.
+    """
     short = _short_names(keys)
     points: list[SweepPoint] = []
     for combo in itertools.product(*axes):
         values: dict[str, Any] = {}
-        parts: list[str] = []
         for choice in combo:
-            named = choice.get("name")
-            settings = {k: v for k, v in choice.items() if k != "name"}
-            values.update(settings)
-            parts.append(
-                _format_value(named)
-                if named is not None
-                else "__".join(f"{short[k]}={_format_value(v)}" for k, v in settings.items())
-            )
-        name = "__".join(parts)
-        data = json.loads(json.dumps(base))  # a deep copy of plain YAML data
-        where = f"{path} (run {name})"
-        for key, value in {**fixed, **values}.items():
-            _set_dotted(data, str(key), value, where)
-        try:
-            config = config_from_dict(data, overrides)
-        except ConfigError as error:
-            raise ConfigError(f"{where}: {error}") from error
-        points.append(SweepPoint(name, values, config))
+            values.update({k: v for k, v in choice.items() if k != "name"})
+        name = "__".join(_choice_name(choice, short) for choice in combo)
+        points.append(
+            SweepPoint(name, values, _point_config(path, name, base, {**fixed, **values}, overrides))
+        )
     names = [p.name for p in points]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{path}: two runs would share the folder {duplicates[0]!r}; give the points names")
+    return points
 
+
+def _choice_name(choice: dict[str, Any], short: dict[str, str]) -> str:
+    """One choice's part of a run folder's name: its own 'name', else its settings as key=value."""
+    named = choice.get("name")
+    if named is not None:
+        return _format_value(named)
+    return "__".join(f"{short[k]}={_format_value(v)}" for k, v in choice.items() if k != "name")
+
+
+def _point_config(
+    path: Path, name: str, base: dict[str, Any], settings: dict[str, Any], overrides: list[str] | None
+) -> Config:
+    """The base config with a point's settings, then the command line's overrides; errors name the run."""
+    data = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+    where = f"{path} (run {name})"
+    for key, value in settings.items():
+        _set_dotted(data, str(key), value, where)
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _metric(spec: dict[str, Any], eval_split: str | None, path: Path) -> str:
+    """The column runs are ranked by: the sweep's 'metric', else R@1 on the split the runs are scored on."""
     metric = str(spec.get("metric") or ("test_t2i_R@1" if eval_split else "val_t2i_R@1"))
     known_metrics = [c for c, _ in METRIC_COLUMNS + RUN_COLUMNS]
     if metric not in known_metrics:
         raise ConfigError(f"{path}: unknown metric {metric!r}; choose one of: {', '.join(known_metrics)}")
-    name = str(spec.get("name") or path.stem)
-    return Sweep(path, name, points, keys, metric, eval_split, eval_batch, list(overrides or []))
+    return metric
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -273,7 +305,7 @@ def _score_zero_shot(config: Config, run_dir: Path) -> None:
 def _add_to_card(run_dir: Path, request: Any, metrics: dict[str, Any], data: str, split: str) -> None:
     """The held-out result, on the model card of the run's model (best/, else final/)."""
     from geoloc.encoder import card
-    from geoloc.encoder.base import saved_encoder_dir
+    from geoloc.encoder.saved import saved_encoder_dir
 
     folder = saved_encoder_dir(run_dir)
     if folder is not None:
@@ -352,7 +384,7 @@ def _score_run(sweep: Sweep, point: SweepPoint, run_dir: Path) -> dict[str, Any]
 
 def run_point(sweep: Sweep, point: SweepPoint, run_dir: Path, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and score one point; a point with a result is only read back."""
-    from geoloc.encoder.base import SPEC_FILE
+    from geoloc.encoder.saved import SPEC_FILE
     from geoloc.train.trainer import CHECKPOINT, TRAINER_STATE, train
 
     if run_dir.exists():

@@ -39,10 +39,12 @@ from geoloc.data.pipeline import (
     make_loader,
     resolve_workers,
 )
-from geoloc.encoder.base import SAVED_BACKBONE, Encoder, resolve_device
+from geoloc.encoder.base import Encoder
 from geoloc.encoder.card import record_validation
+from geoloc.encoder.devices import resolve_device
 from geoloc.encoder.inputs import bucket_lengths
 from geoloc.encoder.loading import load_encoder
+from geoloc.encoder.saved import SAVED_BACKBONE
 from geoloc.encoder.tile_features import TileFeatureStore, vision_is_adapted
 from geoloc.errors import ConfigError, GeolocError
 from geoloc.eval.evaluate import evaluate
