@@ -245,3 +245,9 @@ def test_the_config_and_the_saved_spec_state_the_embedding_settings_once(tmp_pat
     loaded = load_config(config, overrides=["model.pooling=mean", "model.max_text_tokens=12"])
     encoder = MllmEncoder.load("tiny-smolvlm", spec_overrides=loaded.model.embedding_settings())
     assert (encoder.spec.pooling, encoder.spec.max_text_tokens) == ("mean", 12)
+
+
+def test_the_older_class_name_still_imports() -> None:
+    from geoloc.encoder.mllm import GeoEncoder
+
+    assert GeoEncoder is MllmEncoder
