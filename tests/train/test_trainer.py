@@ -123,10 +123,14 @@ def test_resume_after_a_crash_gives_identical_weights(tiny_city: Path, tmp_path:
 
 
 def test_existing_run_is_not_overwritten_without_resume(tiny_city: Path, tmp_path: Path) -> None:
+    """A folder with a metrics.jsonl holds a run: the guard needs no training, only that file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"type": "step", "step": 0}\n')
     config = _config(tiny_city, epochs=1, batch_size=16, max_steps=1)
-    train(config, tmp_path / "run")
-    with pytest.raises(GeolocError, match="--resume"):
-        train(config, tmp_path / "run")
+    with pytest.raises(GeolocError, match="already holds a run; pass --resume"):
+        train(config, run)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]  # nothing else written
 
 
 def test_unknown_sharding_is_refused_when_the_config_is_read(tiny_city: Path) -> None:
