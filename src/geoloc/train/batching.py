@@ -97,49 +97,90 @@ def form_batches(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    placed = [False] * (max(order, default=-1) + 1)
-    batches: Batches = []
-    deferred: list[int] = []  # items that did not fit the batch being filled
-    batch: list[int] = []
-
-    def join(index: int) -> None:
-        batch.append(index)
-        placed[index] = True
-        pulled = 0
-        if partners is not None and neighbours:
-            for partner in partners(index):
-                if pulled == neighbours or len(batch) == batch_size:
-                    break
-                if not placed[partner] and guard.fits_partner(partner, index, batch):
-                    batch.append(partner)
-                    placed[partner] = True
-                    pulled += 1
-
-    def start_batch() -> None:
-        nonlocal batch, deferred
-        batches.append(batch)
-        batch = []
-        waiting, deferred = deferred, []
-        for index in waiting:
-            if placed[index]:
-                continue  # pulled in as a partner meanwhile
-            if len(batch) < batch_size and guard.fits(index, batch):
-                join(index)
-            else:
-                deferred.append(index)
-
+    filler = _BatchFiller(max(order, default=-1) + 1, batch_size, guard, partners, neighbours)
     for index in order:
-        if placed[index]:
-            continue
-        while len(batch) >= batch_size:  # waiting items may fill the next batch at once
-            start_batch()
-        if guard.fits(index, batch):
-            join(index)
+        filler.offer(index)
+    return filler.finish()
+
+
+class _BatchFiller:
+    """`form_batches`' state as it walks the order: the batches cut so far, the batch being
+    filled, the items waiting for a later batch, and which items are placed.
+
+    Waiting items get the first places in each new batch, in the order they were deferred, ahead
+    of the items after them in the order. Nothing else is consulted: the batches depend only on
+    the order, the guard and the partners, which is what lets a resumed epoch repeat the
+    interrupted one.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        guard: BatchGuard,
+        partners: Callable[[int], Sequence[int]] | None,
+        neighbours: int,
+    ):
+        self.batch_size = batch_size
+        self.guard = guard
+        self.partners = partners
+        self.neighbours = neighbours
+        self.placed = [False] * n
+        self.batches: Batches = []
+        self.batch: list[int] = []
+        self.deferred: list[int] = []  # items that did not fit the batch being filled
+
+    def offer(self, index: int) -> None:
+        """The next item of the order: it joins the batch being filled if the guard allows, else waits."""
+        if self.placed[index]:
+            return  # pulled in earlier as another item's partner
+        while len(self.batch) >= self.batch_size:  # waiting items may fill the next batch at once
+            self._start_batch()
+        if self.guard.fits(index, self.batch):
+            self._join(index)
         else:
-            deferred.append(index)
-    while batch:
-        start_batch()
-    return batches
+            self.deferred.append(index)
+
+    def finish(self) -> Batches:
+        """Every batch, once the order is walked: the waiting items fill as many more as they need."""
+        while self.batch:
+            self._start_batch()
+        return self.batches
+
+    def _join(self, index: int) -> None:
+        self.batch.append(index)
+        self.placed[index] = True
+        self._pull_partners(index)
+
+    def _pull_partners(self, index: int) -> None:
+        """Bring up to `neighbours` of `index`'s partners into its batch: its hard negatives.
+
+        A partner pulled in this way pulls in none of its own (no chaining): each batch is built
+        around the anchors taken from the order.
+        """
+        if self.partners is None or not self.neighbours:
+            return
+        pulled = 0
+        for partner in self.partners(index):
+            if pulled == self.neighbours or len(self.batch) == self.batch_size:
+                break
+            if not self.placed[partner] and self.guard.fits_partner(partner, index, self.batch):
+                self.batch.append(partner)
+                self.placed[partner] = True
+                pulled += 1
+
+    def _start_batch(self) -> None:
+        """Close the batch being filled and start the next with the items that waited for it."""
+        self.batches.append(self.batch)
+        self.batch = []
+        waiting, self.deferred = self.deferred, []
+        for index in waiting:
+            if self.placed[index]:
+                continue  # pulled in as a partner meanwhile
+            if len(self.batch) < self.batch_size and self.guard.fits(index, self.batch):
+                self._join(index)
+            else:
+                self.deferred.append(index)
 
 
 def epoch_batches(groups: Sequence[str], batch_size: int, seed: int, epoch: int) -> Batches:
