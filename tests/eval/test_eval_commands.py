@@ -98,10 +98,18 @@ def test_eval_cvgtext_benchmark(tmp_path: Path) -> None:
 
 
 def test_benchmark_arguments_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing setting is named as the command line spells it (a config names data.root: the
+    same reader, tests/data/test_benchmark_training.py)."""
     assert main(["eval", "tiny-smolvlm", "--benchmark", "cvgtext", "--root", str(tmp_path)]) == 2
-    assert "--city" in capsys.readouterr().err
+    assert "--city is required with benchmark cvgtext" in capsys.readouterr().err
     assert main(["eval", "tiny-smolvlm", "--benchmark", "geotext1652"]) == 2
-    assert "--root" in capsys.readouterr().err
+    assert "--root is required with benchmark geotext1652" in capsys.readouterr().err
+    assert main(["eval", "tiny-smolvlm"]) == 2
+    assert "no data: set --data to a manifest file" in capsys.readouterr().err
+    assert main(["eval", "tiny-smolvlm", "--data", str(tmp_path), "--protocol", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol paper is a GeoText-1652 protocol (--benchmark geotext1652)" in err
+    assert "data." not in err
 
 
 def test_eval_twice_uses_the_cache(small_city: Path, tmp_path: Path, capsys) -> None:
