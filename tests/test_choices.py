@@ -80,3 +80,23 @@ def test_options_and_check_choice() -> None:
     # A library caller's ValueError, and a user's ConfigError, which the CLI prints in one line.
     assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)
     assert choices.canonical("bf16") == "bfloat16" and choices.canonical(3) == 3
+
+
+def test_the_config_reference_lists_every_option_of_every_choice() -> None:
+    """docs/config.md is written by hand; this keeps it to choices.py's options."""
+    import re
+
+    rows: dict[str, str] = {}
+    for line in (SRC.parent.parent / "docs" / "config.md").read_text().splitlines():
+        if line.startswith("| `"):
+            for key in re.findall(r"`([a-z_]+\.[a-z_]+)`", line.split("|")[1]):
+                rows[key] = line
+    checked = 0
+    for section, section_type in typing.get_type_hints(Config).items():
+        for name, annotation in typing.get_type_hints(section_type).items():
+            for literal in _literals(annotation):
+                row = rows.get(f"{section}.{name}", "")
+                missing = [option for option in typing.get_args(literal) if f"`{option}`" not in row]
+                assert not missing, f"docs/config.md: {section}.{name} does not list {missing}"
+                checked += 1
+    assert checked >= 18
