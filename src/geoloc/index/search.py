@@ -65,7 +65,9 @@ class SearchIndex:
         # One model call at a time: a server's threads share this model, and its forward pass
         # neither gains from concurrent calls on a CPU nor is documented as thread-safe.
         self.model_lock = threading.Lock()
-        self._row_of_key = {key: row for row, key in enumerate(stored.tiles.key)}
+        # Built at the first look-up by key (a tile's image), not at start: 0.4 s a million tiles.
+        self._row_of_key: dict[str, int] | None = None
+        self._keys_lock = threading.Lock()
         self._tile_roots = [Path(gallery).parent.resolve() for gallery in stored.manifest["galleries"]]
         # The tiles' centres as arrays (NaN where unknown), for region filters.
         self._lat = np.array(stored.tiles.lat, dtype=np.float64)
@@ -146,7 +148,13 @@ class SearchIndex:
         return self.search_many([text], k, region)[0]
 
     def row(self, key: str) -> int | None:
-        return self._row_of_key.get(key)
+        return self._rows_by_key().get(key)
+
+    def _rows_by_key(self) -> dict[str, int]:
+        with self._keys_lock:
+            if self._row_of_key is None:
+                self._row_of_key = {key: row for row, key in enumerate(self.stored.tiles.key)}
+            return self._row_of_key
 
     def image_path(self, key: str) -> Path | None:
         """The image file of the tile `key`, only if it is one of this index's own tiles.
@@ -154,7 +162,7 @@ class SearchIndex:
         The key is looked up, never joined onto a folder, and the file must still resolve
         inside one of the galleries' folders (no symlink planted since the build leads out).
         """
-        row = self._row_of_key.get(key)
+        row = self._rows_by_key().get(key)
         if row is None:
             return None
         path = Path(self.stored.tiles.image[row])
