@@ -20,8 +20,9 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -143,6 +144,46 @@ def _uses_bf16(device: torch.device, precision: TrainPrecision) -> bool:
 
 def _autocast(device: torch.device, precision: TrainPrecision) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, precision))
+
+
+@dataclass
+class _RunClock:
+    """The run's time, counted across attempts: a resumed run's TrainState.elapsed_s goes on from
+    its checkpoint's, and train.max_minutes is a budget for all attempts together."""
+
+    elapsed_at_start: float  # TrainState.elapsed_s when this attempt started training
+    deadline: float  # the time.monotonic() at which the budget runs out; inf without one
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return self.elapsed_at_start + time.monotonic() - self.started
+
+    def past_deadline(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+@dataclass
+class _LogWindow:
+    """The steps since the last train log line: their pairs, and their time spent waiting for
+    input batches and computing. A log line reports their rate, and the data-wait warning their
+    shares, so a slow start does not colour the whole run's numbers."""
+
+    pairs: int = 0
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    start: float = field(default_factory=time.monotonic)
+
+    def add(self, pairs: int, wait_s: float, compute_s: float) -> None:
+        self.pairs += pairs
+        self.wait_s += wait_s
+        self.compute_s += compute_s
+
+    def pairs_per_s(self) -> float:
+        return self.pairs / max(1e-9, time.monotonic() - self.start)
+
+    def reset(self) -> None:
+        self.pairs, self.start = 0, time.monotonic()
+        self.wait_s = self.compute_s = 0.0
 
 
 class Trainer:
@@ -570,7 +611,30 @@ class Trainer:
             )
 
     def run(self, resume: bool = False) -> dict[str, Any]:
+        """Build, train until the step, epoch or time budget runs out, validate and save.
+
+        With `resume`, the run continues from its last checkpoint exactly: the same batches and
+        the same random draws as if it had never stopped. A run that saved nothing yet starts over.
+        """
         checkpoint = self.run_dir / CHECKPOINT
+        resume = self._claim_run_dir(checkpoint, resume)
+        self.build(checkpoint if resume else None)
+        if resume:
+            self.restore(checkpoint)
+        if self.world.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
+        deadline = self._deadline()
+        progress = self._progress_bar()
+        stopped_early = self._train_epochs(_RunClock(self.state.elapsed_s, deadline), progress)
+        if progress is not None:
+            progress.close()
+        return self._finish(stopped_early)
+
+    def _claim_run_dir(self, checkpoint: Path, resume: bool) -> bool:
+        """Make the run folder ready; whether there is a checkpoint to resume from.
+
+        A new run refuses a folder that already holds one, so two runs' logs never mix.
+        """
         atomic.recover_dir(checkpoint)  # a crash may have cut a checkpoint swap in two
         if resume and not (checkpoint / TRAINER_STATE).is_file():
             resume = False  # nothing saved yet: start from the beginning
@@ -580,98 +644,129 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.build(checkpoint if resume else None)
-        if resume:
-            self.restore(checkpoint)
-        if self.world.is_main:
-            save_config(self.config, self.run_dir / "config.yaml")
-        train = self.config.train
-        state = self.state
-        deadline = (
-            time.monotonic() + train.max_minutes * 60 - state.elapsed_s if train.max_minutes > 0 else math.inf
-        )
-        progress = None
-        if train.progress and self.world.is_main:
-            from tqdm.auto import tqdm
+        return resume
 
-            # Far fewer refreshes when stderr is a log file, not a terminal.
-            interval = 0.5 if sys.stderr.isatty() else 30.0
-            progress = tqdm(
-                total=self.total_steps, initial=state.step, unit="step", desc="training", mininterval=interval
-            )
-        started, window_pairs, window_start = time.monotonic(), 0, time.monotonic()
-        window_wait = window_compute = 0.0
-        elapsed_at_start = state.elapsed_s
+    def _deadline(self) -> float:
+        """When train.max_minutes runs out (time.monotonic()), less the minutes earlier attempts
+        of this run used; inf without a limit."""
+        train = self.config.train
+        if train.max_minutes > 0:
+            return time.monotonic() + train.max_minutes * 60 - self.state.elapsed_s
+        return math.inf
+
+    def _progress_bar(self) -> Any:
+        """A tqdm bar over the steps on the main process, if train.progress asks for one; else None."""
+        if not (self.config.train.progress and self.world.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        # Far fewer refreshes when stderr is a log file, not a terminal.
+        interval = 0.5 if sys.stderr.isatty() else 30.0
+        return tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            unit="step",
+            desc="training",
+            mininterval=interval,
+        )
+
+    def _train_epochs(self, clock: _RunClock, progress: Any) -> bool:
+        """Train epoch after epoch until a budget runs out; True if the time budget stopped it."""
+        state = self.state
+        window = _LogWindow()
         stopped_early = False
-        while state.step < self.total_steps and state.epoch < train.epochs:
-            mining_due = False
-            with contextlib.closing(self._epoch_batches()) as epoch_batches:
-                for batch, inputs, wait_s in epoch_batches:
-                    if state.step >= self.total_steps:
-                        break
-                    computing = time.perf_counter()
-                    loss = self.train_step(batch, inputs)
-                    step_s = time.perf_counter() - computing
-                    state.step += 1
-                    state.batch_in_epoch += 1
-                    window_pairs += len(batch)
-                    window_wait += wait_s
-                    window_compute += step_s
-                    state.elapsed_s = elapsed_at_start + time.monotonic() - started
-                    if state.step % train.log_every == 0 or state.step == 1:
-                        rate = window_pairs / max(1e-9, time.monotonic() - window_start)
-                        self._log(
-                            {
-                                "type": "train",
-                                "step": state.step,
-                                "epoch": state.epoch,
-                                "loss": loss,
-                                "lr": self.scheduler.get_last_lr()[0],
-                                "temperature": self.loss_fn.temperature,
-                                "pairs_per_s": rate,
-                                "data_wait_s": wait_s,  # this step's wait for its batch
-                                "step_s": step_s,  # this step's computing time
-                                "processes": self.world.size,
-                                "parameter_bytes_per_process": self.parameter_bytes,
-                            }
-                        )
-                        if state.step > 1:  # the first batch waits for the workers to start
-                            self._warn_if_waiting(window_wait, window_compute)
-                        window_pairs, window_start = 0, time.monotonic()
-                        window_wait = window_compute = 0.0
-                        if progress is not None:
-                            progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
-                    if progress is not None:
-                        progress.update(1)
-                    if train.eval_every and state.step % train.eval_every == 0:
-                        self.validate()
-                    if train.save_every and state.step % train.save_every == 0:
-                        self.save_checkpoint()
-                    if time.monotonic() > deadline:
-                        stopped_early = True
-                        break
-                    if self._mining_due() and state.batch_in_epoch < len(self.sampler.batches):
-                        mining_due = True  # the rest of this epoch is formed again
-                        break
-            if mining_due:
-                continue
+        while state.step < self.total_steps and state.epoch < self.config.train.epochs:
+            ended = self._train_epoch(clock, window, progress)
+            if ended == "mining":
+                continue  # the rest of this epoch is formed again, around the new hard negatives
+            if ended == "deadline":
+                stopped_early = True
             if state.batch_in_epoch < len(self.sampler.batches):  # epochs differ in length
                 break  # stopped inside the epoch (step or time budget): resume continues it
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if not train.eval_every:
-                self.validate()
+            self._end_epoch()
+        return stopped_early
+
+    def _train_epoch(
+        self, clock: _RunClock, window: _LogWindow, progress: Any
+    ) -> Literal["ended", "deadline", "mining"]:
+        """Train on the rest of this epoch's batches. Why it stopped: the batches (or the step
+        budget) ended, the time budget ran out, or hard negatives are due to be mined again."""
+        state = self.state
+        with contextlib.closing(self._epoch_batches()) as epoch_batches:
+            for batch, inputs, wait_s in epoch_batches:
+                if state.step >= self.total_steps:
+                    break
+                computing = time.perf_counter()
+                loss = self.train_step(batch, inputs)
+                step_s = time.perf_counter() - computing
+                state.step += 1
+                state.batch_in_epoch += 1
+                window.add(len(batch), wait_s, step_s)
+                state.elapsed_s = clock.elapsed()
+                self._report_step(loss, wait_s, step_s, window, progress)
+                self._validate_and_save_when_due()
+                if clock.past_deadline():
+                    return "deadline"
+                if self._mining_due() and state.batch_in_epoch < len(self.sampler.batches):
+                    return "mining"
+        return "ended"
+
+    def _report_step(
+        self, loss: float, wait_s: float, step_s: float, window: _LogWindow, progress: Any
+    ) -> None:
+        """The step on the progress bar, and every train.log_every steps (and the first) a log line."""
+        step = self.state.step
+        if step % self.config.train.log_every == 0 or step == 1:
+            rate = window.pairs_per_s()
+            self._log(
+                {
+                    "type": "train",
+                    "step": step,
+                    "epoch": self.state.epoch,
+                    "loss": loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "temperature": self.loss_fn.temperature,
+                    "pairs_per_s": rate,
+                    "data_wait_s": wait_s,  # this step's wait for its batch
+                    "step_s": step_s,  # this step's computing time
+                    "processes": self.world.size,
+                    "parameter_bytes_per_process": self.parameter_bytes,
+                }
+            )
+            if step > 1:  # the first batch waits for the workers to start
+                self._warn_if_waiting(window.wait_s, window.compute_s)
+            window.reset()
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:.1f}")
         if progress is not None:
-            progress.close()
+            progress.update(1)
+
+    def _validate_and_save_when_due(self) -> None:
+        """Validate every train.eval_every steps and checkpoint every train.save_every (0: never)."""
+        train, step = self.config.train, self.state.step
+        if train.eval_every and step % train.eval_every == 0:
+            self.validate()
+        if train.save_every and step % train.save_every == 0:
+            self.save_checkpoint()
+
+    def _end_epoch(self) -> None:
+        """Move on to the next epoch; without train.eval_every, validate once an epoch."""
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        if not self.config.train.eval_every:
+            self.validate()
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        """Validate and save the last model (final/, and the checkpoint); the run's summary."""
         final = self.validate()
         self.save_checkpoint()
         if self.world.is_main:
             self.encoder.save(self.run_dir / "final")
-            record_validation(self.run_dir / "final", final, state.step)
+            record_validation(self.run_dir / "final", final, self.state.step)
         self.world.barrier()
-        best = state.best_primary_metric
+        best = self.state.best_primary_metric
         return {
-            "steps": state.step,
+            "steps": self.state.step,
             # None when nothing validated: the run's model is then final/.
             "best_val_r1": best if best >= 0 else None,
             "final_val": final,
