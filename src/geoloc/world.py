@@ -55,6 +55,11 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def any_of(self, flag: bool) -> bool:
+        """Whether `flag` holds in any process: a decision every process takes together, such as
+        stopping when each one's clock says the time is up (clocks differ a little)."""
+        return any(self.gather_objects(bool(flag)))
+
     def gather_objects(self, value: Any) -> list[Any]:
         """Every process's `value`, in rank order (picklable objects; a one-item list alone)."""
         if not self.distributed:

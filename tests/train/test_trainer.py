@@ -242,3 +242,23 @@ def test_one_step_updates_adapters_under_each_setting(
     # lora_B starts at zero and so does its gradient to lora_A; after one step B has moved.
     assert any("lora_B" in n for n in changed)
     assert trainer.loss_fn.log_scale.grad is not None
+
+
+def test_the_time_budget_stops_on_the_epochs_last_batch_and_a_resume_goes_on(
+    tiny_city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.max_minutes running out as an epoch ends closes that epoch and stops: no step of the
+    next (it used to train one). A resumed run trains the epochs left, the budget renewed."""
+    config = _config(tiny_city, epochs=3, batch_size=16, max_minutes=60.0)
+    trainer = trainer_module.Trainer(config, tmp_path / "run")
+    at_epoch_end = lambda clock: trainer.state.batch_in_epoch == len(trainer.sampler.batches)  # noqa: E731
+    monkeypatch.setattr(trainer_module._RunClock, "past_deadline", at_epoch_end)
+    result = trainer.run()
+    per_epoch = len(trainer.sampler.batches)
+    assert result["stopped_early"] is True and result["steps"] == per_epoch
+    assert (trainer.state.epoch, trainer.state.batch_in_epoch) == (1, 0)
+    monkeypatch.undo()
+    resumed = trainer_module.Trainer(config, tmp_path / "run")
+    result = resumed.run(resume=True)
+    assert result["stopped_early"] is False and result["steps"] > per_epoch
+    assert resumed.state.epoch == 3  # every epoch trained (their lengths may differ by a batch)

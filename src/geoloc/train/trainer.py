@@ -684,6 +684,8 @@ class Trainer:
             if state.batch_in_epoch < len(self.sampler.batches):  # epochs differ in length
                 break  # stopped inside the epoch (step or time budget): resume continues it
             self._end_epoch()
+            if stopped_early:
+                break  # the time ran out on the epoch's last batch: the epoch is closed, stop here
         return stopped_early
 
     def _train_epoch(
@@ -705,11 +707,16 @@ class Trainer:
                 state.elapsed_s = clock.elapsed()
                 self._report_step(loss, wait_s, step_s, window, progress)
                 self._validate_and_save_when_due()
-                if clock.past_deadline():
+                if self._out_of_time(clock):
                     return "deadline"
                 if self._mining_due() and state.batch_in_epoch < len(self.sampler.batches):
                     return "mining"
         return "ended"
+
+    def _out_of_time(self, clock: _RunClock) -> bool:
+        """Whether train.max_minutes ran out, agreed by every process, so that all stop after the
+        same step: one that stopped alone would leave the others waiting in the next step."""
+        return clock.deadline != math.inf and self.world.any_of(clock.past_deadline())
 
     def _report_step(
         self, loss: float, wait_s: float, step_s: float, window: _LogWindow, progress: Any
