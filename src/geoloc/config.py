@@ -245,7 +245,7 @@ def _in_use_spelling(data: Any, path: list[str]) -> Any:
 
 def _validated(data: dict[str, Any]) -> Config:
     try:
-        text = json.dumps(_in_use_spelling(data, []))
+        text = json.dumps(_in_use_spelling(data, []), allow_nan=False)
     except (TypeError, ValueError) as error:  # e.g. a YAML date or a NaN: not a setting's value
         raise ConfigError(f"a value that is not text, a number, true/false or a mapping ({error})") from None
     try:
