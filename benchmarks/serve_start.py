@@ -12,7 +12,9 @@ loopback (`--device cpu`), and each start is timed; a fresh process also times t
 alone: the imports, opening the index (`read_index`), loading the model, hashing its weights
 (the fingerprint, as the first start computes it) and the check from the fingerprint cached by
 the model's files (as every later start makes it). The server itself opens the index while the
-model loads. Prints one JSON line per run and one for the parts.
+model loads. `--trees OLD,NEW` compares two versions of geoloc (source trees, e.g. a `git worktree`
+of an older commit), started in turn so that both see the same machine load. Prints one JSON line
+per start (with the load average before it) and one for the parts.
 """
 
 from __future__ import annotations
@@ -80,15 +82,16 @@ def rss_mb(pid: int) -> dict[str, int]:
     return {name: round(int(status[field].split()[0]) / 1024) for name, field in fields.items()}
 
 
-def time_start(index: Path, limit_s: float) -> dict:
+def time_start(index: Path, limit_s: float, tree: str | None = None) -> dict:
     """Seconds from launching `geoloc serve` to its first 200 on /health, its memory then, and
-    the seconds its first search takes."""
+    the seconds its first search takes; the geoloc of source tree `tree` (its src/), if given."""
     import httpx
 
     port = free_port()
     command = serve_command(index, port)
+    env = os.environ | ({"PYTHONPATH": str(Path(tree, "src").resolve())} if tree else {})
     started = time.perf_counter()
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         while time.perf_counter() - started < limit_s:
             if server.poll() is not None:
@@ -161,6 +164,11 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=1000, help="ivf-pq clusters (fewer: a quicker build)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--limit-s", type=float, default=300)
+    parser.add_argument(
+        "--trees",
+        help="comma-separated source trees (e.g. a `git worktree` of an older commit, and .): each "
+        "run starts the server of each in turn, so that all see the same machine load",
+    )
     parser.add_argument("--parts", help=argparse.SUPPRESS)  # the child process that times the parts
     args = parser.parse_args()
     if args.parts:
@@ -169,13 +177,12 @@ def main() -> None:
     folder = Path(args.prepare)
     folder.mkdir(parents=True, exist_ok=True)
     index = prepare(folder, args.tiles, args.kind, args.nlist)
+    trees: list[str | None] = list(args.trees.split(",")) if args.trees else [None]
     for run in range(1, args.runs + 1):
-        print(
-            json.dumps(
-                {"run": run, "tiles": args.tiles, "kind": args.kind} | time_start(index, args.limit_s)
-            ),
-            flush=True,
-        )
+        for tree in trees:
+            row = {"run": run, "tiles": args.tiles, "kind": args.kind, "load": round(os.getloadavg()[0], 2)}
+            row |= {"tree": tree} if tree else {}
+            print(json.dumps(row | time_start(index, args.limit_s, tree)), flush=True)
     child = [sys.executable, __file__, "--prepare", str(folder), "--parts", str(index)]
     parts = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
     print(json.dumps({"parts": True, "tiles": args.tiles, "kind": args.kind} | parts))
