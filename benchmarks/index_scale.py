@@ -81,14 +81,21 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 def build(
-    folder: Path, kind: str, vectors: np.ndarray, lat: np.ndarray, lon: np.ndarray, pq_m: int, nlist: int
+    folder: Path,
+    kind: str,
+    vectors: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    pq_m: int,
+    nlist: int,
+    train_size: int = 0,
 ) -> dict:
     from geoloc.index.ann import AnnSettings
     from geoloc.index.store import Tiles, write_index
 
     keys = [str(i) for i in range(len(vectors))]
     tiles = Tiles(keys, keys, lat.tolist(), lon.tolist(), [""] * len(keys))
-    settings = AnnSettings(kind=kind, pq_m=pq_m, nlist=nlist)
+    settings = AnnSettings(kind=kind, pq_m=pq_m, nlist=nlist, train_size=train_size)
     start = time.perf_counter()
     write_index(folder, vectors, tiles, {"id": "synthetic", "fingerprint": "-"}, settings, [])
     return {"build_s": round(time.perf_counter() - start, 1)}
@@ -163,6 +170,12 @@ def main() -> None:
         "--pq-m", default="0", help="ivf-pq: comma-separated code sizes (bytes), one build each; 0 automatic"
     )
     parser.add_argument("--nlist", type=int, default=0, help="ivf, ivf-pq: clusters (0: about 4 sqrt(n))")
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="ivf-pq, sq8: vectors to train on (0: 40 per cluster, >= 65,536)",
+    )
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve:
@@ -195,12 +208,13 @@ def main() -> None:
         for kind, pq_m in builds:
             folder = work / kind
             _log(f"building {kind} pq_m={pq_m}")
-            built = build(folder, kind, vectors, lat, lon, pq_m, args.nlist)
+            built = build(folder, kind, vectors, lat, lon, pq_m, args.nlist, args.train_size)
             nprobes = args.nprobe.split(",") if "ivf" in kind else ["0"]
             rescores = args.rescore.split(",") if kind in ("sq8", "ivf-pq") else ["0"]
             for nprobe, rescore in itertools.product(nprobes, rescores):
                 row = {"n": args.n, "dim": args.dim, "kind": kind} | built
                 row |= {"pq_m": pq_m or "auto", "nlist": args.nlist or "auto"} if kind == "ivf-pq" else {}
+                row |= {"train_size": args.train_size} if args.train_size else {}
                 row |= {"nprobe": int(nprobe)} if "ivf" in kind else {}
                 row |= {"rescore": int(rescore)} if kind in ("sq8", "ivf-pq") else {}
                 queries_file = str(work / "queries.npy")
