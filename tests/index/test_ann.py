@@ -3,7 +3,7 @@ import pytest
 
 from geoloc.errors import GeolocError
 from geoloc.index import ann
-from geoloc.index.ann import AnnSettings, build_faiss, ivf_lists, search_faiss
+from geoloc.index.ann import AnnSettings, build_faiss, ivf_lists, pq_bytes, search_faiss
 
 
 def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
@@ -97,3 +97,11 @@ def test_compressed_kinds_rescored_from_the_vectors_on_disk_keep_recall(
     print(kind, recall)
     if kind == "ivf-pq":
         assert recall[0] < 0.9  # 8-byte codes alone rank poorly: the re-scoring is what keeps recall
+
+
+def test_the_default_code_keeps_a_tile_within_64_bytes() -> None:
+    """ivf-pq's default code is the largest divisor of d up to 48 B: with FAISS's 8-byte id and
+    the cluster centres' share, a tile stays within 64 B of RAM (docs/search.md measures it)."""
+    settings = AnnSettings(kind="ivf-pq")
+    assert [pq_bytes(settings, dim) for dim in (576, 1024, 768, 2048, 96, 8)] == [48, 32, 48, 32, 48, 8]
+    assert pq_bytes(AnnSettings(kind="ivf-pq", pq_m=64), 576) == 64  # asked for: as asked

@@ -31,6 +31,11 @@ from geoloc.errors import GeolocError
 from geoloc.index.limits import KINDS  # one list: the parser offers it without importing faiss
 
 COMPRESSED: tuple[str, ...] = ("ivf-pq", "sq8")
+# The default ivf-pq code: at most 48 bytes, so that a tile costs at most 64 B of RAM (the target
+# at 10 M tiles): the code, the 8-byte id FAISS keeps beside it, and its share of the cluster
+# centres (0.5 to 3 B a tile at 10 M). Measured (docs/search.md): 56.5 B a tile at 10 M; recall@10
+# with 1,000 re-scored candidates 1.0 at 1 M for 64, 48 and 32 bytes alike, 0.917 at 10 M.
+DEFAULT_PQ_BYTES = 48
 EXACT_SUBSET = 50_000  # a restriction to at most this many rows is scored exactly, from the vectors
 _ADD_CHUNK = 100_000  # vectors added at a time: a memory-mapped gallery is never read whole
 
@@ -45,7 +50,7 @@ class AnnSettings:
     hnsw_m: int = 32  # hnsw: links per node
     ef_construction: int = 80  # hnsw: candidate list size while building
     ef_search: int = 64  # hnsw: candidate list size while searching
-    pq_m: int = 0  # ivf-pq: bytes per code (sub-quantisers); 0 = the largest divisor of d up to 64
+    pq_m: int = 0  # ivf-pq: bytes per code (sub-quantisers); 0 = the largest divisor of d up to 48
     train_size: int = 0  # ivf-pq, sq8: vectors sampled for training; 0 = automatic
     rescore: int = 1000  # ivf-pq, sq8: candidates re-scored with the exact vectors; 0 = none
 
@@ -74,12 +79,13 @@ def ivf_lists(settings: AnnSettings, count: int) -> int:
 
 
 def pq_bytes(settings: AnnSettings, dim: int) -> int:
-    """Sub-quantisers of an ivf-pq code: as asked (it must divide `dim`), else the largest divisor <= 64."""
+    """Sub-quantisers of an ivf-pq code: as asked (it must divide `dim`), else the largest divisor
+    of `dim` up to DEFAULT_PQ_BYTES (48 for SmolVLM-256M's 576 dimensions, 32 for 1024)."""
     if settings.pq_m:
         if dim % settings.pq_m:
             raise GeolocError(f"pq_m {settings.pq_m} must divide the dimension {dim}")
         return settings.pq_m
-    return max(m for m in range(1, min(dim, 64) + 1) if dim % m == 0)
+    return max(m for m in range(1, min(dim, DEFAULT_PQ_BYTES) + 1) if dim % m == 0)
 
 
 def training_sample(vectors: np.ndarray, settings: AnnSettings, lists: int) -> np.ndarray:

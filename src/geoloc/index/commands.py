@@ -235,7 +235,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--nprobe", type=int, default=16, help="ivf, ivf-pq: clusters scanned per query")
     p.add_argument(
-        "--pq-m", type=int, default=0, help="ivf-pq: bytes per tile (default: largest divisor of d up to 64)"
+        "--pq-m", type=int, default=0, help="ivf-pq: bytes per tile (default: largest divisor of d up to 48)"
     )
     p.add_argument(
         "--train-size",
