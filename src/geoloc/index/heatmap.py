@@ -39,7 +39,10 @@ def heat_cells(tiles: Tiles, scores: np.ndarray, max_cells: int = 2500) -> list[
     `scores` holds one score per tile, in order. A cell's `footprint` is its tile's ring when
     the cell is one tile, else None.
     """
-    placed = [i for i in range(len(tiles)) if tiles.lat[i] is not None and tiles.lon[i] is not None]
+    # Whole columns at once (an opened index keeps them in Arrow memory): no coordinate is NaN.
+    lat = np.asarray(tiles.lat, dtype=np.float64)
+    lon = np.asarray(tiles.lon, dtype=np.float64)
+    placed = np.flatnonzero(~np.isnan(lat) & ~np.isnan(lon)).tolist()
     if not placed:
         return []
     footprints = tiles.footprint or [None] * len(tiles)
@@ -47,11 +50,10 @@ def heat_cells(tiles: Tiles, scores: np.ndarray, max_cells: int = 2500) -> list[
         cells = []
         for i in placed:
             ring = footprints[i]
-            west, south, east, north = bounds(ring)  # ty: ignore[invalid-argument-type]  set: all() above
+            west, south, east, north = bounds(ring)  # every placed tile has a ring: all() above
             cells.append(_cell(south, west, north, east, float(scores[i]), 1, ring))
         return cells
-    lats = np.array([tiles.lat[i] for i in placed], dtype=np.float64)
-    lons = np.array([tiles.lon[i] for i in placed], dtype=np.float64)
+    lats, lons = lat[placed], lon[placed]
     placed_scores = scores[placed]
     side = max(1, math.isqrt(max_cells))
     south, north = float(lats.min()), float(lats.max())
