@@ -22,10 +22,12 @@ pixels come back as stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,10 +74,13 @@ def load_image(path: str | Path, root: Path | None = None, record: str | int | N
     with warnings.catch_warnings():
         # Pillow only warns between its limit and twice its limit; a warning is easy to miss.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(to_open, file, record)
+        with _read_errors_named(file, record):
+            img = Image.open(to_open)  # the header only
         with img:
             _check_size(img, file, record)
-            _decode(img, file, record)
+            with _read_errors_named(file, record):
+                # Decode every pixel now, so truncation surfaces here, not in a data loader worker.
+                img.load()
             rgb = to_rgb(img, path=file, record=record)
             # Closing `img` below invalidates its pixels; an RGB input needs its own copy.
             return img.copy() if rgb is img else rgb
@@ -91,14 +96,15 @@ def _check_file(file: Path, record: str | int | None) -> None:
         raise DataError("image file is empty (0 bytes)", path=file, record=record)
 
 
-def _open(to_open: Path, file: Path, record: str | int | None) -> Image.Image:
-    """`Image.open` (which reads only the header), its failures turned into `DataError` naming `file`.
+@contextlib.contextmanager
+def _read_errors_named(file: Path, record: str | int | None) -> Generator[None]:
+    """Pillow's failures while opening or decoding, as `DataError`s naming `file` and `record`.
 
-    Call it with `Image.DecompressionBombWarning` turned into an error, so Pillow's own pixel
-    limit refuses the file instead of warning.
+    Used with `Image.DecompressionBombWarning` turned into an error, so Pillow's own pixel limit
+    refuses a file instead of warning.
     """
     try:
-        return Image.open(to_open)
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_error(exc, file, record) from exc
     except UnidentifiedImageError as exc:
@@ -119,16 +125,6 @@ def _check_size(img: Image.Image, file: Path, record: str | int | None) -> None:
             path=file,
             record=record,
         )
-
-
-def _decode(img: Image.Image, file: Path, record: str | int | None) -> None:
-    """Decode every pixel now, so truncation surfaces here and not later in a data loader worker."""
-    try:
-        img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_error(exc, file, record) from exc
-    except _READ_ERRORS as exc:
-        raise DataError(f"cannot read image: {exc}", path=file, record=record) from exc
 
 
 def pil_from_any(item: str | Path | Image.Image) -> Image.Image:

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from geoloc.cache_dirs import cache_dir
 from geoloc.encoder.base import Encoder
 from geoloc.fingerprint import tensors_digest
 
 
 def default_feature_dir() -> Path:
-    return Path(os.environ.get("GEOLOC_CACHE", Path.home() / ".cache" / "geoloc")) / "tile_features"
+    return cache_dir("tile_features")
 
 
 def _is_llm(name: str, llm_path: str) -> bool:

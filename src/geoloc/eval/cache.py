@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from geoloc import cache_dirs
 from geoloc.data.manifest import Dataset
 from geoloc.eval.evaluate import Embeddings, embed_dataset
 from geoloc.fingerprint import tensors_digest
@@ -27,7 +27,7 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("GEOLOC_CACHE", Path.home() / ".cache" / "geoloc")) / "embeddings"
+    return cache_dirs.cache_dir("embeddings")
 
 
 def model_fingerprint(encoder: Encoder) -> str:

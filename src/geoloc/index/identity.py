@@ -15,13 +15,14 @@ key differs, the weights are hashed again. A preset (weights made by code) is al
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geoloc.cache_dirs import cache_dir
 from geoloc.errors import GeolocError
 from geoloc.eval.cache import model_fingerprint
 from geoloc.fingerprint import tensors_digest
@@ -93,12 +94,13 @@ def load_index_model(
         raise GeolocError(
             f"{where}: cannot load the index's model ({error}); if it moved, name it with --model"
         ) from error
-    unchanged = key is not None and weights_key(source, record["dtype"]) == key
-    fingerprint = _cached_fingerprint(key) if unchanged and key is not None else None
+    # The cache is used only when the files were the same before and after the load.
+    unchanged = key if key is not None and weights_key(source, record["dtype"]) == key else None
+    fingerprint = _cached_fingerprint(unchanged) if unchanged is not None else None
     if fingerprint is None:
         fingerprint = model_fingerprint(encoder)
-        if unchanged and key is not None:
-            _store_fingerprint(key, fingerprint)
+        if unchanged is not None:
+            _store_fingerprint(unchanged, fingerprint)
     check_same_model(record, encoder, where, fingerprint)
     return encoder
 
@@ -130,6 +132,7 @@ def _model_folders(source: str) -> list[Path] | None:
     return [folder.resolve() for folder in folders]
 
 
+@functools.cache  # the same for the whole process, and asked for before and after each load
 def _code_versions() -> dict[str, Any]:
     """What else decides the loaded weights: geoloc's own source, and the libraries' versions."""
     package = Path(__file__).resolve().parents[1]
@@ -174,13 +177,9 @@ def weights_key(source: str, dtype: str) -> str | None:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _fingerprint_dir() -> Path:
-    return Path(os.environ.get("GEOLOC_CACHE", Path.home() / ".cache" / "geoloc")) / "fingerprints"
-
-
 def _cached_fingerprint(key: str) -> str | None:
     try:
-        text = (_fingerprint_dir() / f"{key}.txt").read_text(encoding="utf-8").strip()
+        text = (cache_dir("fingerprints") / f"{key}.txt").read_text(encoding="utf-8").strip()
     except OSError:
         return None
     return text or None
@@ -190,6 +189,6 @@ def _store_fingerprint(key: str, fingerprint: str) -> None:
     from geoloc import atomic
 
     try:
-        atomic.write_text(_fingerprint_dir() / f"{key}.txt", fingerprint + "\n")
+        atomic.write_text(cache_dir("fingerprints") / f"{key}.txt", fingerprint + "\n")
     except OSError:
         pass  # an unwritable cache costs time at the next start, nothing else

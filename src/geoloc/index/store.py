@@ -61,6 +61,9 @@ _SCHEMA = pa.schema(
 )
 
 
+_ROWS_AT_ONCE = 65_536  # a Column's iteration makes Python values this many rows at a time
+
+
 class Column(Sequence[Any]):
     """One metadata column of an opened index, kept as Arrow memory.
 
@@ -101,9 +104,6 @@ class Column(Sequence[Any]):
 
     def take(self, rows: list[int]) -> Column:
         return Column(self.arrow.take(pa.array(rows, pa.int64())))
-
-
-_ROWS_AT_ONCE = 65_536  # a Column's iteration makes Python values this many rows at a time
 
 
 def _take(column: Sequence[Any], rows: list[int]) -> Sequence[Any]:

@@ -639,7 +639,7 @@ class Trainer:
         if resume and not (checkpoint / TRAINER_STATE).is_file():
             resume = False  # nothing saved yet: start from the beginning
             (self.run_dir / METRICS).unlink(missing_ok=True)  # lines of the attempt that saved nothing
-        if not resume and (self.run_dir / "metrics.jsonl").exists():
+        if not resume and (self.run_dir / METRICS).exists():
             raise GeolocError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out"
             )
