@@ -1,14 +1,19 @@
-"""Memory of an opened index's tile metadata: its columns in Arrow memory (`store.Column`, what
-`read_index` keeps, the decoding's buffers given back) against the same columns as Python lists
-(what it kept before this change).
+"""Memory of an opened index's tile metadata, three ways:
+
+- `mapped`: what `read_index` does now (index format 3): the Arrow IPC file `metadata.arrow`
+  memory-mapped, its columns views of the file (`store.Column`);
+- `parquet`: what it did for format 2: `metadata.parquet` decoded into Arrow memory, the
+  decoding's buffers given back;
+- `lists`: what it did before that: the decoded columns turned into Python lists.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/index_metadata.py --tiles 1000000
 
-Writes `--tiles` rows of metadata as an index holds it (metadata.parquet: keys, image paths,
-groups, coordinates and, with `--footprints`, a 5-point ring a tile), then reads it in a fresh
-process each way and prints the growth of that process's resident memory, in bytes a tile, with
-the time the read took. Both ways run in the same invocation, so their ratio holds on a busy
-machine.
+Writes `--tiles` rows of metadata as an index holds it (keys, image paths, groups, coordinates
+and, with `--footprints`, a 5-point ring a tile) in both files, then reads it in a fresh process
+each way and prints the growth of that process's resident memory in bytes a tile: the heap
+(anonymous memory, which stays) and file pages (the mapped file's pages read so far, which the
+kernel may drop and read again), with the time the read took. All ways run in the same
+invocation, so their ratios hold on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,14 +27,20 @@ import time
 from pathlib import Path
 
 
-def _resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def _resident_bytes() -> dict[str, int]:
+    """This process's resident memory: the heap (anonymous) and file pages, in bytes."""
+    fields = {"RssAnon:": "heap", "RssFile:": "file"}
+    found = {
+        fields[line.split()[0]]: int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.split() and line.split()[0] in fields
+    }
+    if len(found) != len(fields):
+        raise RuntimeError("no RssAnon / RssFile in /proc/self/status")
+    return found
 
 
-def write_metadata(path: Path, tiles: int, footprints: bool) -> None:
+def write_metadata(folder: Path, tiles: int, footprints: bool) -> None:
     """Rows shaped as a city gallery's: z17 tile keys and paths, a group a tile, coordinates."""
     import numpy as np
 
@@ -49,32 +60,44 @@ def write_metadata(path: Path, tiles: int, footprints: bool) -> None:
     table = Tiles(keys, [f"tiles/{k}.png" for k in keys], lat, lon, keys, rings)
     import pyarrow.parquet as pq
 
-    pq.write_table(table.to_arrow(), path)
+    from geoloc.index import store
+
+    store.write_metadata(table, folder / store.METADATA)
+    pq.write_table(table.to_arrow(), folder / store.PARQUET_METADATA)
 
 
-def measure(path: Path, way: str) -> dict[str, float]:
+def measure(folder: Path, way: str) -> dict[str, float]:
     """In this (fresh) process: read the metadata `way` and report the memory it holds."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from geoloc.index.store import Tiles
+    from geoloc.index import store
 
+    # pyarrow's first conversion to numpy loads about 30 MB of code, whatever the table's size.
+    np.asarray(store.Column(pa.array([0.0])), dtype=np.float64)
     before = _resident_bytes()
     started = time.perf_counter()
-    table = pq.read_table(path)
-    if way == "lists":  # the columns as Python objects, as read_index kept them before
-        tiles = Tiles(*(table.column(name).to_pylist() for name in table.column_names))
-    else:  # as read_index keeps them now
-        tiles = Tiles.from_arrow(table)
-    del table
-    if way == "arrow":
-        pa.default_memory_pool().release_unused()  # as read_index does
+    if way == "mapped":
+        tiles = store.read_metadata(folder)
+    else:
+        table = pq.read_table(folder / store.PARQUET_METADATA)
+        if way == "lists":  # the columns as Python objects, as read_index kept them first
+            tiles = store.Tiles(*(table.column(name).to_pylist() for name in table.column_names))
+        else:  # as read_index kept them for format 2
+            tiles = store.Tiles.from_arrow(table)
+            pa.default_memory_pool().release_unused()
+        del table
+    # What a server does next: the centres as arrays, for region filters (search.SearchIndex).
+    centres = np.asarray(tiles.lat, dtype=np.float64), np.asarray(tiles.lon, dtype=np.float64)
     seconds = time.perf_counter() - started
     rows = len(tiles)
+    after = _resident_bytes()
+    assert len(centres[0]) == rows
     return {
-        "bytes_per_tile": (_resident_bytes() - before) / rows,
-        "arrow_bytes_per_tile": pa.total_allocated_bytes() / rows,
-        "read_s": seconds,
+        "heap_bytes_per_tile": round((after["heap"] - before["heap"]) / rows, 1),
+        "file_bytes_per_tile": round((after["file"] - before["file"]) / rows, 1),
+        "read_s": round(seconds, 3),
         "tiles": rows,
     }
 
@@ -91,10 +114,9 @@ def main() -> None:
         print(json.dumps(measure(Path(args.measure[0]), args.measure[1])))
         return
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "metadata.parquet"
-        write_metadata(path, args.tiles, args.footprints)
-        for way in ("arrow", "lists"):
-            child = [sys.executable, __file__, "--measure", str(path), way]
+        write_metadata(Path(folder), args.tiles, args.footprints)
+        for way in ("mapped", "parquet", "lists"):
+            child = [sys.executable, __file__, "--measure", folder, way]
             result = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
             print(json.dumps({"way": way, "footprints": args.footprints, **result}), flush=True)
 

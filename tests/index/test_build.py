@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,7 +31,10 @@ def test_index_folder_holds_vectors_metadata_and_the_models_identity(
     assert len(model["fingerprint"]) == 40 and len(model["adapter_hash"]) == 32
     assert manifest["index"]["kind"] == "exact"
 
-    table = pq.read_table(city_index / "metadata.parquet").to_pydict()
+    with pa.memory_map(str(city_index / store.METADATA)) as file:
+        reader = pa.ipc.open_file(file)
+        assert reader.num_record_batches == 1  # each column opens as one memory-mapped array
+        table = reader.read_all().to_pydict()
     assert table["key"] == [r.key for r in records]
     assert table["lat"] == [r.lat for r in records] and table["lon"] == [r.lon for r in records]
     assert table["group"] == [r.group for r in records]
@@ -54,7 +58,7 @@ def test_interrupted_build_never_looks_complete(city_index: Path, tmp_path: Path
         AnnSettings(),
         stored.manifest["galleries"],
     )
-    monkeypatch.setattr(store.pq, "write_table", interrupted)
+    monkeypatch.setattr(store, "write_metadata", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.write_index(tmp_path / "new", *args)
     assert list(tmp_path.iterdir()) == []  # neither the index nor a temporary folder is left
@@ -155,9 +159,15 @@ def test_a_second_build_reads_the_embedding_cache(
 
 def test_an_index_of_format_version_1_still_opens(city_index: Path, tmp_path: Path) -> None:
     """Version 2 only added settings (pq_m, train_size, rescore); a version-1 folder, written
-    without them, opens with their defaults and searches as before."""
+    without them and with its metadata in Parquet, opens with their defaults and searches as before."""
     old = tmp_path / "v1"
     shutil.copytree(city_index, old)
+    with pa.memory_map(str(old / store.METADATA)) as file:
+        table = pa.ipc.open_file(file).read_all()
+    strings = [f.with_type(pa.string()) if f.type == pa.large_string() else f for f in table.schema]
+    old_schema = pa.schema(strings)
+    pq.write_table(table.cast(old_schema), old / store.PARQUET_METADATA)
+    (old / store.METADATA).unlink()
     manifest = json.loads((old / "manifest.json").read_text())
     for name in ("pq_m", "train_size", "rescore"):
         del manifest["index"][name]
@@ -171,3 +181,4 @@ def test_an_index_of_format_version_1_still_opens(city_index: Path, tmp_path: Pa
         for hits in SearchIndex(index, encoder=None).search_vectors(query, 5)
     ]
     assert found[:3] == found[3:] and [hits[0][0] for hits in found[:3]] == before.tiles.key[:3]
+    assert after.tiles == before.tiles

@@ -9,6 +9,7 @@ import pytest
 from geoloc.data.synth import generate_city
 from geoloc.encoder.mllm import MllmEncoder
 from geoloc.errors import GeolocError
+from geoloc.index import store
 from geoloc.index.build import build_index
 from geoloc.index.search import MAX_K, MAX_QUERY_CHARS, SearchIndex, check_query
 
@@ -68,7 +69,7 @@ def test_a_damaged_index_is_reported_before_its_model(city_index: Path, tmp_path
     """The index opens while its model loads: when both fail, the index's own error is the one."""
     damaged = tmp_path / "damaged"
     shutil.copytree(city_index, damaged)
-    (damaged / "metadata.parquet").unlink()
+    (damaged / store.METADATA).unlink()
     manifest = (damaged / "manifest.json").read_text()
     record = json.loads(manifest)["model"]["id"]
     (damaged / "manifest.json").write_text(manifest.replace(record, str(tmp_path / "gone")))

@@ -8,7 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from geoloc.index.store import Column, Tiles
+from geoloc.index.search import SearchIndex
+from geoloc.index.store import (
+    METADATA,
+    PARQUET_METADATA,
+    Column,
+    StoredIndex,
+    Tiles,
+    read_metadata,
+    write_metadata,
+)
 
 RING = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
 
@@ -25,8 +34,26 @@ def _tiles() -> Tiles:
 
 
 def _opened(tiles: Tiles, tmp_path: Path) -> Tiles:
-    pq.write_table(tiles.to_arrow(), tmp_path / "metadata.parquet")
-    return Tiles.from_arrow(pq.read_table(tmp_path / "metadata.parquet"))
+    write_metadata(tiles, tmp_path / METADATA)
+    return read_metadata(tmp_path)
+
+
+def test_an_older_folders_parquet_table_reads_the_same(tmp_path: Path) -> None:
+    pq.write_table(_tiles().to_arrow(), tmp_path / PARQUET_METADATA)
+    (tmp_path / "new").mkdir()
+    assert read_metadata(tmp_path) == _tiles() == _opened(_tiles(), tmp_path / "new")
+
+
+def test_an_opened_table_is_mapped_not_copied(tmp_path: Path) -> None:
+    """Opening a large table allocates nothing: its columns are views of the mapped file."""
+    count = 200_000
+    keys = [f"tile-{i:07d}" for i in range(count)]
+    write_metadata(Tiles(keys, keys, [1.5] * count, [2.5] * count, ["g"] * count), tmp_path / METADATA)
+    before = pa.total_allocated_bytes()
+    opened = read_metadata(tmp_path)
+    lat = np.asarray(opened.lat, dtype=np.float64)  # no unknown centre: a view, as a region filter reads it
+    assert pa.total_allocated_bytes() - before < 10_000  # the columns alone are over 5 MB
+    assert not lat.flags.owndata and lat[0] == 1.5 and opened.key[count - 1] == keys[-1]
 
 
 def test_an_opened_table_reads_back_what_was_written(tmp_path: Path) -> None:
@@ -66,3 +93,15 @@ def test_a_long_column_iterates_in_order() -> None:
     values = [f"k{i}" for i in range(70_000)]  # more than one slice of rows at a time
     column = Column(pa.chunked_array([values[:30_000], values[30_000:]]))
     assert list(column) == values and column == values and column != values[:-1]
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_tile_is_found_by_its_key(tmp_path: Path, mapped: bool) -> None:
+    """The rows in key order are searched by bisection; keys in any script, in any order."""
+    keys = ["b", "a", "é-tile", "A", "Z9", "ab", "日本", "a b"]
+    tiles = Tiles(keys, keys, [0.0] * 8, [0.0] * 8, [""] * 8)
+    if mapped:
+        tiles = _opened(tiles, tmp_path)
+    index = SearchIndex(StoredIndex(tmp_path, {"galleries": []}, np.zeros((8, 2)), tiles, None), encoder=None)
+    assert [index.row(key) for key in keys] == list(range(8))
+    assert [index.row(key) for key in ("", "c", "a c", "日", "é")] == [None] * 5

@@ -3,11 +3,14 @@
     INDEX/
       manifest.json     what is inside, and exactly which model made the vectors (written last)
       vectors.npy       float32, one unit row per tile: the source of truth
-      metadata.parquet  one row per vector, same order: key, image, lat, lon, group, footprint
+      metadata.arrow    one row per vector, same order: key, image, lat, lon, group, footprint
+                        (Arrow IPC, one record batch, memory-mapped when opened; folders of
+                        format 1 and 2 hold metadata.parquet instead, still read)
       index.faiss       the IVF, HNSW, SQ8 or IVF-PQ structure (an exact index is rebuilt from vectors.npy)
 
-An opened index memory-maps `vectors.npy` and `index.faiss`: the operating system reads the pages
-a search touches, so a large index opens in seconds and its resident memory is what searches use.
+An opened index memory-maps `vectors.npy`, `index.faiss` and `metadata.arrow`: the operating
+system reads the pages a search touches, so a large index opens in a moment and its resident
+memory is what searches use, in clean file pages the kernel may drop and read again.
 
 The folder is assembled under a temporary name and renamed into place, so an interrupted build
 leaves no INDEX that looks complete, and `add` / `remove` swap a whole new folder in.
@@ -37,24 +40,30 @@ from geoloc.index.ann import AnnSettings, apply_search_settings, build_faiss
 # Version 2 added the compressed kinds: the manifest's index settings gained pq_m, train_size and
 # rescore, which a geoloc of version 1 cannot read; the number makes it say so. Folders of
 # version 1 open unchanged: their files are the same and the new settings take their defaults.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3 keeps the metadata as an Arrow IPC file (METADATA), which opens memory-mapped without
+# decoding: 10 M tiles' Parquet took seconds to decode into the heap. Versions 1 and 2 hold
+# PARQUET_METADATA, still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
-METADATA = "metadata.parquet"
+METADATA = "metadata.arrow"
+PARQUET_METADATA = "metadata.parquet"
 FAISS_FILE = "index.faiss"
 _MANIFEST_KEYS = ("model", "dimension", "count", "index", "galleries")
 # FAISS maps the file rather than reading it: inverted lists (IVF kinds), or flat codes (SQ8, HNSW's
 # vectors). The two flags do not combine.
 _MMAP = {"ivf": faiss.IO_FLAG_MMAP, "ivf-pq": faiss.IO_FLAG_MMAP}
 
+# Large (64-bit offset) strings: the metadata is one record batch, so that an opened column is one
+# memory-mapped array, and 32-bit offsets would stop at 2 GB of image paths (about 30 M tiles).
 _SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
-        ("image", pa.string()),
+        ("key", pa.large_string()),
+        ("image", pa.large_string()),
         ("lat", pa.float64()),
         ("lon", pa.float64()),
-        ("group", pa.string()),
+        ("group", pa.large_string()),
         # The tile's WGS84 outline: a closed ring of [lon, lat] (null when the gallery has none).
         ("footprint", pa.list_(pa.list_(pa.float64()))),
     ]
@@ -74,7 +83,10 @@ class Column(Sequence[Any]):
     """
 
     def __init__(self, values: pa.Array | pa.ChunkedArray):
-        self.arrow: pa.Array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if isinstance(values, pa.ChunkedArray):
+            # One chunk (a memory-mapped file's one record batch) is used as it is: combining copies.
+            values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+        self.arrow: pa.Array = values
 
     def __len__(self) -> int:
         return len(self.arrow)
@@ -195,7 +207,7 @@ def write_index(
     vectors = np.asarray(vectors, dtype=np.float32)  # a memory-mapped float32 gallery stays on disk
     with atomic_dir(target) as tmp:
         np.save(tmp / VECTORS, vectors)
-        pq.write_table(tiles.to_arrow(), tmp / METADATA)
+        write_metadata(tiles, tmp / METADATA)
         if settings.kind != "exact":  # an exact index is a copy of the vectors: rebuilt on load
             faiss.write_index(build_faiss(vectors, settings), str(tmp / FAISS_FILE))
         manifest = {
@@ -240,6 +252,25 @@ def read_manifest_json(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def write_metadata(tiles: Tiles, file: Path) -> None:
+    """The tiles' table as an Arrow IPC file of one record batch (so each column maps as one array)."""
+    table = tiles.to_arrow().combine_chunks()
+    with pa.OSFile(str(file), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, len(table)))
+
+
+def read_metadata(folder: Path) -> Tiles:
+    """The tiles' table of an index folder: the Arrow file memory-mapped (no copy, no decoding),
+    or an older folder's Parquet file decoded into memory."""
+    if (folder / METADATA).is_file() or not (folder / PARQUET_METADATA).is_file():
+        return Tiles.from_arrow(pa.ipc.open_file(pa.memory_map(str(folder / METADATA), "r")).read_all())
+    tiles = Tiles.from_arrow(pq.read_table(folder / PARQUET_METADATA))
+    # The decoding's scratch buffers go back to the system: the allocator would keep them, twice
+    # what the columns themselves hold.
+    pa.default_memory_pool().release_unused()
+    return tiles
+
+
 def map_vectors(file: str | Path) -> np.ndarray:
     """A .npy file's array, memory-mapped read-only and advised for random reads.
 
@@ -273,10 +304,7 @@ def read_index(path: str | Path) -> StoredIndex:
     settings = AnnSettings.from_dict(manifest["index"])
     try:
         vectors = map_vectors(path / VECTORS)
-        tiles = Tiles.from_arrow(pq.read_table(path / METADATA))
-        # The decoding's scratch buffers go back to the system: the allocator would keep them,
-        # twice what the columns themselves hold.
-        pa.default_memory_pool().release_unused()
+        tiles = read_metadata(path)
         index = (
             faiss.read_index(str(path / FAISS_FILE), _MMAP.get(settings.kind, faiss.IO_FLAG_MMAP_IFC))
             if settings.kind != "exact"
