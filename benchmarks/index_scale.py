@@ -12,6 +12,12 @@ against the exact top 10, the process's resident memory, and the same with a reg
 FAISS's ID selector; recall against the exact top 10 of the tiles inside).
 Bytes per tile: in RAM, the FAISS structure (`index.faiss`, memory-mapped; the float32 vectors
 stay on disk); on disk, the whole folder. Prints one JSON line per kind.
+
+`--keep DIR` keeps the gallery, its queries and their exact answers in DIR and reuses them when
+the same `--n`, `--dim`, `--queries` and `--seed` are asked again (at 10 M: 23 GB and minutes
+of writing and brute force), so that settings can be compared on one gallery; each index is
+still built in a temporary folder beside them and removed, unless `--keep-index` keeps it there
+as `index-KIND-PQM` (for `benchmarks/serve_start.py --from-index`).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,6 +157,41 @@ def _rss_mb() -> dict[str, int]:
     return {name: round(int(status[field].split()[0]) / 1024) for name, field in names.items()}
 
 
+def region_mask(lat: np.ndarray, lon: np.ndarray, box: list[float]) -> np.ndarray:
+    west, south, east, north = box
+    return (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
+
+
+def gallery_and_answers(folder: Path, args: argparse.Namespace) -> tuple[Any, ...]:
+    """(vectors, lat, lon, exact top k, exact top k within each region) of the asked gallery:
+    read from `folder` when it holds that gallery, else made there."""
+    asked = {"n": args.n, "dim": args.dim, "queries": args.queries, "seed": args.seed, "k": args.k}
+    made = folder / "gallery.json"
+    if made.is_file() and json.loads(made.read_text()) == asked:
+        answers = np.load(folder / "answers.npz")
+        vectors = np.load(folder / "gallery.npy", mmap_mode="r")
+        region_truth = {name: answers[name] for name in BOXES}
+        _log(f"gallery reused from {folder}")
+        return vectors, np.load(folder / "lat.npy"), np.load(folder / "lon.npy"), answers["all"], region_truth
+    made.unlink(missing_ok=True)
+    vectors = write_gallery(folder, args.n, args.dim, args.seed)
+    lat, lon = np.load(folder / "lat.npy"), np.load(folder / "lon.npy")
+    rng = np.random.default_rng(args.seed + 1)
+    queries = np.asarray(vectors[np.sort(rng.choice(args.n, args.queries, replace=False))])
+    queries = queries + 0.5 * rng.standard_normal(queries.shape, np.float32) / np.sqrt(args.dim)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    np.save(folder / "queries.npy", queries)
+    _log(f"gallery written: {args.n} x {args.dim}")
+    masks: dict[str, np.ndarray | None] = {"": None}
+    masks |= {name: region_mask(lat, lon, box) for name, box in BOXES.items()}
+    region_truth = exact_tops(vectors, queries, args.k, masks)
+    truth = region_truth.pop("")
+    np.savez(folder / "answers.npz", all=truth, **region_truth)
+    made.write_text(json.dumps(asked))
+    _log("exact top k computed")
+    return vectors, lat, lon, truth, region_truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +202,10 @@ def main() -> None:
     parser.add_argument("--kinds", default="sq8,ivf-pq", help="comma-separated index kinds")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--keep", help="folder that keeps the gallery and its exact answers for reuse")
+    parser.add_argument(
+        "--keep-index", action="store_true", help="with --keep: keep each index built there too"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--nprobe", default="16", help="ivf, ivf-pq: comma-separated nprobe values to measure"
@@ -183,23 +230,12 @@ def main() -> None:
         print(json.dumps(serve_like(folder, queries_file, int(k), int(nprobe), int(rescore))))
         return
 
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.keep or args.dir) as tmp:
         work = Path(tmp)
-        vectors = write_gallery(work, args.n, args.dim, args.seed)
-        lat, lon = np.load(work / "lat.npy"), np.load(work / "lon.npy")
-        rng = np.random.default_rng(args.seed + 1)
-        queries = np.asarray(vectors[np.sort(rng.choice(args.n, args.queries, replace=False))])
-        queries = queries + 0.5 * rng.standard_normal(queries.shape, np.float32) / np.sqrt(args.dim)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        np.save(work / "queries.npy", queries)
-        _log(f"gallery written: {args.n} x {args.dim}")
-        masks: dict[str, np.ndarray | None] = {"": None}
-        for name, (west, south, east, north) in BOXES.items():
-            masks[name] = (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
-        region_truth = exact_tops(vectors, queries, args.k, masks)
-        truth = region_truth.pop("")
-        inside = {name: np.flatnonzero(masks[name]) for name in BOXES}
-        _log("exact top k computed")
+        kept = Path(args.keep or tmp)
+        vectors, lat, lon, truth, region_truth = gallery_and_answers(kept, args)
+        masks = {name: region_mask(lat, lon, box) for name, box in BOXES.items()}
+        inside = {name: np.flatnonzero(mask) for name, mask in masks.items()}
         builds = [
             (kind, int(pq_m))
             for kind in args.kinds.split(",")
@@ -217,7 +253,7 @@ def main() -> None:
                 row |= {"train_size": args.train_size} if args.train_size else {}
                 row |= {"nprobe": int(nprobe)} if "ivf" in kind else {}
                 row |= {"rescore": int(rescore)} if kind in ("sq8", "ivf-pq") else {}
-                queries_file = str(work / "queries.npy")
+                queries_file = str(kept / "queries.npy")
                 child = [
                     sys.executable,
                     __file__,
@@ -253,6 +289,12 @@ def main() -> None:
                         ),
                     }
                 print(json.dumps(row), flush=True)
+            if args.keep_index:  # e.g. for benchmarks/serve_start.py --from-index
+                kept_index = kept / f"index-{kind}-{pq_m}"
+                shutil.rmtree(kept_index, ignore_errors=True)
+                folder.rename(kept_index)
+                _log(f"index kept in {kept_index}")
+                continue
             for file in folder.iterdir():  # free the disk before the next kind
                 file.unlink()
 

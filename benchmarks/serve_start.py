@@ -74,6 +74,35 @@ def prepare(folder: Path, tiles: int, kind: str, nlist: int) -> Path:
     return index
 
 
+def link_index(folder: Path, source: Path) -> Path:
+    """An index of `source`'s files (hard links: no copy) whose manifest names this folder's model,
+    e.g. a 10 M-tile index kept by `benchmarks/index_scale.py --keep DIR --keep-index`."""
+    from geoloc.atomic import write_json
+    from geoloc.encoder.loading import load_encoder
+    from geoloc.index.identity import model_record
+    from geoloc.index.store import MANIFEST, read_manifest_json
+
+    model = folder / "model"
+    if not (model / "config.json").is_file():
+        from geoloc.encoder.model_files import build_random_checkpoint
+
+        build_random_checkpoint(MODEL, model, layers=None)
+    index = folder / f"linked-{source.resolve().name}"
+    if (index / MANIFEST).is_file():
+        return index
+    encoder = load_encoder(model, device="cpu", dtype="float32")
+    manifest = read_manifest_json(source) | {"model": model_record(encoder, str(model.resolve()), "float32")}
+    if manifest["dimension"] != encoder.embedding_dim:
+        width = encoder.embedding_dim
+        raise SystemExit(f"{source} holds {manifest['dimension']}-d vectors, the model makes {width}")
+    index.mkdir()
+    for file in source.iterdir():
+        if file.name != MANIFEST:
+            os.link(file, index / file.name)
+    write_json(index / MANIFEST, manifest)
+    return index
+
+
 def rss_mb(pid: int) -> dict[str, int]:
     fields = {"rss": "VmRSS", "anon": "RssAnon", "file": "RssFile"}
     status = dict(
@@ -162,6 +191,11 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=10_000)
     parser.add_argument("--kind", default="ivf-pq", help="the index kind")
     parser.add_argument("--nlist", type=int, default=1000, help="ivf-pq clusters (fewer: a quicker build)")
+    parser.add_argument(
+        "--from-index",
+        metavar="INDEX",
+        help="serve this index's files (hard-linked, its manifest naming the model) instead of making one",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--limit-s", type=float, default=300)
     parser.add_argument(
@@ -176,7 +210,14 @@ def main() -> None:
         return
     folder = Path(args.prepare)
     folder.mkdir(parents=True, exist_ok=True)
-    index = prepare(folder, args.tiles, args.kind, args.nlist)
+    if args.from_index:
+        from geoloc.index.store import read_manifest_json
+
+        index = link_index(folder, Path(args.from_index))
+        manifest = read_manifest_json(index)
+        args.tiles, args.kind = manifest["count"], manifest["index"]["kind"]
+    else:
+        index = prepare(folder, args.tiles, args.kind, args.nlist)
     trees: list[str | None] = list(args.trees.split(",")) if args.trees else [None]
     for run in range(1, args.runs + 1):
         for tree in trees:
