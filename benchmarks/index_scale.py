@@ -221,7 +221,7 @@ def main() -> None:
         "--train-size",
         type=int,
         default=0,
-        help="ivf-pq, sq8: vectors to train on (0: 40 per cluster, >= 65,536)",
+        help="ivf-pq, sq8: vectors to train on (0: the default, ann.default_train_size)",
     )
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()

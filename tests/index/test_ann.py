@@ -105,3 +105,14 @@ def test_the_default_code_keeps_a_tile_within_64_bytes() -> None:
     settings = AnnSettings(kind="ivf-pq")
     assert [pq_bytes(settings, dim) for dim in (576, 1024, 768, 2048, 96, 8)] == [48, 32, 48, 32, 48, 8]
     assert pq_bytes(AnnSettings(kind="ivf-pq", pq_m=64), 576) == 64  # asked for: as asked
+
+
+def test_the_default_training_sample_gives_faiss_256_vectors_a_list_within_bounds() -> None:
+    """256 a list (FAISS's k-means uses no more), at most 2^19 unless 40 a list (FAISS's minimum)
+    is more, at least 2^16 (the codes' 256 centroids per sub-quantiser)."""
+    sizes = {lists: ann.default_train_size(lists) for lists in (16, 1000, 2048, 4000, 12_649, 20_000)}
+    assert sizes == {16: 2**16, 1000: 256_000, 2048: 2**19, 4000: 2**19, 12_649: 2**19, 20_000: 800_000}
+    vectors = np.zeros((100_000, 4), np.float32)
+    assert len(ann.training_sample(vectors, AnnSettings(kind="ivf-pq"), 300)) == 76_800
+    assert len(ann.training_sample(vectors, AnnSettings(kind="ivf-pq", train_size=5000), 300)) == 5000
+    assert len(ann.training_sample(vectors, AnnSettings(kind="ivf-pq"), 2048)) == 100_000  # all there is

@@ -241,7 +241,7 @@ def register(subparsers: Any) -> None:
         "--train-size",
         type=int,
         default=0,
-        help="sq8, ivf-pq: tiles sampled to train on (default: automatic)",
+        help="sq8, ivf-pq: tiles sampled to train on (default: 256 a cluster, at most 2^19, at least 2^16)",
     )
     p.add_argument(
         "--rescore",
