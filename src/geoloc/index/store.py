@@ -74,12 +74,12 @@ _ROWS_AT_ONCE = 65_536  # a Column's iteration makes Python values this many row
 
 
 class Column(Sequence[Any]):
-    """One metadata column of an opened index, kept as Arrow memory.
+    """One metadata column of an opened index, an Arrow array (a view of the memory-mapped file).
 
     Held as Python objects, ten million tiles' keys, images, groups and coordinates took 3.5 GB of
-    a server's heap; as Arrow arrays they take their bytes. A Python value is made only for what
-    is asked: `column[row]` (a hit, a key looked up), a slice, or an iteration. `numpy.asarray`
-    reads a number column whole, a null as NaN.
+    a server's heap; as Arrow arrays mapped from the file they take none. A Python value is made
+    only for what is asked: `column[row]` (a hit, a key looked up), a slice, or an iteration.
+    `numpy.asarray` reads a number column whole (a view when it has no null; a null is NaN).
     """
 
     def __init__(self, values: pa.Array | pa.ChunkedArray):
