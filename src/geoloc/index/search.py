@@ -11,7 +11,9 @@ index.search("a red building by a pond", k=5, region=Region.bbox(2.2, 48.8, 2.5,
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geoloc.errors import GeolocError
-from geoloc.index import ann
+from geoloc.index import ann, towers
 from geoloc.index.identity import check_same_model, load_index_model
 from geoloc.index.limits import MAX_K, MAX_QUERY_CHARS
 from geoloc.index.region import Region
@@ -30,6 +32,7 @@ from geoloc.index.store import Column, StoredIndex, read_index, read_manifest_js
 
 if TYPE_CHECKING:
     from geoloc.encoder.base import Encoder
+    from geoloc.encoder.query_tower import QueryTower
 
 
 @dataclass
@@ -49,6 +52,26 @@ class Hit:
         return asdict(self)
 
 
+def _open_with_model(
+    path: str | Path, record: dict[str, Any], model: str | None, device: str
+) -> tuple[StoredIndex, Encoder]:
+    """The index and its model, checked. The index opens while the model loads: reading the
+    tiles' table and mapping the FAISS file wait on the disk and on C++, the model on imports and
+    its weights' files."""
+    with ThreadPoolExecutor(1, thread_name_prefix="geoloc-open-index") as pool:
+        opening = pool.submit(read_index, path)
+        try:
+            # load_index_model checks the model: weights are hashed once, not again here.
+            loaded = load_index_model(record, str(path), model, device)
+        except Exception:
+            opening.result()  # a damaged index is reported before its model's failure
+            raise
+        stored = opening.result()
+    if stored.manifest["model"] != record:  # the folder was replaced meanwhile (index add / remove)
+        check_same_model(stored.manifest["model"], loaded, str(path))
+    return stored, loaded
+
+
 def check_query(text: str, k: int) -> None:
     if not isinstance(text, str) or not text.strip():
         raise GeolocError("the query is empty: describe the place in a few words")
@@ -59,15 +82,32 @@ def check_query(text: str, k: int) -> None:
 
 
 class SearchIndex:
-    """An opened index with the model that encodes its queries."""
+    """An opened index with the model that encodes its queries.
 
-    def __init__(self, stored: StoredIndex, encoder: Encoder):
-        """`encoder` must be the index's own model: use `open`, which checks it."""
+    Queries are encoded by the model itself, or by its exported query side (`tower`, see
+    `towers`) when the index was opened with one; the model is then loaded only when something
+    else needs it (`explain`, the reranker).
+    """
+
+    def __init__(
+        self,
+        stored: StoredIndex,
+        encoder: Encoder | None,
+        tower: QueryTower | None = None,
+        load_model: Callable[[], Encoder] | None = None,
+    ):
+        """`encoder` must be the index's own model, and `tower` exported from it: use `open`,
+        which checks both. Without `encoder`, `load_model` loads it at its first use."""
         self.stored = stored
-        self.encoder = encoder
+        self._encoder = encoder
+        self.tower = tower
+        self._load_model = load_model
+        self.tower_problem: str | None = None
+        """Set by `open` when it could not export the model's query side, to say why."""
         # One model call at a time: a server's threads share this model, and its forward pass
         # neither gains from concurrent calls on a CPU nor is documented as thread-safe.
         self.model_lock = threading.Lock()
+        self._loading_lock = threading.Lock()
         # The rows in the order of their keys, for a look-up by key (a tile's image): sorted at the
         # first look-up, not at start. 8 B a tile, where a dict of keys took about 100.
         self._key_order: np.ndarray | None = None
@@ -80,28 +120,36 @@ class SearchIndex:
 
     @classmethod
     def open(
-        cls, path: str | Path, model: str | None = None, device: str = "cpu", encoder: Encoder | None = None
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        device: str = "cpu",
+        encoder: Encoder | None = None,
+        export_tower: bool = False,
     ) -> SearchIndex:
-        """Open the index at `path`; load its model (from `model` if it moved) unless `encoder` is given."""
+        """Open the index at `path`; load its model (from `model` if it moved) unless `encoder` is given.
+
+        On the CPU, a query tower cached for the model's files encodes the queries instead, and
+        the model loads at its first other use; with `export_tower` (a server), the model's
+        query side is exported to the cache when none is there, for the next open.
+        """
         if encoder is not None:
             stored = read_index(path)
             check_same_model(stored.manifest["model"], encoder, str(path))
             return cls(stored, encoder)
         record = read_manifest_json(path)["model"]
-        # The index opens while the model loads: reading the tiles' table and mapping the FAISS
-        # file wait mostly on the disk and on C++, the model on imports and its weights' files.
-        with ThreadPoolExecutor(1, thread_name_prefix="geoloc-open-index") as pool:
-            opening = pool.submit(read_index, path)
-            try:
-                # load_index_model checks the model: weights are hashed once, not again here.
-                loaded = load_index_model(record, str(path), model, device)
-            except Exception:
-                opening.result()  # a damaged index is reported before its model's failure
-                raise
-            stored = opening.result()
-        if stored.manifest["model"] != record:  # the folder was replaced meanwhile (index add / remove)
-            check_same_model(stored.manifest["model"], loaded, str(path))
-        return cls(stored, loaded)
+        tower = towers.cached_tower(record, model, device)
+        if tower is not None:
+            stored = read_index(path)
+            if stored.manifest["model"] == record:  # else replaced meanwhile: load the new model
+                load = functools.partial(load_index_model, record, str(path), model, device)
+                return cls(stored, None, tower, load)
+        key = towers.tower_key(record, model, device) if export_tower else None  # before the load
+        stored, loaded = _open_with_model(path, record, model, device)
+        index = cls(stored, loaded)
+        if key is not None and stored.manifest["model"] == record:
+            index.tower_problem = towers.export_tower(loaded, record, key, model)
+        return index
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -110,8 +158,20 @@ class SearchIndex:
     def __len__(self) -> int:
         return len(self.stored.tiles)
 
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model: loaded (and checked) at its first use when a tower encodes the queries."""
+        with self._loading_lock:
+            if self._encoder is None:
+                if self._load_model is None:
+                    raise GeolocError("this index was opened without its model")
+                self._encoder = self._load_model()
+            return self._encoder
+
     def encode(self, texts: list[str]) -> np.ndarray:
         with self.model_lock:
+            if self.tower is not None:
+                return self.tower.encode_text(texts, batch_size=max(1, len(texts)))
             return self.encoder.encode_text(texts, batch_size=max(1, len(texts)))
 
     def inside(self, region: Region) -> np.ndarray:

@@ -34,13 +34,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving on {args.host} reaches other machines: give a bearer token in ${ENV} or a file "
             f"with --token-file ({HOW}); clients then send Authorization: Bearer TOKEN"
         )
-    index = SearchIndex.open(args.index, model=args.model, device=args.device)
+    index = SearchIndex.open(args.index, model=args.model, device=args.device, export_tower=True)
+    _report_query_encoder(index)
     app = create_app(index, max_body_bytes=args.max_body_bytes, token=token)
     if token is not None:
         print("geoloc: every request for data needs the bearer token", file=sys.stderr)
     print(f"serving {len(index)} tiles of {args.index} on http://{args.host}:{args.port}/ (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
+
+
+def _report_query_encoder(index: Any) -> None:
+    """Say what encodes the queries: the exported query side starts a server in seconds."""
+    if index.tower is not None:
+        print("geoloc: queries are encoded by the exported query side (ONNX Runtime)", file=sys.stderr)
+    elif index.tower_problem is not None:
+        print(f"geoloc: no exported query side for quicker starts: {index.tower_problem}", file=sys.stderr)
 
 
 def register(subparsers: Any) -> None:
