@@ -8,13 +8,15 @@ as a download looks (the real config, tokenizer and processor files, full depth,
 weights: 256 M parameters in float32 safetensors), and `DIR/index-N`, an index of N synthetic
 unit vectors of its width (576) whose manifest records that model, so the server loads it and
 checks its fingerprint as it would a trained one. Then the server is started `--runs` times on
-loopback (`--device cpu`), and each start is timed; a fresh process also times the two parts
-alone: the imports, opening the index (`read_index`), loading the model, hashing its weights
-(the fingerprint, as the first start computes it) and the check from the fingerprint cached by
-the model's files (as every later start makes it). The server itself opens the index while the
-model loads. `--trees OLD,NEW` compares two versions of geoloc (source trees, e.g. a `git worktree`
-of an older commit), started in turn so that both see the same machine load. Prints one JSON line
-per start (with the load average before it) and one for the parts.
+loopback (`--device cpu`), and each start is timed. The first start of a model loads it through
+transformers and exports its query side to ONNX (index/towers.py); the later ones encode queries
+with that and never load the model itself. A fresh process also times the parts alone: the
+imports, opening the index (`read_index`), opening the exported query side and its first query,
+loading the model, hashing its weights (the fingerprint, as the first start computes it) and the
+check from the fingerprint cached by the model's files. `--trees OLD,NEW` compares two versions
+of geoloc (source trees, e.g. a `git worktree` of an older commit), started in turn so that both
+see the same machine load. Prints one JSON line per start (with the load average before it) and
+one for the parts.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def time_start(index: Path, limit_s: float, tree: str | None = None) -> dict:
 
 
 def time_parts(index: str) -> dict:
-    """In this (fresh) process: the server's imports, opening the index, loading its model,
+    """In this (fresh) process: the server's imports, opening the index, opening the model's
+    exported query side (when cached: what a server then uses) and its first query, loading its model,
     hashing every weight (the fingerprint, as a first start does), and the check as a later
     start makes it (the fingerprint cached by the model's files: the files looked at twice)."""
     start = time.perf_counter()
@@ -159,11 +162,17 @@ def time_parts(index: str) -> dict:
     from geoloc.eval.cache import model_fingerprint
     from geoloc.index import identity
     from geoloc.index.store import read_index
+    from geoloc.index.towers import cached_tower
 
     imported = time.perf_counter()
     stored = read_index(index)
     opened = time.perf_counter()
     record = stored.manifest["model"]
+    tower = cached_tower(record, None, "cpu")  # what a server opens when the model's tower is cached
+    towered = time.perf_counter()
+    if tower is not None:
+        tower.encode_text(["a red building"])
+    first_query = time.perf_counter()
     encoder = load_encoder(record["id"], device="cpu", dtype=record["dtype"])
     loaded = time.perf_counter()
     model_fingerprint(encoder)
@@ -175,7 +184,9 @@ def time_parts(index: str) -> dict:
     return {
         "imports_s": round(imported - start, 2),
         "open_index_s": round(opened - imported, 2),
-        "load_model_s": round(loaded - opened, 2),
+        "open_query_tower_s": round(towered - opened, 2) if tower is not None else None,
+        "tower_first_query_s": round(first_query - towered, 2) if tower is not None else None,
+        "load_model_s": round(loaded - first_query, 2),
         "hash_weights_s": round(hashed - loaded, 2),
         "check_cached_s": round(checked - hashed, 2) if cached else None,
     }
