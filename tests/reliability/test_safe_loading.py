@@ -224,10 +224,10 @@ def test_incompatible_format_versions_are_refused_and_named(
     # An index folder of another version: search, info and serve all refuse it.
     index = tmp_path / "index"
     index.mkdir()
-    (index / "manifest.json").write_text(json.dumps({"format_version": 3, "model": {}}))
+    (index / "manifest.json").write_text(json.dumps({"format_version": 4, "model": {}}))
     for argv in (["index", "info", str(index)], ["serve", str(index)]):
         assert main(argv) == 2, argv
-        assert "index format version 3; this geoloc reads versions 1 and 2" in capsys.readouterr().err
+        assert "index format version 4; this geoloc reads versions 1, 2 and 3" in capsys.readouterr().err
 
     # An embedding folder (embed.json) written under another format: not resumed into.
     out = tmp_path / "embed"

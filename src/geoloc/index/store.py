@@ -241,7 +241,8 @@ def read_manifest_json(path: str | Path) -> dict[str, Any]:
         raise GeolocError(f"{file}: unreadable index manifest ({error})") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        *earlier, last = (str(v) for v in READABLE_VERSIONS)
+        readable = f"{', '.join(earlier)} and {last}" if earlier else last
         raise GeolocError(
             f"{file}: index format version {version}; this geoloc reads versions {readable} "
             "(a newer geoloc wrote it, or it is damaged: rebuild it with `geoloc index build`)"
