@@ -40,9 +40,10 @@ def _lora_encoder(padding_side: str) -> MllmEncoder:
 @pytest.fixture(scope="module", params=["right", "left"])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
-    encoder = _lora_encoder(request.param)
+    encoder = _lora_encoder(request.param).train()
     folder = export_query_tower(encoder, tmp_path_factory.mktemp("tower") / "q", fingerprint="abc")
-    return encoder, folder
+    assert encoder.training  # exported in eval mode, left as it was
+    return encoder.eval(), folder
 
 
 def test_the_exported_query_side_gives_the_encoders_ids_and_vectors(exported) -> None:

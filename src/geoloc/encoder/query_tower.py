@@ -81,15 +81,19 @@ def export_query_tower(encoder: Any, folder: str | Path, fingerprint: str = "") 
     builder: TextInputs = encoder.text_builder
     example = builder(["a query to trace the graph with", "two words"])  # two rows, padded
     dims = {0: "batch", 1: "length"}
+    was_training = encoder.training
     with atomic_dir(folder) as tmp, torch.no_grad(), _quiet():
-        program = torch.onnx.export(
-            _QueryPath(encoder).eval(),
-            tuple(example[name] for name in _INPUTS),
-            input_names=list(_INPUTS),
-            output_names=[_OUTPUT],
-            dynamic_shapes=(dims, dims),
-            dynamo=True,
-        )
+        try:
+            program = torch.onnx.export(
+                _QueryPath(encoder).eval(),
+                tuple(example[name] for name in _INPUTS),
+                input_names=list(_INPUTS),
+                output_names=[_OUTPUT],
+                dynamic_shapes=(dims, dims),
+                dynamo=True,
+            )
+        finally:
+            encoder.train(was_training)
         if program is None:
             raise GeolocError("torch.onnx.export gave no program")
         program.save(str(tmp / GRAPH), external_data=True)  # weights beside it: over protobuf's 2 GB
