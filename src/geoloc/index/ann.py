@@ -34,7 +34,7 @@ COMPRESSED: tuple[str, ...] = ("ivf-pq", "sq8")
 # The default ivf-pq code: at most 48 bytes, so that a tile costs at most 64 B of RAM (the target
 # at 10 M tiles): the code, the 8-byte id FAISS keeps beside it, and its share of the cluster
 # centres (0.5 to 3 B a tile at 10 M). Measured (docs/search.md): 56.5 B a tile at 10 M; recall@10
-# with 1,000 re-scored candidates 1.0 at 1 M for 64, 48 and 32 bytes alike, 0.917 at 10 M.
+# with 1,000 re-scored candidates 1.0 at 1 M for 64, 48 and 32 bytes alike, 0.9995 at 10 M.
 DEFAULT_PQ_BYTES = 48
 # FAISS trains an IVF cluster on at most 256 vectors (max_points_per_centroid); the default sample
 # gives it that many, up to TRAIN_CAP vectors, which keeps the k-means to minutes on one core.
@@ -97,8 +97,8 @@ def default_train_size(lists: int) -> int:
     up to TRAIN_CAP (or 40 a list, FAISS's minimum, if more), and at least 2^16 for the codes.
 
     40 a list cost recall on clustered galleries: at 10 M tiles in 2,048 lists, recall@10 was
-    0.917 with 1,000 re-scored candidates; on a 1 M gallery of the same structure (10,000 data
-    clusters, 2,048 lists), 0.90 with 40 a list and 0.995 with 256 (docs/search.md).
+    0.917 with 1,000 re-scored candidates, 0.9995 with 256 a list; on a 1 M gallery of the same
+    structure (10,000 data clusters, 2,048 lists), 0.90 and 0.995 (docs/search.md).
     """
     return max(2**16, min(TRAIN_PER_LIST * lists, max(TRAIN_CAP, 40 * lists)))
 
