@@ -36,24 +36,28 @@ MODEL = "SmolVLM-256M-Instruct"
 CHUNK = 100_000
 
 
-def prepare(folder: Path, tiles: int, kind: str, nlist: int) -> Path:
-    """The model folder and an index of `tiles` vectors that names it (each made once)."""
+def model_and_record(folder: Path) -> tuple[dict, int]:
+    """The manifest record of the model in `folder`/model (made once) and its embedding width."""
     from geoloc.encoder.loading import load_encoder
     from geoloc.encoder.model_files import build_random_checkpoint
-    from geoloc.index.ann import AnnSettings
     from geoloc.index.identity import model_record
-    from geoloc.index.store import Tiles, write_index
 
     model = folder / "model"
     if not (model / "config.json").is_file():
         build_random_checkpoint(MODEL, model, layers=None)
+    encoder = load_encoder(model, device="cpu", dtype="float32")
+    return model_record(encoder, str(model.resolve()), "float32"), encoder.embedding_dim
+
+
+def prepare(folder: Path, tiles: int, kind: str, nlist: int) -> Path:
+    """The model folder and an index of `tiles` vectors that names it (each made once)."""
+    from geoloc.index.ann import AnnSettings
+    from geoloc.index.store import Tiles, write_index
+
     index = folder / f"index-{kind}-{tiles}"
     if (index / "manifest.json").is_file():
         return index
-    encoder = load_encoder(model, device="cpu", dtype="float32")
-    record = model_record(encoder, str(model.resolve()), "float32")
-    dim = encoder.embedding_dim
-    del encoder
+    record, dim = model_and_record(folder)
     rng = np.random.default_rng(0)
     vectors = np.lib.format.open_memmap(folder / "vectors.npy", "w+", np.float32, (tiles, dim))
     for start in range(0, tiles, CHUNK):
@@ -80,23 +84,15 @@ def link_index(folder: Path, source: Path) -> Path:
     """An index of `source`'s files (hard links: no copy) whose manifest names this folder's model,
     e.g. a 10 M-tile index kept by `benchmarks/index_scale.py --keep DIR --keep-index`."""
     from geoloc.atomic import write_json
-    from geoloc.encoder.loading import load_encoder
-    from geoloc.index.identity import model_record
     from geoloc.index.store import MANIFEST, read_manifest_json
 
-    model = folder / "model"
-    if not (model / "config.json").is_file():
-        from geoloc.encoder.model_files import build_random_checkpoint
-
-        build_random_checkpoint(MODEL, model, layers=None)
     index = folder / f"linked-{source.resolve().name}"
     if (index / MANIFEST).is_file():
         return index
-    encoder = load_encoder(model, device="cpu", dtype="float32")
-    manifest = read_manifest_json(source) | {"model": model_record(encoder, str(model.resolve()), "float32")}
-    if manifest["dimension"] != encoder.embedding_dim:
-        width = encoder.embedding_dim
-        raise SystemExit(f"{source} holds {manifest['dimension']}-d vectors, the model makes {width}")
+    record, dim = model_and_record(folder)
+    manifest = read_manifest_json(source) | {"model": record}
+    if manifest["dimension"] != dim:
+        raise SystemExit(f"{source} holds {manifest['dimension']}-d vectors, the model makes {dim}")
     index.mkdir()
     for file in source.iterdir():
         if file.name != MANIFEST:
@@ -162,13 +158,13 @@ def time_parts(index: str) -> dict:
     from geoloc.eval.cache import model_fingerprint
     from geoloc.index import identity
     from geoloc.index.store import read_index
-    from geoloc.index.towers import cached_tower
+    from geoloc.index.towers import cached_tower, tower_key
 
     imported = time.perf_counter()
     stored = read_index(index)
     opened = time.perf_counter()
     record = stored.manifest["model"]
-    tower = cached_tower(record, None, "cpu")  # what a server opens when the model's tower is cached
+    tower = cached_tower(tower_key(record, None, "cpu"), record)  # what a server opens, when cached
     towered = time.perf_counter()
     if tower is not None:
         tower.encode_text(["a red building"])

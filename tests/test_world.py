@@ -1,18 +1,12 @@
 """World (world.py): how a batch is shared out, and decisions the processes take together."""
 
-import socket
 from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 from geoloc.world import World
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _any_of_worker(rank: int, port: int, out: str) -> None:
@@ -26,7 +20,7 @@ def _any_of_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_any_of_is_one_answer_for_every_process(tmp_path: Path) -> None:
-    mp.spawn(_any_of_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_any_of_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "[True, False, True]"
 

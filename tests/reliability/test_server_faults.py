@@ -25,17 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from ports import free_port
 
 QUERIES = ["a red building by a pond", "a blue roof near the park", "grey towers along a river"]
 K = 5
 TIMEOUT = 30.0  # any one request; a server that stops answering fails well within the test timeout
 BODY_LIMIT = 16 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +58,7 @@ def expected(index: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def server(index: Path, expected: dict[str, list[str]]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "geoloc", "serve", str(index), "--port", str(port)]
     command += ["--max-body-bytes", str(BODY_LIMIT)]

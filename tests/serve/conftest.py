@@ -7,13 +7,13 @@ processes and a tiny forward pass takes ten times longer.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from torch_threads import one_thread, one_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -36,12 +36,6 @@ def client(served_index):
 
     with TestClient(create_app(served_index)) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

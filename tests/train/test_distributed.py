@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from ports import free_port
 from safetensors.torch import load_file
 
 from geoloc.train.distributed import gather_with_grad
 from geoloc.world import World
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gather_worker(rank: int, port: int, out: str) -> None:
@@ -42,7 +36,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_gathered_rows_hold_every_process_and_carry_gradients_back(tmp_path: Path) -> None:
-    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     expected = torch.cat([torch.full((3, 4), 1.0), torch.full((2, 4), 2.0)])
     for result in results:

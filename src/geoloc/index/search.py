@@ -138,16 +138,16 @@ class SearchIndex:
             check_same_model(stored.manifest["model"], encoder, str(path))
             return cls(stored, encoder)
         record = read_manifest_json(path)["model"]
-        tower = towers.cached_tower(record, model, device)
+        key = towers.tower_key(record, model, device)  # the model's files before any load
+        tower = towers.cached_tower(key, record)
         if tower is not None:
             stored = read_index(path)
             if stored.manifest["model"] == record:  # else replaced meanwhile: load the new model
                 load = functools.partial(load_index_model, record, str(path), model, device)
                 return cls(stored, None, tower, load)
-        key = towers.tower_key(record, model, device) if export_tower else None  # before the load
         stored, loaded = _open_with_model(path, record, model, device)
         index = cls(stored, loaded)
-        if key is not None and stored.manifest["model"] == record:
+        if export_tower and key is not None and stored.manifest["model"] == record:
             index.tower_problem = towers.export_tower(loaded, record, key, model)
         return index
 

@@ -263,13 +263,14 @@ def write_metadata(tiles: Tiles, file: Path) -> None:
 def read_metadata(folder: Path) -> Tiles:
     """The tiles' table of an index folder: the Arrow file memory-mapped (no copy, no decoding),
     or an older folder's Parquet file decoded into memory."""
-    if (folder / METADATA).is_file() or not (folder / PARQUET_METADATA).is_file():
-        return Tiles.from_arrow(pa.ipc.open_file(pa.memory_map(str(folder / METADATA), "r")).read_all())
-    tiles = Tiles.from_arrow(pq.read_table(folder / PARQUET_METADATA))
-    # The decoding's scratch buffers go back to the system: the allocator would keep them, twice
-    # what the columns themselves hold.
-    pa.default_memory_pool().release_unused()
-    return tiles
+    older = folder / PARQUET_METADATA
+    if older.is_file() and not (folder / METADATA).is_file():  # formats 1 and 2
+        tiles = Tiles.from_arrow(pq.read_table(older))
+        # The decoding's scratch buffers go back to the system: the allocator would keep them,
+        # twice what the columns themselves hold.
+        pa.default_memory_pool().release_unused()
+        return tiles
+    return Tiles.from_arrow(pa.ipc.open_file(pa.memory_map(str(folder / METADATA), "r")).read_all())
 
 
 def map_vectors(file: str | Path) -> np.ndarray:

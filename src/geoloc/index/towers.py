@@ -39,10 +39,9 @@ def tower_folder(key: str) -> Path:
     return cache_dir("query-towers") / key
 
 
-def cached_tower(record: dict[str, Any], model: str | None, device: str) -> QueryTower | None:
-    """The query tower exported from the index's model, when one is cached for the model's files
-    as they are now and was made from the model the index names; else None."""
-    key = tower_key(record, model, device)
+def cached_tower(key: str | None, record: dict[str, Any]) -> QueryTower | None:
+    """The query tower cached under `key` (`tower_key`, the model's files as they are now), when
+    it was made from the model the index names (`record`); else None."""
     if key is None or not tower_folder(key).is_dir():
         return None
     from geoloc.encoder.query_tower import QueryTower
